@@ -1,0 +1,1 @@
+"""napari widgets: thin shells over the core; one file per stage or tool."""

@@ -1,0 +1,71 @@
+"""Helpers shared by the widgets: layer output without stacking copies, image input."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import napari
+
+
+def show_layer(
+    viewer: napari.viewer.Viewer,
+    data: np.ndarray,
+    name: str,
+    kind: str = "labels",
+    metadata: dict[str, Any] | None = None,
+    **kwargs: Any,
+):
+    """Add a layer, or replace the data of the layer of that name (a re-run updates
+    the stage's layer rather than stacking copies). Returns the layer."""
+    metadata = dict(metadata or {})
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if layer._type_string == kind:
+            layer.data = data
+            layer.metadata.update(metadata)
+            for key, value in kwargs.items():
+                setattr(layer, key, value)
+            return layer
+        viewer.layers.remove(layer)
+    add = getattr(viewer, f"add_{kind}")
+    return add(data, name=name, metadata=metadata, **kwargs)
+
+
+def image_plane(layer, viewer=None) -> np.ndarray:
+    """The 2-D plane an image layer shows now, as a numpy array.
+
+    RGB layers give the channel that carries signal; a stack gives the plane at the
+    viewer's current slider position (stacks are segmented plane by plane).
+    """
+    from ..io import select_channel
+
+    if layer is None:
+        raise ValueError("no image layer selected: open an image first")
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    data = np.asarray(data)
+    if getattr(layer, "rgb", False):
+        data, _ = select_channel(data)
+    if data.ndim > 2:
+        lead = data.ndim - 2
+        index = [0] * lead
+        if viewer is not None:
+            point = layer.world_to_data(viewer.dims.point[-layer.ndim:])
+            index = [int(np.clip(round(float(p)), 0, n - 1)) for p, n in zip(point[:lead], data.shape[:lead], strict=False)]
+        data = data[tuple(index)]
+    return data
+
+
+def pixel_size_of(layer) -> float | None:
+    """µm per pixel from a layer's metadata or scale (None when unknown)."""
+    if layer is None:
+        return None
+    size = layer.metadata.get("pixel_size_um") if hasattr(layer, "metadata") else None
+    if size:
+        return float(size)
+    scale = getattr(layer, "scale", None)
+    if scale is not None and len(scale) >= 2 and float(scale[-1]) != 1.0:
+        return float(scale[-1])
+    return None

@@ -1,0 +1,81 @@
+"""Classic segmentation widget: image layer -> labels layer, live sliders."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSlider,
+    Label,
+    PushButton,
+    Slider,
+    create_widget,
+)
+
+from ..core import classic
+from ._layers import image_plane, show_layer
+
+if TYPE_CHECKING:
+    import napari
+
+LAYER_NAME = "classic cells"
+
+
+class ClassicWidget(Container):
+    """Smooth, threshold, label and size-filter the selected image; sliders update live."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self._viewer = viewer
+        self._image = create_widget(label="Image", annotation="napari.layers.Image")
+        self._sigma = FloatSlider(value=classic.SMOOTH_SIGMA, min=0.0, max=10.0, step=0.1, label="Smoothing σ (px)")
+        self._threshold = FloatSlider(value=classic.THRESHOLD, min=0.0, max=1.0, step=0.01, label="Threshold")
+        self._min_size = Slider(value=classic.MIN_CELL_SIZE, min=0, max=2000, step=5, label="Min size (px)")
+        self._method = ComboBox(value="global", choices=classic.THRESHOLD_METHODS, label="Threshold")
+        self._split = ComboBox(value="none", choices=("none", *classic.SPLIT_METHODS), label="Split touching")
+        self._live = CheckBox(value=True, text="Update live")
+        self._run_button = PushButton(text="Segment")
+        self._status = Label(value="")
+        self.extend([self._image, self._method, self._sigma, self._threshold, self._min_size,
+                     self._split, self._live, self._run_button, self._status])
+        self._image.changed.connect(self._on_image)
+        self._run_button.changed.connect(self.run)
+        for w in (self._sigma, self._threshold, self._min_size, self._method, self._split):
+            w.changed.connect(self._on_param)
+        self._on_image()
+
+    def _on_image(self, *_) -> None:
+        """Fit the threshold slider to the image's intensity range."""
+        layer = self._image.value
+        if layer is None:
+            return
+        data = np.asarray(image_plane(layer, self._viewer), dtype=float)
+        lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
+        if hi > lo:
+            self._threshold.min, self._threshold.max = min(lo, 0.0), hi * 1.05
+            self._threshold.step = (hi - min(lo, 0.0)) / 200.0
+
+    def _on_param(self, *_) -> None:
+        if self._live.value and self._image.value is not None:
+            self.run()
+
+    def params(self) -> dict:
+        return {
+            "sigma": float(self._sigma.value), "threshold": float(self._threshold.value),
+            "min_size": int(self._min_size.value), "method": self._method.value,
+            "split": None if self._split.value == "none" else self._split.value,
+        }
+
+    def run(self, *_):
+        """Segment the current image plane and show the labels layer; returns it."""
+        layer = self._image.value
+        image = image_plane(layer, self._viewer)
+        params = self.params()
+        labels = classic.segment_classic(image, **params)
+        self._status.value = f"{int(labels.max())} cells"
+        return show_layer(self._viewer, labels, LAYER_NAME, "labels",
+                          metadata={"stage": "classic", "parameters": params, "source": layer.name})

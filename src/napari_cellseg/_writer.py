@@ -1,0 +1,12 @@
+"""napari writer for label layers: TIFF (uint16 / uint32) or 16-bit PNG."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .io import write_labels
+
+
+def write_labels_layer(path: str, data: Any, meta: dict) -> list[str]:
+    """Write a labels layer; an existing file is never replaced silently."""
+    return [str(write_labels(path, data, overwrite=False))]

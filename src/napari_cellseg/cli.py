@@ -1,0 +1,296 @@
+"""The ``napari-cellseg`` command: the same pipeline as the viewer, no Qt."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("napari_cellseg")
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    from .core import classic
+
+    p = sub.add_parser("segment", help="segment images; writes <stem>_masks.tif and <stem>_cells.csv")
+    p.add_argument("images", nargs="+", type=Path, help="TIFF / PNG images (grey or RGB)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    p.add_argument("--method", choices=("unet", "classic"), default="unet")
+    p.add_argument("--channel", type=int, default=None, help="RGB channel (default: the one with signal)")
+    p.add_argument("--pixel-size", type=float, default=None, help="µm per pixel (default: the model's)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    g = p.add_argument_group("unet method")
+    g.add_argument("--model", default=None, help="model name or .safetensors path (default: shipped)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    g.add_argument("--h", type=float, default=None, help="h of the h-minima seed split, µm")
+    g.add_argument("--sensitivity", type=float, default=None, help="seed sensitivity 0-100")
+    g = p.add_argument_group("classic method")
+    g.add_argument("--sigma", type=float, default=classic.SMOOTH_SIGMA)
+    g.add_argument("--threshold", type=float, default=classic.THRESHOLD)
+    g.add_argument("--min-size", type=int, default=classic.MIN_CELL_SIZE)
+    g.add_argument("--threshold-method", choices=classic.THRESHOLD_METHODS, default="global")
+    g.add_argument("--split", choices=classic.SPLIT_METHODS, default=None,
+                   help="split touching cells (intensity or distance watershed)")
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from .core.measure import cell_table
+    from .io import check_can_write, read_image, write_labels
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for path in args.images:
+        masks = args.out / f"{path.stem}_masks.tif"
+        table = args.out / f"{path.stem}_cells.csv"
+        for target in (masks, table):
+            check_can_write(target, args.overwrite)  # fail before any work is done
+        jobs.append((path, masks, table))
+    prediction_kwargs = {}
+    for path, masks, table in jobs:
+        image = read_image(path, args.channel)
+        if image.ndim != 2:
+            raise ValueError(f"{path}: a stack of shape {image.shape}; the CLI segments 2-D "
+                             "images (split the stack into planes first)")
+        if args.method == "classic":
+            from .core.classic import segment_classic
+
+            labels = segment_classic(
+                image, sigma=args.sigma, threshold=args.threshold, min_size=args.min_size,
+                method=args.threshold_method, split=args.split,
+            )
+        else:
+            from .pipeline import segment
+
+            for name in ("h", "sensitivity"):
+                if getattr(args, name) is not None:
+                    prediction_kwargs[name] = getattr(args, name)
+            labels = segment(image, pixel_size=args.pixel_size, model=args.model,
+                             device=args.device, **prediction_kwargs)
+        write_labels(masks, labels, overwrite=args.overwrite)
+        cell_table(labels, image, args.pixel_size).to_csv(
+            check_can_write(table, args.overwrite), index=False)
+        print(f"{path.name}: {int(labels.max())} cells -> {masks}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score predicted label images against ground truth")
+    p.add_argument("--gt", type=Path, required=True, help="folder of ground-truth label images")
+    p.add_argument("--pred", type=Path, required=True, help="folder of predicted label images")
+    p.add_argument("--iou", type=float, default=0.5)
+    p.add_argument("--min-size", type=int, default=0, help="drop objects below N px on both sides")
+    p.add_argument("--json", type=Path, default=None, help="write per-image and mean values")
+    p.add_argument("--csv", type=Path, default=None, help="write the per-image table")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .core.metrics import evaluate, mean_scores
+    from .io import check_can_write, list_images, pair_stem, read_labels
+
+    for f in (args.json, args.csv):
+        if f is not None:
+            check_can_write(f, args.overwrite)
+    gt = {pair_stem(p): p for p in list_images(args.gt)}
+    pred = {pair_stem(p): p for p in list_images(args.pred)}
+    alone_gt = sorted(set(gt) - set(pred))
+    alone_pred = sorted(set(pred) - set(gt))
+    for stem in alone_gt:
+        print(f"warning: {gt[stem].name} has no prediction in {args.pred}", file=sys.stderr)
+    for stem in alone_pred:
+        print(f"warning: {pred[stem].name} has no ground truth in {args.gt}", file=sys.stderr)
+    common = sorted(set(gt) & set(pred))
+    if not common:
+        raise ValueError(f"no ground-truth / prediction pairs between {args.gt} and {args.pred}")
+    rows, results = [], []
+    for stem in common:
+        g, p = read_labels(gt[stem]), read_labels(pred[stem])
+        if g.shape != p.shape:
+            raise ValueError(f"shapes differ: {gt[stem]} is {g.shape}, {pred[stem]} is {p.shape}")
+        r = evaluate(g, p, iou=args.iou, min_size=args.min_size)
+        results.append(r)
+        rows.append({"image": stem, **{k: v for k, v in r.summary().items() if k != "ap_by_threshold"}})
+    df = pd.DataFrame(rows)
+    cols = ["image", "n_true", "n_pred", "tp", "fp", "fn", "ap", "ap_50_95", "precision",
+            "recall", "ari", "dice", "sm"]
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    means = mean_scores(results)
+    print(f"mean over {len(results)} images (IoU {args.iou}): mAP {means['mAP']:.3f}  "
+          f"AP50:95 {means['ap_50_95']:.3f}  ARI {means['ari']:.3f}  SM {means['sm']:.3f}")
+    if alone_gt or alone_pred:
+        print(f"unpaired files: {len(alone_gt)} ground truth, {len(alone_pred)} predictions "
+              "(listed above, not scored)")
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+    if args.json:
+        payload = {"iou": args.iou, "min_size": args.min_size, **means,
+                   "images": {row["image"]: r.summary() for row, r in zip(rows, results, strict=True)},
+                   "unpaired_gt": alone_gt, "unpaired_pred": alone_pred}
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .model.train import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train or fine-tune the UNet on image / mask pairs")
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--masks", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="model file (.safetensors)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--patch", type=int, default=d.patch)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch)
+    p.add_argument("--loss", choices=("ce", "rmsd"), default=d.loss)
+    p.add_argument("--init", default=None, help="fine-tune from this model (name or path)")
+    p.add_argument("--channels", default="16,32,64,128,128", help="UNet widths per level")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="right-hand strip of each image kept for validation")
+    p.add_argument("--synthetic", type=int, default=16, help="synthetic whole-cell images mixed in")
+    p.add_argument("--pixel-size", type=float, default=None, help="µm per pixel of the images")
+    p.add_argument("--channel", type=int, default=None)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .model.train import (
+        TrainConfig,
+        load_pairs,
+        make_example,
+        new_model,
+        save_trained,
+        split_strip,
+        synthetic_examples,
+        train,
+    )
+
+    out = args.out if args.out.suffix == ".safetensors" else args.out.with_suffix(".safetensors")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    cfg = TrainConfig(epochs=args.epochs, patch=args.patch, batch=args.batch, lr=args.lr,
+                      steps_per_epoch=args.steps_per_epoch, loss=args.loss, seed=args.seed,
+                      device=args.device, threads=args.threads)
+    pairs = load_pairs(args.images, args.masks, args.channel)
+    train_ex, val_ex = [], []
+    for stem, image, labels in pairs:
+        ex = make_example(image, labels, name=stem)
+        t, v = split_strip(ex, args.val_fraction)
+        train_ex.append(t)
+        val_ex.append(v)
+    synth = synthetic_examples(args.synthetic, seed=args.seed) if args.synthetic else []
+    channels = [int(c) for c in args.channels.split(",")]
+    model, info = new_model(channels, init=args.init)
+    if args.pixel_size:
+        info.pixel_size = args.pixel_size
+    print(f"training on {len(train_ex)} images (+{len(synth)} synthetic), validating on the right "
+          f"{args.val_fraction:.0%} of each; {cfg.epochs} epochs x {cfg.steps_per_epoch} steps x "
+          f"batch {cfg.batch}")
+    validate = _ap_validator(val_ex, info)
+    best = out.with_name(out.stem + ".best.safetensors")
+    gen = train(model, train_ex, val_ex, cfg, synth, validate=validate,
+                checkpoint=out.with_suffix(".ckpt"), resume=args.resume)
+    history = []
+    for rec in gen:
+        history.append(rec)
+        extra = "".join(f"  {k} {rec[k]:.3f}" for k in ("val_loss", "val_mAP") if k in rec)
+        print(f"epoch {rec['epoch']:3d}/{cfg.epochs}  loss {rec['train_loss']:.4f}{extra}  "
+              f"{rec['seconds']:.0f}s{'  *' if rec['best'] else ''}", flush=True)
+        if rec["best"]:
+            save_trained(best, model, info, history, cfg, overwrite=True)
+    save_trained(out, model, info, history, cfg, overwrite=True)
+    print(f"saved {out} (best epoch by validation: {best})")
+    return 0
+
+
+def _ap_validator(val_examples, info):
+    """Validation AP after seeds and watershed, when the pipeline is importable."""
+    try:
+        from .pipeline import validation_scores
+    except ImportError:  # the seeds / cells stages are optional for training
+        return None
+    return lambda model: validation_scores(model, info, val_examples)
+
+
+def _add_noise_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("noise-sweep", help="cell count of the classic pipeline against noise")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--n", type=int, default=50, help="images per noise level")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _noise_sweep(args: argparse.Namespace) -> int:
+    from .io import check_can_write
+    from .sweep import noise_sweep, plot_sweep
+
+    csv = check_can_write(args.out / "noise_sweep.csv", args.overwrite)
+    png = check_can_write(args.out / "noise_sweep.png", args.overwrite)
+    df, failing = noise_sweep(n_images=args.n)
+    df.to_csv(csv, index=False)
+    plot_sweep(df, failing, png)
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("the pipeline starts to fail at noise "
+          + (f"{failing:.2f}" if failing is not None else "> the largest level tried"))
+    print(f"wrote {csv} and {png}")
+    return 0
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="write the synthetic sample images (and truth) to a folder")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .sample_data import write_samples
+
+    for path in write_samples(args.out, overwrite=args.overwrite):
+        print(path)
+    return 0
+
+
+COMMANDS = {
+    "segment": (_add_segment, _segment),
+    "evaluate": (_add_evaluate, _evaluate),
+    "train": (_add_train, _train),
+    "noise-sweep": (_add_noise_sweep, _noise_sweep),
+    "sample": (_add_sample, _sample),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-cellseg", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("napari_cellseg").setLevel(logging.INFO)
+    try:
+        return COMMANDS[args.command][1](args)
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError, NotADirectoryError,
+            IsADirectoryError) as err:
+        print(f"napari-cellseg {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Reading images and labels, writing labels and tables without silent overwrites."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+LABEL_SUFFIXES = ("_masks", "_mask", "_labels", "_img")
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    if not path.is_file():
+        raise IsADirectoryError(f"not a file: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            return np.asarray(tifffile.imread(path))
+        import imageio.v3 as iio
+
+        return np.asarray(iio.imread(path))
+    except Exception as err:  # re-raised with the file name: the reader's own words vary
+        raise ValueError(f"cannot read {path} as an image ({type(err).__name__}: {err})") from err
+
+
+def _drop_singletons(array: np.ndarray) -> np.ndarray:
+    """Drop leading singleton axes (1, 1, M, N) and a trailing one (M, N, 1), never the
+    image's own rows or columns."""
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim > 2 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return array
+
+
+def is_rgb(array: np.ndarray) -> bool:
+    """True for (M, N, 3) or (M, N, 4) arrays: colour, not a stack."""
+    return array.ndim == 3 and array.shape[-1] in (3, 4) and min(array.shape[:2]) > 4
+
+
+def select_channel(array: np.ndarray, channel: int | None = None) -> tuple[np.ndarray, int | None]:
+    """One channel of an RGB(A) image: the one given, else the one that carries signal.
+
+    Returns the 2-D (or stacked) single-channel array and the channel index used (None
+    for an image that had one channel). The alpha channel is never chosen by itself.
+    """
+    if not is_rgb(array):
+        if channel not in (None, 0):
+            raise ValueError(f"--channel {channel} given, but the image has one channel "
+                             f"(shape {array.shape})")
+        return array, None
+    n = array.shape[-1]
+    if channel is not None:
+        if not 0 <= channel < n:
+            raise ValueError(f"channel {channel} out of range for an image with {n} channels")
+        return array[..., channel], channel
+    colour = array[..., :3].reshape(-1, 3).astype(np.float64)
+    spread = colour.std(axis=0)
+    chosen = int(np.argmax(spread))
+    if np.count_nonzero(spread > 0.05 * spread.max()) > 1:
+        # Several live channels: a true colour image; its luminance-like mean is fairest.
+        logger.info("RGB image with several live channels: using their mean")
+        return array[..., :3].mean(axis=-1), None
+    return array[..., chosen], chosen
+
+
+def read_image(path: str | Path, channel: int | None = None) -> np.ndarray:
+    """Read a 2-D image (TIFF, PNG, JPEG; 8/16-bit, float; grey or RGB) as float32.
+
+    For an RGB image the channel that carries the signal is used (or ``channel``), and
+    the choice is logged. A (Z, M, N) stack is returned as a stack.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ValueError
+        The file is not a readable image, or its shape is not 2-D / RGB / a stack.
+    """
+    path = Path(path)
+    array = _read_raw(path)
+    array = _drop_singletons(array)
+    single, used = select_channel(array, channel)
+    if used is not None:
+        logger.info("%s: RGB image, using channel %d (%s)", path.name, used, "RGBA"[used])
+    if single.ndim not in (2, 3):
+        raise ValueError(f"{path}: expected a 2-D image, an RGB image or a stack, "
+                         f"got shape {array.shape}")
+    if single.dtype == bool:
+        single = single.astype(np.uint8)
+    if not np.issubdtype(single.dtype, np.number) or np.iscomplexobj(single):
+        raise ValueError(f"{path}: unsupported pixel type {single.dtype}")
+    return single.astype(np.float32)
+
+
+def read_labels(path: str | Path) -> np.ndarray:
+    """Read an integer label image (0 = background). RGB label images are refused."""
+    path = Path(path)
+    array = _drop_singletons(_read_raw(path))
+    if array.ndim != 2:
+        raise ValueError(f"{path}: a label image must be 2-D, got shape {array.shape}")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise ValueError(f"{path}: label image has non-integer values")
+        array = array.astype(np.int64)
+    if not np.issubdtype(array.dtype, np.integer) and array.dtype != bool:
+        raise ValueError(f"{path}: unsupported label type {array.dtype}")
+    if array.min() < 0:
+        raise ValueError(f"{path}: label image has negative values")
+    return array.astype(np.int32 if array.max() < 2**31 else np.int64)
+
+
+def check_can_write(path: str | Path, overwrite: bool = False) -> Path:
+    """Raise FileExistsError when ``path`` exists and ``overwrite`` is False."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def label_dtype(labels: np.ndarray) -> np.dtype:
+    """The smallest unsigned type that holds every id: uint16 when it can, else uint32."""
+    top = int(np.max(labels)) if np.size(labels) else 0
+    if top < 2**16:
+        return np.dtype(np.uint16)
+    if top < 2**32:
+        return np.dtype(np.uint32)
+    raise ValueError(f"label id {top} does not fit in uint32")
+
+
+def write_labels(path: str | Path, labels: np.ndarray, overwrite: bool = False) -> Path:
+    """Write labels as TIFF (uint16/uint32, zlib) or 16-bit PNG, refusing to overwrite."""
+    path = check_can_write(path, overwrite)
+    labels = np.asarray(labels)
+    dtype = label_dtype(labels)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(path, labels.astype(dtype), compression="zlib")
+    elif suffix == ".png":
+        if dtype != np.uint16:
+            raise ValueError(f"{path}: {int(labels.max())} labels do not fit a 16-bit PNG; use .tif")
+        import imageio.v3 as iio
+
+        iio.imwrite(path, labels.astype(np.uint16))
+    else:
+        raise ValueError(f"{path}: labels are written as .tif or .png, not {suffix!r}")
+    return path
+
+
+def pair_stem(path: str | Path) -> str:
+    """File name without extension and without a trailing _masks/_mask/_labels/_img."""
+    stem = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    for tail in LABEL_SUFFIXES:
+        if stem.endswith(tail):
+            return stem[: -len(tail)]
+    return stem
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"not a folder: {folder}")
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+
+from napari_cellseg.core import synthetic as syn
+
+
+def test_lesson_image_constants_and_determinism():
+    image, centers = syn.make_image()
+    assert image.shape == (syn.IMAGE_SIZE, syn.IMAGE_SIZE)
+    assert centers.shape == (syn.N_CELLS, 2)
+    assert image.min() >= 0
+    d = np.hypot(*(centers[:, None] - centers[None]).transpose(2, 0, 1))
+    assert d[np.triu_indices(syn.N_CELLS, 1)].min() >= syn.MIN_SEPARATION
+    again, _ = syn.make_image()
+    np.testing.assert_array_equal(image, again)
+
+
+def test_gaussian_blob_peak_and_width():
+    blob = syn.gaussian_blobs(np.array([[10.0, 20.0]]), (21, 41), sigma=6, brightness=1.0)
+    assert blob[10, 20] == pytest.approx(1.0)
+    assert blob[10, 26] == pytest.approx(np.exp(-0.5))  # one sigma away
+
+
+def test_pure_noise_is_clipped_noise():
+    noise = syn.make_pure_noise()
+    assert noise.min() == 0.0
+    # About half the samples are clipped to 0; the rest follow |N(0, 0.15)|.
+    assert 0.4 < np.mean(noise == 0) < 0.6
+    assert noise[noise > 0].mean() == pytest.approx(0.15 * np.sqrt(2 / np.pi), rel=0.05)
+
+
+def test_blob_labels_split_by_nearest_centre():
+    labels = syn.blob_labels(np.array([[10.0, 10.0], [10.0, 20.0]]), (21, 31), sigma=6)
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert labels[10, 14] == 1 and labels[10, 16] == 2
+
+
+def test_bright_dim_scene_truth():
+    scene = syn.make_bright_dim_image()
+    assert scene.bright.sum() == 4 and (~scene.bright).sum() == 4
+    assert scene.labels.max() == 8
+
+
+def test_gradient_is_added():
+    flat = syn.make_image()[0]
+    ramp = syn.make_gradient_image().image
+    # Same seed, same noise: the difference is the ramp where nothing was clipped.
+    both = (flat > 0) & (ramp > 0)
+    diff = (ramp - flat)[both]
+    cols = np.nonzero(both)[1]
+    np.testing.assert_allclose(diff, 0.2 * cols / syn.IMAGE_SIZE, atol=1e-9)
+
+
+@pytest.mark.parametrize("stain", ["cytoplasm", "membrane"])
+def test_whole_cell_image_truth(stain):
+    scene = syn.make_whole_cell_image(seed=3, shape=(128, 160), cell_radius=9, stain=stain)
+    labels, nuclei = scene.labels, scene.nucleus_labels
+    n = labels.max()
+    assert n > 10
+    np.testing.assert_array_equal(np.unique(labels), np.arange(n + 1))  # consecutive
+    inside = nuclei > 0
+    np.testing.assert_array_equal(nuclei[inside], labels[inside])  # a nucleus sits in its cell
+    assert set(np.unique(nuclei)) == set(range(n + 1))  # every cell has a nucleus
+    img = scene.image
+    assert img.dtype == np.float32 and img.shape == (128, 160)
+    cyto = (labels > 0) & ~inside
+    if stain == "cytoplasm":
+        assert img[cyto].mean() > 1.5 * img[inside].mean()  # dim nucleus
+    again = syn.make_whole_cell_image(seed=3, shape=(128, 160), cell_radius=9, stain=stain)
+    np.testing.assert_array_equal(again.labels, labels)
+
+
+def test_bad_parameters_are_clear():
+    with pytest.raises(ValueError, match="stain"):
+        syn.make_whole_cell_image(stain="dapi")
+    with pytest.raises(ValueError, match="could not place"):
+        syn.make_image(n_cells=50, min_separation=60)
