@@ -1,0 +1,150 @@
+"""Tiled inference: device choice, overlapping tiles blended without seams, bounded
+memory, per-tile progress."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator
+
+import numpy as np
+import torch
+
+from ..core.preprocess import percentile_normalize
+from .unet import UNet
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TILE = 512
+DEFAULT_OVERLAP = 64
+
+
+def choose_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA if present, else Apple MPS, else CPU. An explicit device that is
+    not available is an error, not a silent fallback."""
+    if isinstance(device, torch.device):
+        return device
+    device = (device or "auto").lower()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but PyTorch sees no CUDA GPU; use 'cpu' or 'auto'")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError("device 'mps' requested but it is not available; use 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+def _starts(length: int, tile: int, step: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+def _window(tile: int, overlap: int) -> np.ndarray:
+    """2-D blending weight: a linear ramp over ``overlap`` px at each edge, 1 inside.
+
+    The ramp starts above 0 so that image corners covered by one tile keep a weight.
+    """
+    ramp = np.ones(tile, dtype=np.float32)
+    if overlap > 0:
+        edge = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
+        ramp[:overlap] = edge
+        ramp[-overlap:] = edge[::-1]
+    return np.outer(ramp, ramp)
+
+
+def iter_probabilities(
+    model: UNet,
+    image: np.ndarray,
+    device: str | torch.device = "auto",
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int = 4,
+    normalize: tuple[float, float] | None = (1.0, 99.8),
+    half: bool | None = None,
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """Class probabilities of a 2-D image, tile by tile.
+
+    Yields ``(tiles_done, tiles_total)`` after each batch of tiles and returns the
+    probabilities, shape (n_classes, M, N), float32, summing to 1 at every pixel.
+    Stopping the generator early (a cancelled worker) stops the computation.
+
+    Parameters
+    ----------
+    model : UNet
+    image : (M, N) ndarray
+    device : str or torch.device
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
+    tile : int
+        Tile side in pixels (rounded up to the model's divisor). Memory on the device
+        is bounded by ``batch_size`` tiles whatever the image size.
+    overlap : int
+        Overlap between neighbouring tiles; each tile's border is blended out over it.
+    batch_size : int
+        Tiles per forward pass.
+    normalize : (low, high) percentiles or None
+        Percentile normalisation; None when the image is normalised already.
+    half : bool, optional
+        float16 autocast; defaults to True on CUDA, False elsewhere.
+    """
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {image.shape}; for RGB pick a channel, "
+                         "for a stack segment plane by plane")
+    if min(image.shape) < 1:
+        raise ValueError(f"empty image of shape {image.shape}")
+    dev = choose_device(device)
+    half = (dev.type == "cuda") if half is None else half
+    x = percentile_normalize(image, *normalize) if normalize else image.astype(np.float32)
+    div = model.config.divisor
+    tile = int(np.ceil(max(tile, div) / div) * div)
+    overlap = int(min(max(overlap, 0), tile // 2))
+    h, w = x.shape
+    # Pad (reflect) to at least one tile and to a multiple of the divisor.
+    ph = max(tile, int(np.ceil(h / div) * div)) if h < tile else h
+    pw = max(tile, int(np.ceil(w / div) * div)) if w < tile else w
+    if (ph, pw) != (h, w):
+        mode = "reflect" if min(h, w) > 1 else "edge"
+        x = np.pad(x, ((0, ph - h), (0, pw - w)), mode=mode)
+    th, tw = min(tile, ph), min(tile, pw)
+    win = _window(tile, overlap)[:th, :tw]
+    rows = _starts(ph, th, th - overlap)
+    cols = _starts(pw, tw, tw - overlap)
+    positions = [(r, c) for r in rows for c in cols]
+    n_classes = model.config.n_classes
+    acc = np.zeros((n_classes, ph, pw), dtype=np.float32)
+    norm = np.zeros((ph, pw), dtype=np.float32)
+    model = model.to(dev).eval()
+    total = len(positions)
+    done = 0
+    with torch.inference_mode():
+        for i in range(0, total, batch_size):
+            chunk = positions[i : i + batch_size]
+            batch = np.stack([x[r : r + th, c : c + tw] for r, c in chunk])[:, None]
+            t = torch.from_numpy(np.ascontiguousarray(batch)).to(dev)
+            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=half):
+                logits = model(t)
+            prob = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            for (r, c), p in zip(chunk, prob, strict=True):
+                acc[:, r : r + th, c : c + tw] += p * win
+                norm[r : r + th, c : c + tw] += win
+            done += len(chunk)
+            yield done, total
+    acc /= norm
+    return acc[:, :h, :w]
+
+
+def predict_probabilities(model: UNet, image: np.ndarray, **kwargs) -> np.ndarray:
+    """:func:`iter_probabilities`, drained: (n_classes, M, N) float32."""
+    gen = iter_probabilities(model, image, **kwargs)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value

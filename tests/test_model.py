@@ -1,0 +1,169 @@
+"""UNet, targets, tiled inference, training, weights I/O."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_cellseg.core import synthetic as syn  # noqa: E402
+from napari_cellseg.model import targets  # noqa: E402
+from napari_cellseg.model.inference import choose_device, predict_probabilities  # noqa: E402
+from napari_cellseg.model.store import ModelInfo, load_model, save_model  # noqa: E402
+from napari_cellseg.model.train import (  # noqa: E402
+    PatchSampler,
+    TrainConfig,
+    loss_fn,
+    make_example,
+    split_strip,
+    train,
+)
+from napari_cellseg.model.unet import PAPER_CHANNELS, UNet, UNetConfig  # noqa: E402
+
+
+def test_targets_rule_on_two_touching_cells():
+    labels = np.zeros((9, 14), np.int32)
+    labels[1:8, 1:7] = 1
+    labels[1:8, 7:13] = 2
+    t = targets.make_targets(labels)
+    # The shared border (columns 6 and 7) is background: the cells are not joined.
+    assert np.all(t[1:8, 6] == targets.BACKGROUND) and np.all(t[1:8, 7] == targets.BACKGROUND)
+    assert t[0, 0] == targets.BACKGROUND
+    # Each cell has a seed at its centre, cytoplasm at its outer rim.
+    assert t[4, 3] == targets.SEED and t[4, 10] == targets.SEED
+    assert t[1, 3] == targets.CYTOPLASM
+    seeds, n = __import__("scipy.ndimage", fromlist=["label"]).label(t == targets.SEED)
+    assert n == 2
+
+
+def test_targets_use_nucleus_labels_when_given():
+    labels = np.zeros((10, 10), np.int32)
+    labels[1:9, 1:9] = 1
+    nuclei = np.zeros_like(labels)
+    nuclei[3:5, 3:5] = 1
+    t = targets.make_targets(labels, nuclei)
+    assert (t == targets.SEED).sum() == 4
+    assert t[7, 7] == targets.CYTOPLASM
+
+
+def test_paper_architecture_and_output_shape(tiny_model):
+    net = UNet(UNetConfig(channels=PAPER_CHANNELS))
+    assert len(net.down) == 5 and net.config.divisor == 16
+    model, _ = tiny_model
+    x = torch.rand(2, 1, 32, 48)
+    p = model.probabilities(x)
+    assert p.shape == (2, 3, 32, 48)
+    torch.testing.assert_close(p.sum(1), torch.ones(2, 32, 48))
+
+
+def test_predict_probabilities_sum_to_one_any_size(tiny_model):
+    model, _ = tiny_model
+    for shape in [(13, 7), (50, 61), (130, 70)]:
+        image = np.random.default_rng(0).random(shape).astype(np.float32)
+        p = predict_probabilities(model, image, tile=64, overlap=16, device="cpu")
+        assert p.shape == (3, *shape) and p.dtype == np.float32
+        np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-5)
+
+
+def test_tiled_equals_untiled_away_from_border(tiny_model):
+    model, _ = tiny_model
+    image = syn.make_whole_cell_image(seed=1, shape=(192, 200)).image
+    whole = predict_probabilities(model, image, tile=256, device="cpu")
+    tiled = predict_probabilities(model, image, tile=64, overlap=32, batch_size=3, device="cpu")
+    inner = (slice(None), slice(16, -16), slice(16, -16))
+    assert np.abs(whole[inner] - tiled[inner]).max() < 0.02
+    assert np.abs(whole[inner] - tiled[inner]).mean() < 1e-3
+
+
+def test_progress_per_tile(tiny_model):
+    from napari_cellseg.model.inference import iter_probabilities
+
+    model, _ = tiny_model
+    steps = list(_drain(iter_probabilities(model, np.zeros((100, 100), np.float32), tile=48,
+                                           overlap=8, batch_size=1, device="cpu")))
+    assert steps[-1][0] == steps[-1][1] == len(steps) == 9
+
+
+def _drain(gen):
+    while True:
+        try:
+            yield next(gen)
+        except StopIteration:
+            return
+
+
+def test_choose_device():
+    assert choose_device("cpu").type == "cpu"
+    assert choose_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            choose_device("cuda")
+
+
+def test_a_few_training_steps_lower_the_loss():
+    scene = syn.make_whole_cell_image(seed=5, shape=(96, 96), cell_radius=8)
+    ex = make_example(scene.image, scene.labels, scene.nucleus_labels)
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(channels=(8, 16, 32), dropout=0.0))
+    cfg = TrainConfig(epochs=6, steps_per_epoch=5, batch=4, patch=64, margin=4, lr=3e-3, device="cpu")
+    history = list(train(model, [ex], [], cfg))
+    assert len(history) == 6
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
+
+
+def test_losses():
+    logits = torch.zeros(1, 3, 4, 4)
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    w = torch.ones(3)
+    assert loss_fn(logits, target, w, "ce").item() == pytest.approx(np.log(3))
+    # Uniform 1/3 against one-hot: per-class RMSD sqrt(4/9), sqrt(1/9), sqrt(1/9).
+    expected = (2 / 3 + 1 / 3 + 1 / 3) / 3
+    assert loss_fn(logits, target, w, "rmsd").item() == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(ValueError):
+        loss_fn(logits, target, w, "mse")
+
+
+def test_split_strip_and_sampler():
+    scene = syn.make_whole_cell_image(seed=2, shape=(100, 120))
+    ex = make_example(scene.image, scene.labels)
+    left, right = split_strip(ex, 0.25)
+    assert left.image.shape == (100, 90) and right.image.shape == (100, 30)
+    x, y = PatchSampler([left], patch=64).sample(np.random.default_rng(0), 3)
+    assert x.shape == (3, 1, 64, 64) and y.shape == (3, 64, 64)
+    with pytest.raises(ValueError, match="shape"):
+        make_example(scene.image, scene.labels[:, :10])
+
+
+def test_save_load_round_trip(tmp_path, tiny_model):
+    model, info = tiny_model
+    info.cell_diameter_um = 9.0
+    path = save_model(tmp_path / "m", model, info)
+    assert path.suffix == ".safetensors"
+    loaded, linfo = load_model(path)
+    assert linfo.cell_diameter_um == 9.0 and linfo.config == model.config
+    x = torch.rand(1, 1, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x))
+    with pytest.raises(FileExistsError):
+        save_model(path, model, info)
+
+
+def test_corrupt_and_mismatched_weights_are_clear_errors(tmp_path, tiny_model):
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="corrupt"):
+        load_model(bad)
+    model, info = tiny_model
+    path = save_model(tmp_path / "m", model, info)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="corrupt"):
+        load_model(truncated)
+    # Metadata says one architecture, tensors are of another.
+    other = ModelInfo(config=UNetConfig(channels=(8, 16, 32)))
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "mis.safetensors"),
+              metadata=other.to_metadata())
+    with pytest.raises(ValueError, match="do not match"):
+        load_model(tmp_path / "mis.safetensors")
+    with pytest.raises(FileNotFoundError, match="no model"):
+        load_model("no-such-model")
