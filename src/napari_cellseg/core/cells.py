@@ -1,0 +1,181 @@
+"""Cells (Al-Kofahi et al. 2018, step 3): a seeded watershed, exactly one cell per seed.
+
+The flooding landscape is the cell probability (seed + cytoplasm), optionally times a
+transform of the image (Gaussian denoise, intensity scaling, log) as in the paper. The
+background is what lies below a 3-level Otsu threshold of the landscape, choosing the
+one of its two thresholds whose foreground area is closest to
+``number of seeds x expected cell area`` (the paper's rule).
+
+Speed: the landscape's own catchment basins are computed once per prediction, with the
+graph of their adjacencies (higra region adjacency graph, edges weighted by the pass
+between two basins). A seeded watershed then labels basins, not pixels: a few thousand
+nodes instead of a million pixels, which keeps slider moves in the tens of milliseconds.
+A basin that holds two or more seeds is split at pixel level by an ordinary watershed
+within its bounding box. The result equals a pixel-level seeded watershed except where
+a basin is flooded from two sides through passes of equal height.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import watershed
+
+from .classic import relabel_sequential_by_size
+
+
+def cell_landscape(
+    cell_probability: np.ndarray,
+    image: np.ndarray | None = None,
+    intensity_weight: float = 0.0,
+    denoise_sigma: float = 1.0,
+) -> np.ndarray:
+    """Flooding landscape in [0, 1]: high inside cells, low on borders and background.
+
+    ``intensity_weight`` 0 uses the cell probability alone; 1 multiplies it by the
+    paper's image transform ``log(1 + 9 s) / log(10)`` of the denoised image ``s``
+    scaled to [0, 1] (a power of it for weights in between).
+    """
+    p = np.clip(np.asarray(cell_probability, dtype=np.float32), 0.0, 1.0)
+    if intensity_weight <= 0 or image is None:
+        return p
+    s = ndi.gaussian_filter(np.asarray(image, dtype=np.float32), denoise_sigma)
+    lo, hi = np.percentile(s, [1, 99.8])
+    s = np.clip((s - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    t = np.log1p(9.0 * s) / np.log(10.0)
+    return (p * t**intensity_weight).astype(np.float32)
+
+
+def background_thresholds(landscape: np.ndarray) -> np.ndarray:
+    """The two thresholds of a 3-level Otsu of the landscape (sorted)."""
+    from skimage.filters import threshold_multiotsu
+
+    values = np.asarray(landscape, dtype=np.float32)
+    if np.ptp(values) == 0:
+        return np.array([np.inf, np.inf])
+    try:
+        return np.sort(threshold_multiotsu(values, classes=3, nbins=128))
+    except ValueError:
+        mid = float(values.min() + np.ptp(values) / 2)
+        return np.array([mid, mid])
+
+
+def choose_background_threshold(
+    landscape: np.ndarray, thresholds: np.ndarray, n_seeds: int, cell_area_px: float
+) -> float:
+    """The threshold whose foreground area is closest to ``n_seeds * cell_area_px``."""
+    areas = np.array([np.count_nonzero(landscape > t) for t in thresholds])
+    return float(thresholds[int(np.argmin(np.abs(areas - n_seeds * cell_area_px)))])
+
+
+def seeded_watershed(
+    landscape: np.ndarray, seeds: np.ndarray, foreground: np.ndarray, min_size: int = 0
+) -> np.ndarray:
+    """Reference pixel-level seeded watershed (scikit-image): cells grow from the seeds
+    over the inverted landscape within the foreground; the background is its own
+    marker. Exactly one cell per seed (before the size filter)."""
+    seeds = np.asarray(seeds)
+    markers = seeds.astype(np.int32).copy()
+    bg_id = int(markers.max()) + 1
+    markers[~foreground & (markers == 0)] = bg_id
+    labels = watershed(-landscape, markers)
+    labels[labels == bg_id] = 0
+    return relabel_sequential_by_size(labels, min_size)
+
+
+def basin_adjacency(
+    basins: np.ndarray, flood: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Adjacent basin pairs (4-connectivity) and the pass between them: the lowest, over
+    their shared border, of the higher flood level of two touching pixels.
+
+    numpy sort-and-reduce; higra's own region-adjacency-graph builder does the same but
+    took 30x longer on a 1.2 Mpx frame here.
+    """
+    n = int(basins.max()) + 1
+    keys, levels = [], []
+    for a, b, fa, fb in ((basins[:, :-1], basins[:, 1:], flood[:, :-1], flood[:, 1:]),
+                         (basins[:-1], basins[1:], flood[:-1], flood[1:])):
+        d = a != b
+        lo = np.minimum(a[d], b[d]).astype(np.int64)
+        hi = np.maximum(a[d], b[d]).astype(np.int64)
+        keys.append(lo * n + hi)
+        levels.append(np.maximum(fa[d], fb[d]))
+    key = np.concatenate(keys)
+    level = np.concatenate(levels)
+    if key.size == 0:
+        e = np.zeros(0, dtype=np.int64)
+        return e, e, np.zeros(0)
+    order = np.argsort(key, kind="stable")
+    key, level = key[order], level[order]
+    start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    pair = key[start]
+    return pair // n, pair % n, np.minimum.reduceat(level, start)
+
+
+class BasinGraph:
+    """Catchment basins of a landscape and their adjacency graph, for fast seeded
+    watersheds at any seeds and background level."""
+
+    def __init__(self, landscape: np.ndarray):
+        import higra as hg
+
+        self.landscape = np.asarray(landscape, dtype=np.float32)
+        flood = -self.landscape
+        self.basins = watershed(flood).astype(np.int64)  # 1..B, one per regional minimum
+        self.n_basins = int(self.basins.max())
+        src, dst, passes = basin_adjacency(self.basins, flood)
+        self.rag = hg.UndirectedGraph(self.n_basins)
+        self.rag.add_edges(src - 1, dst - 1)
+        self.rag_weights = passes.astype(np.float64)
+        self._objects = ndi.find_objects(self.basins)
+
+    def segment(self, seeds: np.ndarray, foreground: np.ndarray, min_size: int = 0) -> np.ndarray:
+        """Seeded watershed from seed labels (M, N) within ``foreground``.
+
+        Basins that are mostly background take the background marker, so a cell that
+        has no seed is flooded by the background or by a neighbour, whichever is
+        reached through the lower pass, as in a watershed with a background marker.
+
+        Returns
+        -------
+        labels : (M, N) ndarray of int32, consecutive; one cell per seed that survives
+            the size filter.
+        """
+        import higra as hg
+
+        seeds = np.asarray(seeds)
+        n_seeds = int(seeds.max()) if seeds.size else 0
+        out = np.zeros(self.landscape.shape, dtype=np.int32)
+        if n_seeds == 0:
+            return out
+        b = self.basins
+        fg_count = np.bincount(b[foreground], minlength=self.n_basins + 1)
+        size = np.bincount(b.ravel(), minlength=self.n_basins + 1)
+        bg_id = n_seeds + 1
+        node_seed = np.where(fg_count[1:] * 2 < size[1:], bg_id, 0).astype(np.int64)
+        # Which seeds fall in which basin.
+        where = seeds > 0
+        key = np.unique(b[where] * (n_seeds + 1) + seeds[where])
+        basin_of, seed_of = key // (n_seeds + 1), key % (n_seeds + 1)
+        n_per_basin = np.bincount(basin_of, minlength=self.n_basins + 1)
+        single = n_per_basin[basin_of] == 1
+        node_seed[basin_of[single] - 1] = seed_of[single]
+        shared = np.unique(basin_of[~single])
+        # A seed in several basins marks each of them; such basins merge into one cell.
+        node_seed[shared - 1] = np.where(node_seed[shared - 1] == bg_id, 0, node_seed[shared - 1])
+        for bid in shared:  # rare: a pixel-level split inside the basin
+            first = seed_of[basin_of == bid][0]
+            node_seed[bid - 1] = first
+        lab = np.asarray(hg.labelisation_seeded_watershed(self.rag, self.rag_weights, node_seed))
+        lut = np.concatenate([[0], lab]).astype(np.int32)
+        lut[lut == bg_id] = 0
+        out = lut[b]
+        for bid in shared:
+            sl = self._objects[bid - 1]
+            inside = b[sl] == bid
+            local = np.where(inside, seeds[sl], 0)
+            split = watershed(-self.landscape[sl], local, mask=inside)
+            out[sl][inside] = split[inside]
+        out[~foreground] = 0
+        return relabel_sequential_by_size(out, min_size)

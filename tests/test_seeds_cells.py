@@ -1,0 +1,140 @@
+"""Seeds and seeded watershed on synthetic whole-cell images with exact truth.
+
+The probability maps here are made from the truth (the ideal UNet output, blurred), so
+these tests check the seeds and cells stages alone; the shipped model is checked
+end-to-end in test_pipeline.py.
+"""
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from napari_cellseg.core import cells as cells_mod
+from napari_cellseg.core import seeds as seeds_mod
+from napari_cellseg.core import synthetic as syn
+from napari_cellseg.core.metrics import evaluate
+from napari_cellseg.model.targets import make_targets
+from napari_cellseg.pipeline import Prediction, SegmentParams
+
+PIXEL = 0.5  # µm per pixel of the synthetic scenes
+RADIUS_PX = 9.0
+
+
+def ideal_probabilities(labels, nuclei=None, blur=1.0):
+    t = make_targets(labels, nuclei)
+    p = np.stack([ndi.gaussian_filter((t == k).astype(np.float32), blur) for k in range(3)])
+    return p / p.sum(0)
+
+
+def scene_prediction(seed=0, zoom=1, shape=(160, 160)):
+    scene = syn.make_whole_cell_image(seed=seed, shape=shape, cell_radius=RADIUS_PX, density=0.85)
+    labels = scene.labels
+    probs = ideal_probabilities(labels)
+    if zoom != 1:  # the same physical maps on a finer grid
+        labels = np.kron(labels, np.ones((zoom, zoom), labels.dtype))
+        probs = ndi.zoom(probs, (1, zoom, zoom), order=1, grid_mode=True, mode="grid-constant")
+        probs = np.clip(probs, 0, 1) / np.clip(probs, 0, 1).sum(0)
+    image = np.kron(scene.image, np.ones((zoom, zoom), np.float32))
+    pred = Prediction(image, probs, image, PIXEL / zoom, cell_diameter_um=2 * RADIUS_PX * PIXEL)
+    return pred, labels
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_touching_cells_are_split(seed):
+    pred, labels = scene_prediction(seed)
+    from napari_cellseg.model.targets import touching_border
+
+    assert labels.max() > 40
+    assert np.unique(labels[touching_border(labels)]).size > 20  # many cells touch others
+    r = evaluate(labels, pred.segment())
+    assert r.ap >= 0.9
+    assert r.n_merged <= 1 and r.n_split <= 1
+
+
+def test_exactly_one_cell_per_seed():
+    pred, _ = scene_prediction(3)
+    p = pred.params(min_cell_area=0.0)
+    cells, seeds = pred.segment_grid(p)
+    assert cells.max() == seeds.max()
+    # Every seed lies inside the one cell grown from it.
+    for s in range(1, seeds.max() + 1):
+        assert len(np.unique(cells[seeds == s])) == 1
+
+
+def test_larger_h_never_gives_more_seeds():
+    pred, _ = scene_prediction(4)
+    counts = [pred.seeds(pred.params(h=h)).max() for h in (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 6.0)]
+    assert all(a >= b for a, b in zip(counts, counts[1:], strict=False))
+    assert counts[0] > counts[-1]
+
+
+def test_sensitivity_moves_seed_count_monotonically():
+    pred, labels = scene_prediction(5)
+    # Seeds of every strength, as a real model gives: weak ones need a high sensitivity.
+    gain = np.random.default_rng(0).uniform(0.05, 1.0, labels.max() + 1)
+    pred.probabilities[0] *= gain[labels]
+    counts = [pred.seeds(pred.params(sensitivity=s)).max() for s in (0, 20, 40, 60, 80, 100)]
+    assert all(a <= b for a, b in zip(counts, counts[1:], strict=False)), counts
+    assert counts[0] < counts[-1] <= labels.max()
+
+
+def test_sensitivity_levels_match_the_paper():
+    assert seeds_mod.sensitivity_level(60) == 2  # the third of five thresholds
+    assert seeds_mod.sensitivity_level(100) == 0
+    assert seeds_mod.sensitivity_level(0) == 4
+    with pytest.raises(ValueError):
+        seeds_mod.sensitivity_level(101)
+
+
+def test_pixel_size_scales_physical_parameters():
+    coarse, labels = scene_prediction(6, zoom=1)
+    fine, labels2 = scene_prediction(6, zoom=2)
+    for params in ({}, {"h": 1.0}, {"sensitivity": 80}):
+        a = coarse.segment(**params)
+        b = fine.segment(**params)
+        assert abs(int(a.max()) - int(b.max())) <= 1
+        # Same cells, half the pixel size: four times the pixel area.
+        assert np.bincount(b.ravel())[1:].mean() == pytest.approx(4 * np.bincount(a.ravel())[1:].mean(), rel=0.1)
+    assert fine.min_area_px(fine.defaults) == pytest.approx(4 * coarse.min_area_px(coarse.defaults), rel=0.05)
+
+
+def test_no_cells_gives_no_cells():
+    probs = np.zeros((3, 64, 64), np.float32)
+    probs[2] = 1.0
+    pred = Prediction(np.zeros((64, 64), np.float32), probs, np.zeros((64, 64), np.float32), 0.5)
+    assert pred.segment().max() == 0
+    assert pred.stages()["cells"].max() == 0
+
+
+def test_basin_graph_matches_pixel_watershed():
+    pred, labels = scene_prediction(7)
+    p = pred.defaults
+    cells_fast, seeds = pred.segment_grid(p)
+    fg = pred.foreground(p, int(seeds.max()))
+    reference = cells_mod.seeded_watershed(pred.landscape(p), seeds, fg, pred.min_area_px(p))
+    r = evaluate(reference, cells_fast, iou=0.8)
+    assert r.ap >= 0.95
+
+
+def test_seed_splitter_cut_is_h_maxima_watershed():
+    # Two discs joined by a thin bridge: the distance has two maxima of dynamic ~4 px.
+    mask = np.zeros((30, 50), bool)
+    yy, xx = np.mgrid[:30, :50]
+    mask |= (yy - 15) ** 2 + (xx - 13) ** 2 <= 36
+    mask |= (yy - 15) ** 2 + (xx - 36) ** 2 <= 36
+    mask[14:17, 13:37] = True
+    splitter = seeds_mod.SeedSplitter(mask)
+    assert splitter.cut(1.0).max() == 2
+    assert splitter.cut(10.0).max() == 1
+    # A separate component stays separate at any h.
+    mask[2:5, 45:48] = True
+    assert seeds_mod.SeedSplitter(mask).cut(100.0).max() == 2
+
+
+def test_unknown_parameter_is_an_error():
+    pred, _ = scene_prediction(0, shape=(64, 64))
+    with pytest.raises(TypeError, match="unknown"):
+        pred.segment(hh=3)
+    with pytest.raises(ValueError, match="h must be"):
+        pred.segment(h=-1)
+    assert SegmentParams().sensitivity == 60
