@@ -6,7 +6,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from napari_cellseg.core.metrics import adjusted_rand_index, contingency, evaluate, iou_matrix, mean_scores
+from napari_cellseg.core.metrics import (
+    adjusted_rand_index,
+    contingency,
+    evaluate,
+    iou_matrix,
+    mean_scores,
+)
 
 
 def squares(shape=(20, 30), boxes=()):

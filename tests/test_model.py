@@ -31,7 +31,7 @@ def test_targets_rule_on_two_touching_cells():
     # Each cell has a seed at its centre, cytoplasm at its outer rim.
     assert t[4, 3] == targets.SEED and t[4, 10] == targets.SEED
     assert t[1, 3] == targets.CYTOPLASM
-    seeds, n = __import__("scipy.ndimage", fromlist=["label"]).label(t == targets.SEED)
+    _seeds, n = __import__("scipy.ndimage", fromlist=["label"]).label(t == targets.SEED)
     assert n == 2
 
 

@@ -5,6 +5,8 @@ these tests check the seeds and cells stages alone; the shipped model is checked
 end-to-end in test_pipeline.py.
 """
 
+import itertools
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -64,7 +66,7 @@ def test_exactly_one_cell_per_seed():
 def test_larger_h_never_gives_more_seeds():
     pred, _ = scene_prediction(4)
     counts = [pred.seeds(pred.params(h=h)).max() for h in (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 6.0)]
-    assert all(a >= b for a, b in zip(counts, counts[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(counts))
     assert counts[0] > counts[-1]
 
 
@@ -74,7 +76,7 @@ def test_sensitivity_moves_seed_count_monotonically():
     gain = np.random.default_rng(0).uniform(0.05, 1.0, labels.max() + 1)
     pred.probabilities[0] *= gain[labels]
     counts = [pred.seeds(pred.params(sensitivity=s)).max() for s in (0, 20, 40, 60, 80, 100)]
-    assert all(a <= b for a, b in zip(counts, counts[1:], strict=False)), counts
+    assert all(a <= b for a, b in itertools.pairwise(counts)), counts
     assert counts[0] < counts[-1] <= labels.max()
 
 
@@ -87,8 +89,8 @@ def test_sensitivity_levels_match_the_paper():
 
 
 def test_pixel_size_scales_physical_parameters():
-    coarse, labels = scene_prediction(6, zoom=1)
-    fine, labels2 = scene_prediction(6, zoom=2)
+    coarse, _labels = scene_prediction(6, zoom=1)
+    fine, _labels2 = scene_prediction(6, zoom=2)
     for params in ({}, {"h": 1.0}, {"sensitivity": 80}):
         a = coarse.segment(**params)
         b = fine.segment(**params)
@@ -107,7 +109,7 @@ def test_no_cells_gives_no_cells():
 
 
 def test_basin_graph_matches_pixel_watershed():
-    pred, labels = scene_prediction(7)
+    pred, _labels = scene_prediction(7)
     p = pred.defaults
     cells_fast, seeds = pred.segment_grid(p)
     fg = pred.foreground(p, int(seeds.max()))
