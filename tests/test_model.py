@@ -103,8 +103,8 @@ def test_a_few_training_steps_lower_the_loss():
     scene = syn.make_whole_cell_image(seed=5, shape=(96, 96), cell_radius=8)
     ex = make_example(scene.image, scene.labels, scene.nucleus_labels)
     torch.manual_seed(0)
-    model = UNet(UNetConfig(channels=(8, 16, 32), dropout=0.0))
-    cfg = TrainConfig(epochs=6, steps_per_epoch=5, batch=4, patch=64, margin=4, lr=3e-3, device="cpu")
+    model = UNet(UNetConfig(channels=(4, 8, 16), dropout=0.0))
+    cfg = TrainConfig(epochs=6, steps_per_epoch=5, batch=4, patch=48, margin=4, lr=1e-2, device="cpu")
     history = list(train(model, [ex], [], cfg))
     assert len(history) == 6
     assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
@@ -167,3 +167,24 @@ def test_corrupt_and_mismatched_weights_are_clear_errors(tmp_path, tiny_model):
         load_model(tmp_path / "mis.safetensors")
     with pytest.raises(FileNotFoundError, match="no model"):
         load_model("no-such-model")
+
+
+def test_abandoned_prediction_leaves_grad_mode_on(tiny_model):
+    """A cancelled prediction (generator dropped at a yield) must not leave the thread in
+    inference mode: a training job may run on the same pooled thread next."""
+    from napari_cellseg.model.inference import iter_probabilities
+
+    model, _ = tiny_model
+    gen = iter_probabilities(model, np.zeros((200, 200), np.float32) + np.eye(200, dtype=np.float32),
+                             tile=64, overlap=8, batch_size=1, device="cpu")
+    next(gen)
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    del gen
+
+
+def test_shipped_model_loads():
+    models = __import__("napari_cellseg.model.registry", fromlist=["x"]).builtin_models()
+    assert "dense_tcells" in models
+    model, info = load_model()
+    assert info.pixel_size == pytest.approx(0.5)
+    assert not model.training

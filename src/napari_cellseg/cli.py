@@ -14,7 +14,8 @@ logger = logging.getLogger("napari_cellseg")
 def _add_segment(sub: argparse._SubParsersAction) -> None:
     from .core import classic
 
-    p = sub.add_parser("segment", help="segment images; writes <stem>_masks.tif and <stem>_cells.csv")
+    p = sub.add_parser("segment", help="segment images; writes <stem>_masks.tif, <stem>_cells.csv "
+                                       "and <stem>_params.json")
     p.add_argument("images", nargs="+", type=Path, help="TIFF / PNG images (grey or RGB)")
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument("--method", choices=("unet", "classic"), default="unet")
@@ -36,42 +37,19 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from .core.measure import cell_table
-    from .io import check_can_write, read_image, write_labels
+    from .batch import iter_segment_files
+    from .pipeline import drain
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    jobs = []
-    for path in args.images:
-        masks = args.out / f"{path.stem}_masks.tif"
-        table = args.out / f"{path.stem}_cells.csv"
-        for target in (masks, table):
-            check_can_write(target, args.overwrite)  # fail before any work is done
-        jobs.append((path, masks, table))
-    prediction_kwargs = {}
-    for path, masks, table in jobs:
-        image = read_image(path, args.channel)
-        if image.ndim != 2:
-            raise ValueError(f"{path}: a stack of shape {image.shape}; the CLI segments 2-D "
-                             "images (split the stack into planes first)")
-        if args.method == "classic":
-            from .core.classic import segment_classic
-
-            labels = segment_classic(
-                image, sigma=args.sigma, threshold=args.threshold, min_size=args.min_size,
-                method=args.threshold_method, split=args.split,
-            )
-        else:
-            from .pipeline import segment
-
-            for name in ("h", "sensitivity"):
-                if getattr(args, name) is not None:
-                    prediction_kwargs[name] = getattr(args, name)
-            labels = segment(image, pixel_size=args.pixel_size, model=args.model,
-                             device=args.device, **prediction_kwargs)
-        write_labels(masks, labels, overwrite=args.overwrite)
-        cell_table(labels, image, args.pixel_size).to_csv(
-            check_can_write(table, args.overwrite), index=False)
-        print(f"{path.name}: {int(labels.max())} cells -> {masks}")
+    if args.method == "classic":
+        params = {"sigma": args.sigma, "threshold": args.threshold, "min_size": args.min_size,
+                  "method": args.threshold_method, "split": args.split}
+    else:
+        params = {k: getattr(args, k) for k in ("h", "sensitivity") if getattr(args, k) is not None}
+    results = drain(iter_segment_files(
+        args.images, args.out, args.method, params, pixel_size=args.pixel_size, model=args.model,
+        device=args.device, channel=args.channel, overwrite=args.overwrite))
+    for path, n in results:
+        print(f"{path.name}: {n} cells -> {args.out / (path.stem + '_masks.tif')}")
     return 0
 
 

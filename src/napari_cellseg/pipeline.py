@@ -258,8 +258,14 @@ def iter_predict(
     else:
         net, info = load_model(model, device="cpu")
     grid, grid_px = preprocess(image, pixel_size, info.pixel_size, tophat_um)
-    probs = yield from iter_probabilities(net, grid, device=device, tile=tile,
-                                          batch_size=batch_size, normalize=info.normalize)
+    if np.ptp(grid) == 0:
+        # A constant image holds no cell; normalising it would only amplify nothing.
+        probs = np.zeros((3, *grid.shape), np.float32)
+        probs[2] = 1.0
+        yield 1, 1
+    else:
+        probs = yield from iter_probabilities(net, grid, device=device, tile=tile,
+                                              batch_size=batch_size, normalize=info.normalize)
     defaults = SegmentParams(**{k: v for k, v in info.extra.get("segment_defaults", {}).items()
                                 if k in SegmentParams.__dataclass_fields__})
     return Prediction(np.asarray(image), probs, grid, grid_px, info.cell_diameter_um, defaults)
@@ -333,3 +339,35 @@ def validation_scores(model, info, examples, params: SegmentParams | None = None
         cells, _ = pred.segment_grid()
         aps.append(evaluate(e.labels, cells).ap)
     return {"val_mAP": float(np.mean(aps)), "score": float(np.mean(aps))}
+
+
+def iter_predict_planes(
+    stack: np.ndarray, pixel_size: float | None = None, model=None, device: str = "auto", **kwargs
+) -> Generator[tuple[int, int], None, list[Prediction]]:
+    """Predict every plane of a (P, M, N) stack (time or z), one after the other.
+
+    Yields progress as (done, total) in hundredths of a plane after each batch of tiles;
+    returns the Predictions. The model is loaded once.
+    """
+    from .model.store import load_model
+    from .model.unet import UNet
+
+    stack = np.asarray(stack)
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim != 3:
+        raise ValueError(f"expected a 2-D image or a (planes, M, N) stack, got shape {stack.shape}")
+    if not (isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], UNet)):
+        model = load_model(model, device="cpu")
+    out = []
+    total = 100 * len(stack)
+    for i, plane in enumerate(stack):
+        gen = iter_predict(plane, pixel_size, model, device, **kwargs)
+        while True:
+            try:
+                done, tiles = next(gen)
+            except StopIteration as stop:
+                out.append(stop.value)
+                break
+            yield int(100 * i + 100 * done / tiles), total
+    return out

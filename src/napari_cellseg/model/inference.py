@@ -123,19 +123,22 @@ def iter_probabilities(
     model = model.to(dev).eval()
     total = len(positions)
     done = 0
-    with torch.inference_mode():
-        for i in range(0, total, batch_size):
-            chunk = positions[i : i + batch_size]
-            batch = np.stack([x[r : r + th, c : c + tw] for r, c in chunk])[:, None]
+    for i in range(0, total, batch_size):
+        chunk = positions[i : i + batch_size]
+        batch = np.stack([x[r : r + th, c : c + tw] for r, c in chunk])[:, None]
+        # The inference context is closed before each yield: grad mode is per thread, and
+        # a generator abandoned at a yield inside it (a cancelled worker) would leave a
+        # pooled thread in inference mode, breaking a later training job on it.
+        with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(batch)).to(dev)
             with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=half):
                 logits = model(t)
             prob = torch.softmax(logits.float(), dim=1).cpu().numpy()
-            for (r, c), p in zip(chunk, prob, strict=True):
-                acc[:, r : r + th, c : c + tw] += p * win
-                norm[r : r + th, c : c + tw] += win
-            done += len(chunk)
-            yield done, total
+        for (r, c), p in zip(chunk, prob, strict=True):
+            acc[:, r : r + th, c : c + tw] += p * win
+            norm[r : r + th, c : c + tw] += win
+        done += len(chunk)
+        yield done, total
     acc /= norm
     return acc[:, :h, :w]
 

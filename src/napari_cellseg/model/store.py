@@ -5,18 +5,23 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
 
+from .registry import (  # noqa: F401  (re-exported: the store's public names)
+    DEFAULT_MODEL,
+    WEIGHTS_SUFFIX,
+    _notify_saved,
+    available_models,
+    builtin_models,
+    on_model_saved,
+    resolve_model_path,
+    user_model_dir,
+)
 from .unet import UNet, UNetConfig
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "dense_tcells"
-WEIGHTS_SUFFIX = ".safetensors"
-
 
 @dataclass
 class ModelInfo:
@@ -54,47 +59,6 @@ class ModelInfo:
         )
 
 
-def builtin_models() -> dict[str, Path]:
-    """Models shipped inside the package: name -> weight file."""
-    folder = resources.files("napari_cellseg.model") / "weights"
-    out = {}
-    for entry in folder.iterdir():
-        if entry.name.endswith(WEIGHTS_SUFFIX):
-            out[entry.name[: -len(WEIGHTS_SUFFIX)]] = Path(str(entry))
-    return dict(sorted(out.items()))
-
-
-def user_model_dir() -> Path:
-    """Where models fine-tuned in the viewer are saved (listed beside the built-in ones)."""
-    return Path.home() / ".napari-cellseg" / "models"
-
-
-def available_models() -> dict[str, Path]:
-    """Built-in models, then the user's saved models (a user model never hides a built-in)."""
-    models = builtin_models()
-    folder = user_model_dir()
-    if folder.is_dir():
-        for p in sorted(folder.glob(f"*{WEIGHTS_SUFFIX}")):
-            models.setdefault(p.name[: -len(WEIGHTS_SUFFIX)], p)
-    return models
-
-
-def resolve_model_path(model: str | Path | None) -> Path:
-    """A model name (built-in or user) or a path -> the weight file."""
-    if model is None:
-        model = DEFAULT_MODEL
-    models = available_models()
-    if isinstance(model, str) and model in models:
-        return models[model]
-    path = Path(model)
-    if path.is_file():
-        return path
-    raise FileNotFoundError(
-        f"no model {str(model)!r}: not a file, and not one of the available models "
-        f"{sorted(models)}"
-    )
-
-
 def save_model(path: str | Path, model: UNet, info: ModelInfo, overwrite: bool = False) -> Path:
     """Write weights and metadata to a ``.safetensors`` file."""
     from safetensors.torch import save_file
@@ -110,6 +74,7 @@ def save_model(path: str | Path, model: UNet, info: ModelInfo, overwrite: bool =
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=info.to_metadata())
     tmp.replace(path)  # never leave a half-written model under the real name
+    _notify_saved()
     return path
 
 

@@ -269,6 +269,7 @@ def train(
 
     while state.epoch < cfg.epochs:
         t0 = time.perf_counter()
+        torch.set_grad_enabled(True)  # grad mode is per thread; a worker thread may inherit it off
         model.train()
         losses = []
         for step in range(cfg.steps_per_epoch):
@@ -386,3 +387,60 @@ def load_pairs(
     for stem in sorted(img_files):
         out.append((stem, read_image(img_files[stem], channel), read_labels(mask_files[stem])))
     return out
+
+
+def iter_finetune(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    name: str,
+    init: str | Path | None = None,
+    config: TrainConfig | None = None,
+    val_fraction: float = 0.2,
+    folder: str | Path | None = None,
+    overwrite: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> Generator[dict, None, Path]:
+    """Fine-tune (or train from scratch) on image / label pairs and save a named model.
+
+    Yields one record per epoch (train loss, validation loss and AP on the held-out
+    right-hand strip of each image); returns the saved model's path, which the Predict
+    and Segment widgets then list. The model is saved as ``<folder>/<name>.safetensors``
+    (default folder: the user model folder), never over an existing one unless asked.
+    """
+    from .registry import WEIGHTS_SUFFIX, user_model_dir
+
+    if not name or any(c in name for c in "/\\:"):
+        raise ValueError(f"invalid model name {name!r}: use letters, digits, '-' or '_'")
+    path = Path(folder or user_model_dir()) / f"{name}{WEIGHTS_SUFFIX}"
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"a model named {name!r} exists at {path}; choose another name")
+    if not pairs:
+        raise ValueError("no training images")
+    model, info = new_model(init=init) if init is not None else new_model()
+    cfg = config or TrainConfig(epochs=10, steps_per_epoch=20, batch=8, lr=3e-4 if init else 1e-3)
+    train_ex, val_ex = [], []
+    for i, (image, labels) in enumerate(pairs):
+        labels = np.asarray(labels)
+        if labels.max() == 0:
+            raise ValueError(f"training pair {i + 1} has no labelled cell")
+        ex = make_example(np.asarray(image), labels, name=f"pair{i + 1}")
+        if min(ex.image.shape) >= 64 and val_fraction:
+            t, v = split_strip(ex, val_fraction)
+            train_ex.append(t)
+            val_ex.append(v)
+        else:
+            train_ex.append(ex)
+    patch = min(cfg.patch, *(min(e.image.shape) for e in train_ex))
+    patch = max(patch - patch % model.config.divisor, model.config.divisor * 2)
+    cfg = TrainConfig(**{**cfg.to_dict(), "patch": patch, "margin": min(cfg.margin, patch // 8)})
+
+    def validate(m):
+        from ..pipeline import validation_scores
+
+        return validation_scores(m, info, val_ex) if val_ex else {}
+
+    history = []
+    gen = train(model, train_ex, val_ex, cfg, validate=validate, should_stop=should_stop)
+    for record in gen:
+        history.append(record)
+        yield record
+    return save_trained(path, model, info, history, cfg, overwrite=overwrite)

@@ -1,0 +1,71 @@
+"""Batch: the current parameters over a folder of images, in the background."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    FloatSpinBox,
+    Slider,
+)
+
+from ..core import seeds as seeds_mod
+from ..io import list_images
+from ._runner import Runner
+from .segment_cells import CELLS_LAYER, model_choices
+
+if TYPE_CHECKING:
+    import napari
+
+
+class BatchWidget(Container):
+    """Segment every image of a folder; write masks, cell tables and parameters."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self._viewer = viewer
+        self._input = FileEdit(mode="d", label="Images folder")
+        self._output = FileEdit(mode="d", label="Output folder")
+        self._model = ComboBox(choices=model_choices, label="Model")
+        from ..model.registry import on_model_saved
+
+        on_model_saved(self._model.reset_choices)  # a model trained in the viewer shows up
+        self._pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01, label="Pixel size (µm)")
+        self._sensitivity = Slider(value=int(seeds_mod.DEFAULT_SENSITIVITY), min=0, max=100, step=5, label="Sensitivity")
+        self._h = FloatSlider(value=seeds_mod.DEFAULT_H_UM, min=0.0, max=10.0, step=0.25, label="h (µm)")
+        self._from_layer = CheckBox(value=True, text="Use the 'cells' layer's parameters")
+        self._overwrite = CheckBox(value=False, text="Replace existing files")
+        self._runner = Runner("Run batch", "Batch")
+        self.extend([self._input, self._output, self._model, self._pixel_size, self._sensitivity,
+                     self._h, self._from_layer, self._overwrite, *self._runner.widgets])
+        self._runner.run_button.changed.connect(self.run)
+        self.results = None
+
+    def params(self) -> dict:
+        if self._from_layer.value and CELLS_LAYER in self._viewer.layers:
+            saved = self._viewer.layers[CELLS_LAYER].metadata.get("parameters")
+            if saved:
+                return dict(saved)
+        return {"sensitivity": float(self._sensitivity.value), "h": float(self._h.value)}
+
+    def run(self, *_):
+        from ..batch import iter_segment_files
+
+        images = list_images(Path(self._input.value))
+        if not images:
+            raise ValueError(f"no TIFF / PNG images in {self._input.value}")
+        return self._runner.start(
+            iter_segment_files, images, Path(self._output.value), "unet", self.params(),
+            pixel_size=float(self._pixel_size.value) or None, model=self._model.value,
+            overwrite=bool(self._overwrite.value), on_done=self._on_done)
+
+    def _on_done(self, results) -> None:
+        self.results = results
+        self._runner.status.value = (f"{len(results)} images, {sum(n for _, n in results)} cells "
+                                     f"-> {self._output.value}")

@@ -1,0 +1,109 @@
+"""Export: labels (TIFF or 16-bit PNG), the per-cell table (CSV) and the parameters
+(JSON), never replacing an existing file unless asked to."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    create_widget,
+)
+
+from ..core.measure import cell_table
+from ..io import check_can_write, write_labels
+from ._layers import image_plane, pixel_size_of
+
+if TYPE_CHECKING:
+    import napari
+
+
+class ExportWidget(Container):
+    """Write a labels layer, its cell table and its parameters to a folder."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self._viewer = viewer
+        self._labels = create_widget(label="Labels", annotation="napari.layers.Labels")
+        self._image = create_widget(label="Intensities from", annotation="napari.layers.Image",
+                                    options={"nullable": True})
+        self._folder = FileEdit(mode="d", label="Folder")
+        self._name = LineEdit(value="", label="Base name", tooltip="empty: the labels layer's source")
+        self._format = ComboBox(value=".tif", choices=(".tif", ".png"), label="Labels format")
+        self._pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01, label="Pixel size (µm)")
+        self._overwrite = CheckBox(value=False, text="Replace existing files")
+        self._button = PushButton(text="Export")
+        self._status = Label(value="")
+        self.extend([self._labels, self._image, self._folder, self._name, self._format,
+                     self._pixel_size, self._overwrite, self._button, self._status])
+        self._button.changed.connect(self.export)
+        self._labels.changed.connect(self._on_labels)
+        self._on_labels()
+
+    def _on_labels(self, *_) -> None:
+        layer = self._labels.value
+        if layer is None:
+            return
+        size = layer.metadata.get("pixel_size_um") or pixel_size_of(self._image.value)
+        if size:
+            self._pixel_size.value = float(size)
+
+    def _base(self) -> str:
+        if self._name.value.strip():
+            return self._name.value.strip()
+        layer = self._labels.value
+        return f"{layer.metadata.get('source', layer.name)}_{layer.name}".replace(" ", "_")
+
+    def export(self, *_) -> list[Path]:
+        """Write the files; returns their paths. Refuses, before writing anything, when
+        one exists and "Replace existing files" is off."""
+        layer = self._labels.value
+        if layer is None:
+            raise ValueError("choose a labels layer to export")
+        folder = Path(self._folder.value)
+        if not str(self._folder.value) or str(self._folder.value) == ".":
+            raise ValueError("choose a folder to export to")
+        labels = np.asarray(layer.data)
+        if labels.ndim != 2:
+            raise ValueError(f"labels of shape {labels.shape}: export one plane at a time (2-D)")
+        base = self._base()
+        targets = {"labels": folder / f"{base}_masks{self._format.value}",
+                   "table": folder / f"{base}_cells.csv", "params": folder / f"{base}_params.json"}
+        existing = [str(p) for p in targets.values() if p.exists()]
+        if existing and not self._overwrite.value:
+            raise FileExistsError(f"not exported: {', '.join(existing)} already exist(s); tick "
+                                  "'Replace existing files' or choose another name")
+        image = None
+        if self._image.value is not None:
+            image = image_plane(self._image.value, self._viewer)
+            if image.shape != labels.shape:
+                raise ValueError(f"image {self._image.value.name!r} {image.shape} and labels "
+                                 f"{labels.shape} differ in shape")
+        pixel_size = float(self._pixel_size.value) or None
+        overwrite = bool(self._overwrite.value)
+        write_labels(targets["labels"], labels, overwrite=overwrite)
+        cell_table(labels, image, pixel_size).to_csv(check_can_write(targets["table"], overwrite), index=False)
+        record = {"labels_layer": layer.name, "image_layer": getattr(self._image.value, "name", None),
+                  "pixel_size_um": pixel_size, "cells": int(labels.max()),
+                  "metadata": {k: v for k, v in layer.metadata.items() if _is_jsonable(v)}}
+        check_can_write(targets["params"], overwrite).write_text(json.dumps(record, indent=2))
+        self._status.value = f"wrote {len(targets)} files to {folder}"
+        return list(targets.values())
+
+
+def _is_jsonable(value) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -1,0 +1,123 @@
+"""Segment cells: the one-click path (image -> cells with the shipped model), then
+h / sensitivity sliders that re-segment live from the cached prediction."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FloatSlider, FloatSpinBox, Slider, create_widget
+
+from ..core import seeds as seeds_mod
+from ._layers import pixel_size_of, show_layer
+from ._runner import Runner
+
+if TYPE_CHECKING:
+    import napari
+
+CELLS_LAYER = "cells"
+SEEDS_LAYER = "seeds"
+
+
+def model_choices(*_) -> list[str]:
+    from ..model.registry import available_models
+
+    return list(available_models()) or ["(no model)"]
+
+
+def image_data(layer) -> np.ndarray:
+    """A layer's pixels as one channel: 2-D, or (planes, M, N) for a stack."""
+    from ..io import select_channel
+
+    if layer is None:
+        raise ValueError("no image layer selected: open an image first")
+    data = np.asarray(layer.data[0] if getattr(layer, "multiscale", False) else layer.data)
+    if getattr(layer, "rgb", False):
+        data, _ = select_channel(data)
+    while data.ndim > 3 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim not in (2, 3):
+        raise ValueError(f"layer {layer.name!r} has shape {data.shape}: napari-cellseg segments "
+                         "2-D images and (planes, M, N) stacks plane by plane")
+    return data
+
+
+class SegmentCellsWidget(Container):
+    """Image -> cells in one click; then move h and sensitivity and watch the cells."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self._viewer = viewer
+        self._image = create_widget(label="Image", annotation="napari.layers.Image")
+        self._pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01,
+                                        label="Pixel size (µm)", tooltip="0: the model's own")
+        self._model = ComboBox(choices=model_choices, label="Model")
+        from ..model.registry import on_model_saved
+
+        on_model_saved(self._model.reset_choices)  # a model trained in the viewer shows up
+        self._device = ComboBox(value="auto", choices=("auto", "cpu", "cuda", "mps"), label="Device")
+        self._runner = Runner("Segment cells", "Segmentation")
+        self._sensitivity = Slider(value=int(seeds_mod.DEFAULT_SENSITIVITY), min=0, max=100, step=5,
+                                   label="Sensitivity")
+        self._h = FloatSlider(value=seeds_mod.DEFAULT_H_UM, min=0.0, max=10.0, step=0.25, label="h (µm)")
+        self._min_area = FloatSpinBox(value=0.0, min=0.0, max=10000.0, step=1.0,
+                                      label="Min cell area (µm²)", tooltip="0: a fifth of a typical cell")
+        self.extend([self._image, self._pixel_size, self._model, self._device, *self._runner.widgets,
+                     self._sensitivity, self._h, self._min_area])
+        self.predictions: list = []
+        self._runner.run_button.changed.connect(self.run)
+        self._image.changed.connect(self._on_image)
+        from superqt.utils import qdebounced
+
+        # A short debounce: dragging a slider re-segments once it pauses, not per pixel.
+        self._debounced_update = qdebounced(self.update_cells, timeout=40)
+        for w in (self._sensitivity, self._h, self._min_area):
+            w.changed.connect(self._on_param)
+        self._on_image()
+
+    def _on_image(self, *_) -> None:
+        size = pixel_size_of(self._image.value)
+        if size:
+            self._pixel_size.value = size
+
+    def _on_param(self, *_) -> None:
+        if self.predictions:
+            self._debounced_update()
+
+    def params(self) -> dict:
+        p = {"sensitivity": float(self._sensitivity.value), "h": float(self._h.value)}
+        if self._min_area.value > 0:
+            p["min_cell_area"] = float(self._min_area.value)
+        return p
+
+    def run(self, *_):
+        """Start the prediction in a worker; cells appear when it returns."""
+        from ..pipeline import iter_predict_planes
+
+        data = image_data(self._image.value)
+        model = self._model.value
+        if model == "(no model)":
+            raise ValueError("no model is installed: train one (Train widget) or reinstall the package")
+        pixel_size = float(self._pixel_size.value) or None
+        self._source = self._image.value.name
+        self._stack = data.ndim == 3
+        return self._runner.start(iter_predict_planes, data, pixel_size, model, self._device.value,
+                                  on_done=self._on_predicted)
+
+    def _on_predicted(self, predictions) -> None:
+        self.predictions = predictions
+        self.update_cells()
+
+    def update_cells(self, *_):
+        """Re-segment from the cached predictions with the current sliders."""
+        if not self.predictions:
+            return None
+        params = self.params()
+        cells = [p.segment(**params) for p in self.predictions]
+        data = np.stack(cells) if self._stack else cells[0]
+        meta = {"stage": "cells", "parameters": params, "source": self._source,
+                "model": self._model.value, "pixel_size_um": float(self._pixel_size.value) or None}
+        layer = show_layer(self._viewer, data, CELLS_LAYER, "labels", metadata=meta)
+        n = int(sum(int(c.max()) for c in cells))
+        self._runner.status.value = f"{n} cells" + (f" in {len(cells)} planes" if self._stack else "")
+        return layer

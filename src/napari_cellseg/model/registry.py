@@ -1,0 +1,76 @@
+"""Where models live, without importing torch: the shipped ones inside the package, the
+user's fine-tuned ones in ~/.napari-cellseg/models. The widgets list models from here."""
+
+from __future__ import annotations
+
+import weakref
+from importlib import resources
+from pathlib import Path
+
+WEIGHTS_SUFFIX = ".safetensors"
+DEFAULT_MODEL = "dense_tcells"
+
+# Callbacks run after a model is saved, so that open model lists (the widgets') refresh.
+_saved_listeners: list[weakref.ref] = []
+
+
+def on_model_saved(callback) -> None:
+    """Call ``callback()`` after every save; held weakly (a closed widget is dropped)."""
+    ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else weakref.ref(callback)
+    _saved_listeners.append(ref)
+
+
+def _notify_saved() -> None:
+    for ref in list(_saved_listeners):
+        cb = ref()
+        if cb is None:
+            _saved_listeners.remove(ref)
+        else:
+            cb()
+
+
+def builtin_models() -> dict[str, Path]:
+    """Models shipped inside the package: name -> weight file."""
+    folder = resources.files("napari_cellseg.model") / "weights"
+    out = {}
+    for entry in folder.iterdir():
+        if entry.name.endswith(WEIGHTS_SUFFIX):
+            out[entry.name[: -len(WEIGHTS_SUFFIX)]] = Path(str(entry))
+    return dict(sorted(out.items()))
+
+
+def user_model_dir() -> Path:
+    """Where models fine-tuned in the viewer are saved (listed beside the built-in ones):
+    ``$NAPARI_CELLSEG_MODELS``, else ``~/.napari-cellseg/models``."""
+    import os
+
+    env = os.environ.get("NAPARI_CELLSEG_MODELS")
+    return Path(env) if env else Path.home() / ".napari-cellseg" / "models"
+
+
+def available_models() -> dict[str, Path]:
+    """Built-in models, then the user's saved models (a user model never hides a built-in)."""
+    models = builtin_models()
+    folder = user_model_dir()
+    if folder.is_dir():
+        for p in sorted(folder.glob(f"*{WEIGHTS_SUFFIX}")):
+            models.setdefault(p.name[: -len(WEIGHTS_SUFFIX)], p)
+    return models
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    """A model name (built-in or user) or a path -> the weight file."""
+    if model is None:
+        model = DEFAULT_MODEL
+    models = available_models()
+    if isinstance(model, str) and model in models:
+        return models[model]
+    path = Path(model)
+    if path.is_file():
+        return path
+    raise FileNotFoundError(
+        f"no model {str(model)!r}: not a file, and not one of the available models "
+        f"{sorted(models)}"
+    )
+
+
