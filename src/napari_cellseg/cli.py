@@ -176,11 +176,18 @@ def _train(args: argparse.Namespace) -> int:
           f"batch {cfg.batch}")
     validate = _ap_validator(val_ex, info)
     best = out.with_name(out.stem + ".best.safetensors")
-    gen = train(model, train_ex, val_ex, cfg, synth, validate=validate,
+    def progress(step: int, total: int) -> None:
+        if sys.stderr.isatty():  # a live bar in a terminal, nothing in logs
+            bar = "#" * int(30 * step / total)
+            print(f"\r  [{bar:<30s}] step {step}/{total}", end="", file=sys.stderr, flush=True)
+
+    gen = train(model, train_ex, val_ex, cfg, synth, validate=validate, on_step=progress,
                 checkpoint=out.with_suffix(".ckpt"), resume=args.resume)
     history = []
     for rec in gen:
         history.append(rec)
+        if sys.stderr.isatty():
+            print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
         extra = "".join(f"  {k} {rec[k]:.3f}" for k in ("val_loss", "val_mAP") if k in rec)
         print(f"epoch {rec['epoch']:3d}/{cfg.epochs}  loss {rec['train_loss']:.4f}{extra}  "
               f"{rec['seconds']:.0f}s{'  *' if rec['best'] else ''}", flush=True)

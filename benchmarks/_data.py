@@ -1,0 +1,32 @@
+"""Shared by the benchmarks: the dense T-cell set's validation strips, read from ../shared."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(os.environ.get("NAPARI_CELLSEG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+DENSE = SHARED / "data" / "dense_tcells" / "train"
+VAL_FRACTION = 0.2  # the right-hand 20 % of each training portion; the model never saw it
+
+
+def dense_or_exit() -> Path:
+    if not DENSE.is_dir():
+        sys.exit(f"skipped: the dense T-cell set is not at {DENSE} "
+                 "(set NAPARI_CELLSEG_SHARED to the folder holding data/dense_tcells)")
+    return DENSE
+
+
+def validation_strips(fraction: float = VAL_FRACTION) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, raw image strip, label strip) for each image: the columns the training
+    command holds out with the same fraction."""
+    from napari_cellseg.model.train import load_pairs
+
+    out = []
+    for stem, image, labels in load_pairs(dense_or_exit(), DENSE):
+        cut = round(image.shape[1] * (1 - fraction))
+        out.append((stem, image[:, cut:], labels[:, cut:]))
+    return out

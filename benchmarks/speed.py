@@ -1,0 +1,106 @@
+"""Speed and memory on one 1159 x 1040 frame (CPU unless --device says otherwise).
+
+    python benchmarks/speed.py [--threads 2] [--device cpu] [--repeat 3]
+
+Measures: UNet inference alone (Mpx/s), the whole default segmentation from the raw
+image (Mpx/s), re-segmentation latency after an h or a sensitivity change (ms), metric
+evaluation of a 1040 x 1159 pair with ~2,000 cells each (s), and peak memory (RSS, MiB;
+peak GPU memory on CUDA). Uses a real dense T-cell frame when ../shared has it, else the
+synthetic tissue generator at the same size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import numpy as np
+
+
+def frame() -> tuple[np.ndarray, np.ndarray | None, str]:
+    from _data import DENSE
+
+    if DENSE.is_dir():
+        from napari_cellseg.model.train import load_pairs
+
+        stem, image, labels = load_pairs(DENSE, DENSE)[0]
+        return image, labels, f"dense T-cell frame {stem}"
+    from napari_cellseg.core.synthetic import make_whole_cell_image
+
+    s = make_whole_cell_image(seed=1, shape=(1040, 1159), cell_radius=7.5, density=0.8, stain="membrane")
+    return s.image, s.labels, "synthetic tissue (no ../shared)"
+
+
+def timed(fn, repeat):
+    out, times = None, []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return out, min(times), statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    import napari_cellseg as ncs
+    from napari_cellseg.model.inference import predict_probabilities
+    from napari_cellseg.model.store import load_model
+
+    torch.set_num_threads(args.threads)
+    image, labels, source = frame()
+    mpx = image.size / 1e6
+    net, info = load_model()
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    predict_probabilities(net, image[:256, :256], device=args.device)  # warm-up
+    _, t_net, t_net_med = timed(lambda: predict_probabilities(net, image, device=args.device), args.repeat)
+    pred, t_all, t_all_med = timed(lambda: ncs.predict(image, model=(net, info), device=args.device).segment(),
+                                   args.repeat)
+    prediction = ncs.predict(image, model=(net, info), device=args.device)
+    prediction.warm()
+    prediction.segment()
+    lat_h, lat_s = [], []
+    for i in range(20):
+        t = time.perf_counter()
+        prediction.segment(h=0.5 + 0.25 * (i % 10))
+        lat_h.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        prediction.segment(sensitivity=float(20 * (i % 5) + 20))
+        lat_s.append(time.perf_counter() - t)
+    result = {
+        "source": source, "shape": list(image.shape), "device": args.device, "threads": args.threads,
+        "unet_mpx_per_s": mpx / t_net, "unet_seconds": t_net,
+        "segmentation_mpx_per_s": mpx / t_all, "segmentation_seconds": t_all,
+        "resegment_h_ms_median": 1e3 * statistics.median(lat_h), "resegment_h_ms_max": 1e3 * max(lat_h),
+        "resegment_sensitivity_ms_median": 1e3 * statistics.median(lat_s),
+        "resegment_sensitivity_ms_max": 1e3 * max(lat_s),
+        "cells": int(pred.max()),
+    }
+    if labels is not None:
+        ncs.evaluate(labels, pred)
+        _, t_eval, _ = timed(lambda: ncs.evaluate(labels, pred), args.repeat)
+        result["evaluate_seconds"] = t_eval
+        result["evaluate_cells"] = [int(len(np.unique(labels)) - 1), int(pred.max())]
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.device.startswith("cuda"):
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    for k, v in result.items():
+        print(f"{k:34s} {v:.3f}" if isinstance(v, float) else f"{k:34s} {v}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
