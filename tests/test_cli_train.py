@@ -1,0 +1,60 @@
+"""Training and fine-tuning from the CLI; the dense set when ../shared has it."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_cellseg import cli
+from napari_cellseg.core import synthetic as syn
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for i in range(2):
+        s = syn.make_whole_cell_image(seed=i, shape=(96, 96), cell_radius=7, stain="membrane")
+        tifffile.imwrite(folder / f"img{i}.tif", s.image)
+        tifffile.imwrite(folder / f"img{i}_masks.tif", s.labels.astype(np.uint16))
+    return folder
+
+
+def test_train_resume_and_fine_tune(pairs, tmp_path, capsys):
+    from napari_cellseg.model.store import load_model
+
+    out = tmp_path / "m.safetensors"
+    common = ["--images", pairs, "--masks", pairs, "--patch", "48", "--batch", "2",
+              "--steps-per-epoch", "2", "--channels", "4,8,16", "--synthetic", "1"]
+    assert cli.main(["train", *map(str, common), "--out", str(out), "--epochs", "1"]) == 0
+    assert out.exists() and out.with_suffix(".ckpt").exists()
+    model, info = load_model(out)
+    assert info.config.channels == (4, 8, 16)
+    assert info.extra["epochs_run"] == 1
+    # Resume to 2 epochs: continues at epoch 2, does not restart.
+    assert cli.main(["train", *map(str, common), "--out", str(out), "--epochs", "2", "--resume",
+                     "--overwrite"]) == 0
+    text = capsys.readouterr().out
+    assert "epoch   2/2" in text and "epoch   1/2" not in text
+    # Fine-tune from the saved model.
+    tuned = tmp_path / "tuned.safetensors"
+    assert cli.main(["train", *map(str, common), "--out", str(tuned), "--epochs", "1", "--init", str(out)]) == 0
+    assert load_model(tuned)[1].config.channels == (4, 8, 16)
+    # No silent overwrite.
+    assert cli.main(["train", *map(str, common), "--out", str(out), "--epochs", "1"]) == 2
+
+
+def test_unpaired_training_files_are_named(pairs, tmp_path, capsys):
+    (pairs / "lonely.tif").write_bytes((pairs / "img0.tif").read_bytes())
+    assert cli.main(["train", "--images", str(pairs), "--masks", str(pairs), "--out", str(tmp_path / "x")]) == 2
+    assert "lonely" in capsys.readouterr().err
+
+
+def test_dense_set_pairs_up(dense_dir):
+    from napari_cellseg.model.train import load_pairs
+
+    pairs = load_pairs(dense_dir, dense_dir)
+    assert len(pairs) == 7
+    assert sum(len(np.unique(lab)) - 1 for _, _, lab in pairs) == 10106
+    for _, image, labels in pairs:
+        assert image.shape == labels.shape == (1040, 1159)
+        assert image.max() > 0
