@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, create_widget
+from magicgui.widgets import Container, FloatSpinBox
 
-from ._layers import image_plane, pixel_size_of, show_layer
+from ._layers import image_plane, show_layer
 from ._runner import Runner
-from .segment_cells import model_choices
+from .segment_cells import ModelInputs
 
 if TYPE_CHECKING:
     import napari
@@ -36,28 +36,15 @@ class PredictWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
-        self._image = create_widget(label="Image", annotation="napari.layers.Image")
-        self._pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01,
-                                        label="Pixel size (µm)", tooltip="0: the model's own")
+        self._inputs = ModelInputs()
+        self._image, self._pixel_size = self._inputs.image, self._inputs.pixel_size
+        self._model, self._device = self._inputs.model, self._inputs.device
         self._tophat = FloatSpinBox(value=0.0, min=0.0, max=1000.0, step=10.0, label="Top-hat (µm)",
                                     tooltip="background removal size; 0: off (the paper: 130 µm)")
-        self._model = ComboBox(choices=model_choices, label="Model")
-        from ..model.registry import on_model_saved
-
-        on_model_saved(self._model.reset_choices)  # a model trained in the viewer shows up
-        self._device = ComboBox(value="auto", choices=("auto", "cpu", "cuda", "mps"), label="Device")
         self._runner = Runner("Predict", "Prediction")
-        self.extend([self._image, self._pixel_size, self._tophat, self._model, self._device,
-                     *self._runner.widgets])
+        self.extend([*self._inputs.widgets, self._tophat, *self._runner.widgets])
         self._runner.run_button.changed.connect(self.run)
-        self._image.changed.connect(self._on_image)
-        self._on_image()
         self.prediction = None
-
-    def _on_image(self, *_) -> None:
-        size = pixel_size_of(self._image.value)
-        if size:
-            self._pixel_size.value = size
 
     def run(self, *_):
         from ..pipeline import iter_predict

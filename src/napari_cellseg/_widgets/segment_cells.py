@@ -42,43 +42,64 @@ def image_data(layer) -> np.ndarray:
     return data
 
 
+class ModelInputs:
+    """The inputs every model-running widget shares: image, pixel size, model, device.
+
+    The pixel size fills itself from the image layer's metadata or scale; the model
+    list refreshes when a model is saved (e.g. by the Train widget).
+    """
+
+    def __init__(self):
+        from ..model.registry import on_model_saved
+
+        self.image = create_widget(label="Image", annotation="napari.layers.Image")
+        self.pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01,
+                                       label="Pixel size (µm)", tooltip="0: the model's own")
+        self.model = ComboBox(choices=model_choices, label="Model")
+        self.device = ComboBox(value="auto", choices=("auto", "cpu", "cuda", "mps"), label="Device")
+        on_model_saved(self.model.reset_choices)
+        self.image.changed.connect(self._on_image)
+        self._on_image()
+
+    @property
+    def widgets(self) -> list:
+        return [self.image, self.pixel_size, self.model, self.device]
+
+    @property
+    def pixel_size_um(self) -> float | None:
+        return float(self.pixel_size.value) or None
+
+    def _on_image(self, *_) -> None:
+        size = pixel_size_of(self.image.value)
+        if size:
+            self.pixel_size.value = size
+
+
 class SegmentCellsWidget(Container):
     """Image -> cells in one click; then move h and sensitivity and watch the cells."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
-        self._image = create_widget(label="Image", annotation="napari.layers.Image")
-        self._pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01,
-                                        label="Pixel size (µm)", tooltip="0: the model's own")
-        self._model = ComboBox(choices=model_choices, label="Model")
-        from ..model.registry import on_model_saved
-
-        on_model_saved(self._model.reset_choices)  # a model trained in the viewer shows up
-        self._device = ComboBox(value="auto", choices=("auto", "cpu", "cuda", "mps"), label="Device")
+        self._inputs = ModelInputs()
+        self._image, self._pixel_size = self._inputs.image, self._inputs.pixel_size
+        self._model, self._device = self._inputs.model, self._inputs.device
         self._runner = Runner("Segment cells", "Segmentation")
         self._sensitivity = Slider(value=int(seeds_mod.DEFAULT_SENSITIVITY), min=0, max=100, step=5,
                                    label="Sensitivity")
         self._h = FloatSlider(value=seeds_mod.DEFAULT_H_UM, min=0.0, max=10.0, step=0.25, label="h (µm)")
         self._min_area = FloatSpinBox(value=0.0, min=0.0, max=10000.0, step=1.0,
                                       label="Min cell area (µm²)", tooltip="0: a fifth of a typical cell")
-        self.extend([self._image, self._pixel_size, self._model, self._device, *self._runner.widgets,
+        self.extend([*self._inputs.widgets, *self._runner.widgets,
                      self._sensitivity, self._h, self._min_area])
         self.predictions: list = []
         self._runner.run_button.changed.connect(self.run)
-        self._image.changed.connect(self._on_image)
         from superqt.utils import qdebounced
 
         # A short debounce: dragging a slider re-segments once it pauses, not per pixel.
         self._debounced_update = qdebounced(self.update_cells, timeout=40)
         for w in (self._sensitivity, self._h, self._min_area):
             w.changed.connect(self._on_param)
-        self._on_image()
-
-    def _on_image(self, *_) -> None:
-        size = pixel_size_of(self._image.value)
-        if size:
-            self._pixel_size.value = size
 
     def _on_param(self, *_) -> None:
         if self.predictions:
