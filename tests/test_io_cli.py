@@ -165,3 +165,18 @@ def test_evaluate_json_has_map(tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["mAP"] == pytest.approx(0.5)
     assert result["unpaired_gt"] == ["lonely"]
+
+
+def test_evaluate_ignores_raw_images_beside_masks(tmp_path, capsys):
+    gt = tmp_path / "gt"
+    pred = tmp_path / "pred"
+    gt.mkdir()
+    pred.mkdir()
+    a = np.zeros((20, 20), np.uint16)
+    a[2:8, 2:8] = 1
+    io.write_labels(gt / "img1_masks.tif", a)
+    tifffile.imwrite(gt / "img1.tif", a.astype(np.float32))  # the raw image, not a mask
+    io.write_labels(pred / "img1_masks.tif", a)
+    assert run_cli("evaluate", "--gt", gt, "--pred", pred) == 0
+    out = capsys.readouterr()
+    assert "mAP 1.000" in out.out and "warning" not in out.err

@@ -68,13 +68,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .core.metrics import evaluate, mean_scores
-    from .io import check_can_write, list_images, pair_stem, read_labels
+    from .io import check_can_write, pair_stem, read_labels
 
     for f in (args.json, args.csv):
         if f is not None:
             check_can_write(f, args.overwrite)
-    gt = {pair_stem(p): p for p in list_images(args.gt)}
-    pred = {pair_stem(p): p for p in list_images(args.pred)}
+    gt = {pair_stem(p): p for p in _label_files(args.gt)}
+    pred = {pair_stem(p): p for p in _label_files(args.pred)}
     alone_gt = sorted(set(gt) - set(pred))
     alone_pred = sorted(set(pred) - set(gt))
     for stem in alone_gt:
@@ -111,6 +111,16 @@ def _evaluate(args: argparse.Namespace) -> int:
                    "unpaired_gt": alone_gt, "unpaired_pred": alone_pred}
         args.json.write_text(json.dumps(payload, indent=2))
     return 0
+
+
+def _label_files(folder: Path) -> list[Path]:
+    """Label images in a folder. Where some names end in _masks / _mask / _labels (a folder
+    that also holds the raw images), only those count."""
+    from .io import list_images
+
+    files = list_images(folder)
+    tagged = [p for p in files if p.stem.endswith(("_masks", "_mask", "_labels"))]
+    return tagged or files
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
