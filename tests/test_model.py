@@ -64,6 +64,15 @@ def test_predict_probabilities_sum_to_one_any_size(tiny_model):
         np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-5)
 
 
+def test_flip_averaging_is_flip_equivariant(tiny_model):
+    model, _ = tiny_model
+    image = syn.make_whole_cell_image(seed=3, shape=(64, 64)).image  # one tile, no padding
+    p = predict_probabilities(model, image, flips=True, tile=64, device="cpu")
+    q = predict_probabilities(model, image[::-1].copy(), flips=True, tile=64, device="cpu")
+    np.testing.assert_allclose(p[:, ::-1], q, atol=1e-5)
+    np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-5)
+
+
 def test_tiled_equals_untiled_away_from_border(tiny_model):
     model, _ = tiny_model
     image = syn.make_whole_cell_image(seed=1, shape=(192, 200)).image

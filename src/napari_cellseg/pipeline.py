@@ -246,6 +246,7 @@ def iter_predict(
     tophat_um: float | None = None,
     tile: int = 512,
     batch_size: int = 4,
+    flips: bool = False,
 ) -> Generator[tuple[int, int], None, Prediction]:
     """:func:`predict` as a generator: yields (tiles done, tiles total), returns the
     :class:`Prediction`. A worker that stops iterating cancels the prediction."""
@@ -265,7 +266,8 @@ def iter_predict(
         yield 1, 1
     else:
         probs = yield from iter_probabilities(net, grid, device=device, tile=tile,
-                                              batch_size=batch_size, normalize=info.normalize)
+                                              batch_size=batch_size, normalize=info.normalize,
+                                              flips=flips)
     defaults = SegmentParams(**{k: v for k, v in info.extra.get("segment_defaults", {}).items()
                                 if k in SegmentParams.__dataclass_fields__})
     return Prediction(np.asarray(image), probs, grid, grid_px, info.cell_diameter_um, defaults)

@@ -68,6 +68,7 @@ def iter_probabilities(
     batch_size: int = 4,
     normalize: tuple[float, float] | None = (1.0, 99.8),
     half: bool | None = None,
+    flips: bool = False,
 ) -> Generator[tuple[int, int], None, np.ndarray]:
     """Class probabilities of a 2-D image, tile by tile.
 
@@ -92,6 +93,9 @@ def iter_probabilities(
         Percentile normalisation; None when the image is normalised already.
     half : bool, optional
         float16 autocast; defaults to True on CUDA, False elsewhere.
+    flips : bool
+        Test-time augmentation: average the probabilities of the tile and its three
+        mirror images (4x the time).
     """
     image = np.asarray(image)
     if image.ndim != 2:
@@ -132,8 +136,12 @@ def iter_probabilities(
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(batch)).to(dev)
             with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=half):
-                logits = model(t)
-            prob = torch.softmax(logits.float(), dim=1).cpu().numpy()
+                if flips:
+                    prob = sum(torch.softmax(model(t.flip(d)).float(), dim=1).flip(d)
+                               for d in ((), (2,), (3,), (2, 3))) / 4.0
+                else:
+                    prob = torch.softmax(model(t).float(), dim=1)
+            prob = prob.cpu().numpy()
         for (r, c), p in zip(chunk, prob, strict=True):
             acc[:, r : r + th, c : c + tw] += p * win
             norm[r : r + th, c : c + tw] += win
