@@ -35,7 +35,7 @@ class ClassicWidget(Container):
         self._sigma = FloatSlider(value=classic.SMOOTH_SIGMA, min=0.0, max=10.0, step=0.1, label="Smoothing σ (px)")
         self._threshold = FloatSlider(value=classic.THRESHOLD, min=0.0, max=1.0, step=0.01, label="Threshold")
         self._min_size = Slider(value=classic.MIN_CELL_SIZE, min=0, max=2000, step=5, label="Min size (px)")
-        self._method = ComboBox(value="global", choices=classic.THRESHOLD_METHODS, label="Threshold")
+        self._method = ComboBox(value="global", choices=classic.THRESHOLD_METHODS, label="Threshold type")
         self._split = ComboBox(value="none", choices=("none", *classic.SPLIT_METHODS), label="Split touching")
         self._live = CheckBox(value=True, text="Update live")
         self._run_button = PushButton(text="Segment")
