@@ -64,8 +64,8 @@ def main() -> None:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     predict_probabilities(net, image[:256, :256], device=args.device)  # warm-up
-    _, t_net, t_net_med = timed(lambda: predict_probabilities(net, image, device=args.device), args.repeat)
-    pred, t_all, t_all_med = timed(lambda: ncs.predict(image, model=(net, info), device=args.device).segment(),
+    _, t_net, _t_net_med = timed(lambda: predict_probabilities(net, image, device=args.device), args.repeat)
+    pred, t_all, _t_all_med = timed(lambda: ncs.predict(image, model=(net, info), device=args.device).segment(),
                                    args.repeat)
     prediction = ncs.predict(image, model=(net, info), device=args.device)
     prediction.warm()
