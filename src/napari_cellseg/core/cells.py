@@ -128,7 +128,7 @@ class BasinGraph:
         self.rag = hg.UndirectedGraph(self.n_basins)
         self.rag.add_edges(src - 1, dst - 1)
         self.rag_weights = passes.astype(np.float64)
-        self._objects = ndi.find_objects(self.basins)
+        self._objects = None  # basin bounding boxes, found when a basin needs a split
 
     def segment(self, seeds: np.ndarray, foreground: np.ndarray, min_size: int = 0) -> np.ndarray:
         """Seeded watershed from seed labels (M, N) within ``foreground``.
@@ -161,16 +161,17 @@ class BasinGraph:
         n_per_basin = np.bincount(basin_of, minlength=self.n_basins + 1)
         single = n_per_basin[basin_of] == 1
         node_seed[basin_of[single] - 1] = seed_of[single]
+        # A seed in several basins marks each of them: they join into one cell. A basin
+        # with several seeds goes to one of them here and is split at pixel level below.
         shared = np.unique(basin_of[~single])
-        # A seed in several basins marks each of them; such basins merge into one cell.
-        node_seed[shared - 1] = np.where(node_seed[shared - 1] == bg_id, 0, node_seed[shared - 1])
-        for bid in shared:  # rare: a pixel-level split inside the basin
-            first = seed_of[basin_of == bid][0]
-            node_seed[bid - 1] = first
+        for bid in shared:
+            node_seed[bid - 1] = seed_of[basin_of == bid][0]
         lab = np.asarray(hg.labelisation_seeded_watershed(self.rag, self.rag_weights, node_seed))
         lut = np.concatenate([[0], lab]).astype(np.int32)
         lut[lut == bg_id] = 0
         out = lut[b]
+        if len(shared) and self._objects is None:
+            self._objects = ndi.find_objects(self.basins)
         for bid in shared:
             sl = self._objects[bid - 1]
             inside = b[sl] == bid
