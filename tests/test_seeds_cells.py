@@ -140,3 +140,11 @@ def test_unknown_parameter_is_an_error():
     with pytest.raises(ValueError, match="h must be"):
         pred.segment(h=-1)
     assert SegmentParams().sensitivity == 60
+
+
+def test_drop_dim_cells_exact():
+    labels = np.array([[1, 1, 0, 2, 2], [1, 1, 0, 2, 2], [0, 0, 0, 3, 3]])
+    image = np.array([[0.5, 0.5, 0.0, 0.02, 0.02], [0.5, 0.5, 0.0, 0.06, 0.06], [0, 0, 0, 0.3, 0.3]])
+    out = cells_mod.drop_dim_cells(labels, image, 0.05)
+    # cell 2 averages 0.04 < 0.05: dropped; cells 1 and 3 renumbered 1 and 2
+    np.testing.assert_array_equal(out, [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 0, 2, 2]])

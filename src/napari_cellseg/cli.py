@@ -137,6 +137,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch)
     p.add_argument("--loss", choices=("ce", "rmsd"), default=d.loss)
+    p.add_argument("--class-weights", default=",".join(str(w) for w in d.class_weights),
+                   help="loss weights of seed, cytoplasm, background")
     p.add_argument("--init", default=None, help="fine-tune from this model (name or path)")
     p.add_argument("--channels", default="16,32,64,128,128", help="UNet widths per level")
     p.add_argument("--device", default=d.device)
@@ -168,6 +170,7 @@ def _train(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     cfg = TrainConfig(epochs=args.epochs, patch=args.patch, batch=args.batch, lr=args.lr,
                       steps_per_epoch=args.steps_per_epoch, loss=args.loss, seed=args.seed,
+                      class_weights=tuple(float(w) for w in args.class_weights.split(",")),
                       device=args.device, threads=args.threads)
     pairs = load_pairs(args.images, args.masks, args.channel)
     train_ex, val_ex = [], []

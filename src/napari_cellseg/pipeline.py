@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -32,6 +33,7 @@ class SegmentParams:
     cell_diameter: float | None = None  # µm; None: the model's
     min_cell_area: float | None = None  # µm²; None: a fifth of the expected cell area
     intensity_weight: float = 0.0  # 0: cell probability alone; 1: the paper's product
+    min_intensity: float = 0.05  # drop cells dimmer than this (mean, 0-1 percentile-normalised)
     background: str = "otsu3"  # "otsu3" (the paper's rule) or "probability" (p_cell > 0.5)
 
     def to_dict(self) -> dict:
@@ -161,12 +163,21 @@ class Prediction:
             self.cell_area_px(p))
         return graph.landscape > t
 
+    @cached_property
+    def normalized_image(self) -> np.ndarray:
+        """The grid image with its 1st and 99.8th percentiles mapped to 0 and 1."""
+        from .core.preprocess import percentile_normalize
+
+        return percentile_normalize(self.grid_image)
+
     def segment_grid(self, p: SegmentParams | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(cells, seeds) on the model grid."""
         p = p or self.defaults
         seeds = self.seeds(p)
         n = int(seeds.max())
         cells = self._basin_graph(p).segment(seeds, self.foreground(p, n), self.min_area_px(p))
+        if p.min_intensity > 0 and cells.max() > 0:
+            cells = cells_mod.drop_dim_cells(cells, self.normalized_image, p.min_intensity)
         return cells, seeds
 
     def segment(self, **params) -> np.ndarray:

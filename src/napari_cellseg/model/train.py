@@ -39,7 +39,7 @@ class TrainConfig:
     lr: float = 1e-3
     steps_per_epoch: int = 50
     loss: str = "ce"  # "ce" (class-weighted cross-entropy) or "rmsd" (the paper's)
-    class_weights: tuple[float, float, float] = (1.5, 1.0, 0.6)  # seed, cytoplasm, background
+    class_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # seed, cytoplasm, background
     synthetic_fraction: float = 0.2  # share of patches from synthetic whole-cell images
     seed: int = 0
     device: str = "auto"
