@@ -110,12 +110,17 @@ def iter_probabilities(
     tile = int(np.ceil(max(tile, div) / div) * div)
     overlap = int(min(max(overlap, 0), tile // 2))
     h, w = x.shape
-    # Pad (reflect) to at least one tile and to a multiple of the divisor.
-    ph = max(tile, int(np.ceil(h / div) * div)) if h < tile else h
-    pw = max(tile, int(np.ceil(w / div) * div)) if w < tile else w
-    if (ph, pw) != (h, w):
-        mode = "reflect" if min(h, w) > 1 else "edge"
-        x = np.pad(x, ((0, ph - h), (0, pw - w)), mode=mode)
+    # Reflect-pad every side by a context border first: the network was trained with
+    # each patch's margin outside the loss, so its predictions next to a zero-padded edge
+    # are untrained; with the border, the image's own edges are predicted with context.
+    border = int(min(max(overlap, div), 64))
+    x = np.pad(x, border, mode="reflect" if min(h, w) > border else "symmetric")
+    # Then to at least one tile and to a multiple of the divisor.
+    hh, ww = x.shape
+    ph = max(tile, int(np.ceil(hh / div) * div)) if hh < tile else hh
+    pw = max(tile, int(np.ceil(ww / div) * div)) if ww < tile else ww
+    if (ph, pw) != (hh, ww):
+        x = np.pad(x, ((0, ph - hh), (0, pw - ww)), mode="reflect" if min(hh, ww) > 1 else "edge")
     th, tw = min(tile, ph), min(tile, pw)
     win = _window(tile, overlap)[:th, :tw]
     rows = _starts(ph, th, th - overlap)
@@ -148,7 +153,7 @@ def iter_probabilities(
         done += len(chunk)
         yield done, total
     acc /= norm
-    return acc[:, :h, :w]
+    return np.ascontiguousarray(acc[:, border : border + h, border : border + w])
 
 
 def predict_probabilities(model: UNet, image: np.ndarray, **kwargs) -> np.ndarray:
