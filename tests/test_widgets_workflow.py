@@ -46,9 +46,12 @@ def test_one_click_then_h_slider(make_napari_viewer, qtbot, tissue):
     cells = viewer.layers[CELLS_LAYER]
     n_default = int(cells.data.max())
     assert n_default > 50  # the synthetic tissue has ~300 cells in this crop
-    assert cells.metadata["parameters"]["sensitivity"] == 60
+    # The sliders start at the shipped model's tuned defaults.
+    defaults = widget.predictions[0].defaults
+    assert cells.metadata["parameters"]["sensitivity"] == defaults.sensitivity
+    assert widget._h.value == defaults.h
     before = cells.data.copy()
-    widget._sensitivity.value = 100
+    widget._sensitivity.value = 100 if defaults.sensitivity != 100 else 40
     widget._h.value = 0.0
     qtbot.waitUntil(lambda: viewer.layers[CELLS_LAYER].metadata["parameters"]["h"] == 0.0, timeout=5000)
     assert not np.array_equal(viewer.layers[CELLS_LAYER].data, before)
@@ -131,7 +134,7 @@ def test_stage_widgets_predict_seeds_cells(make_napari_viewer, qtbot, tissue):
     cells_widget = CellsWidget(viewer)
     cells = cells_widget.run()
     assert cells.data.max() == n_seeds or cells.data.max() <= n_seeds  # one cell per seed at most
-    assert cells.metadata["parameters"]["sensitivity"] == 60
+    assert cells.metadata["parameters"]["sensitivity"] == seeds._sensitivity.value
     seeds._h.value = 0.0  # live: the seeds layer follows
     qtbot.waitUntil(lambda: viewer.layers["seeds"].metadata["parameters"]["h"] == 0.0, timeout=5000)
 

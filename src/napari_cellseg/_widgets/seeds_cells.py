@@ -63,6 +63,17 @@ class SeedsWidget(_LiveStage):
                                   tooltip="0: from the model's cell diameter")
         self._dmax = FloatSpinBox(value=0.0, min=0.0, max=200.0, step=0.5, label="Seed Ø max (µm)")
         super().__init__(viewer, [self._sensitivity, self._h, self._dmin, self._dmax])
+        self._source.changed.connect(self._use_model_defaults)
+        self._use_model_defaults()
+
+    def _use_model_defaults(self, *_) -> None:
+        """Start the sliders at the model's tuned defaults."""
+        layer = self._source.value
+        pred = None if layer is None else layer.metadata.get("prediction")
+        if pred is not None:
+            with self._sensitivity.changed.blocked(), self._h.changed.blocked():
+                self._sensitivity.value = round(pred.defaults.sensitivity)
+                self._h.value = float(pred.defaults.h)
 
     def params(self) -> dict:
         p = {"sensitivity": float(self._sensitivity.value), "h": float(self._h.value)}

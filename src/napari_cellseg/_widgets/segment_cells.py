@@ -93,6 +93,7 @@ class SegmentCellsWidget(Container):
         self.extend([*self._inputs.widgets, *self._runner.widgets,
                      self._sensitivity, self._h, self._min_area])
         self.predictions: list = []
+        self._touched = False  # has the user moved a slider?
         self._runner.run_button.changed.connect(self.run)
         from superqt.utils import qdebounced
 
@@ -102,6 +103,7 @@ class SegmentCellsWidget(Container):
             w.changed.connect(self._on_param)
 
     def _on_param(self, *_) -> None:
+        self._touched = True
         if self.predictions:
             self._debounced_update()
 
@@ -127,6 +129,13 @@ class SegmentCellsWidget(Container):
 
     def _on_predicted(self, predictions) -> None:
         self.predictions = predictions
+        if predictions and not self._touched:
+            # The model's own tuned defaults, the first time only: later runs keep the
+            # user's settings.
+            d = predictions[0].defaults
+            with self._sensitivity.changed.blocked(), self._h.changed.blocked():
+                self._sensitivity.value = round(d.sensitivity)
+                self._h.value = float(d.h)
         self.update_cells()
 
     def update_cells(self, *_):
