@@ -74,6 +74,7 @@ def save_model(path: str | Path, model: UNet, info: ModelInfo, overwrite: bool =
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=info.to_metadata())
     tmp.replace(path)  # never leave a half-written model under the real name
+    path.chmod(0o644)  # safetensors writes 0600; a shipped or shared model must be readable
     _notify_saved()
     return path
 
