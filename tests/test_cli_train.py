@@ -27,7 +27,7 @@ def test_train_resume_and_fine_tune(pairs, tmp_path, capsys):
               "--steps-per-epoch", "2", "--channels", "4,8,16", "--synthetic", "1"]
     assert cli.main(["train", *map(str, common), "--out", str(out), "--epochs", "1"]) == 0
     assert out.exists() and out.with_suffix(".ckpt").exists()
-    model, info = load_model(out)
+    _model, info = load_model(out)
     assert info.config.channels == (4, 8, 16)
     assert info.extra["epochs_run"] == 1
     # Resume to 2 epochs: continues at epoch 2, does not restart.

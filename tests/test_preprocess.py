@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from napari_cellseg.core.preprocess import percentile_normalize, rescale, restore_shape, scale_factor, tophat
+from napari_cellseg.core.preprocess import (
+    percentile_normalize,
+    rescale,
+    restore_shape,
+    scale_factor,
+    tophat,
+)
 from napari_cellseg.pipeline import preprocess
 
 

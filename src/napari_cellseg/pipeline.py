@@ -153,15 +153,32 @@ class Prediction:
         return self._basins[key]
 
     def foreground(self, p: SegmentParams, n_seeds: int) -> np.ndarray:
+        return self._foreground(p, n_seeds)[0]
+
+    def _foreground(self, p: SegmentParams, n_seeds: int) -> tuple[np.ndarray, np.ndarray]:
+        """The foreground mask and its count per basin, cached per threshold: the 3-level
+        Otsu rule only ever picks one of two thresholds."""
         graph = self._basin_graph(p)
+        iw = float(p.intensity_weight)
         if p.background == "probability":
-            return self.cell_probability > 0.5
-        if p.background != "otsu3":
+            t = None
+        elif p.background == "otsu3":
+            t = cells_mod.choose_background_threshold_cached(
+                self._basins[(iw, "otsu")], self._area_above(iw), n_seeds, self.cell_area_px(p))
+        else:
             raise ValueError(f"background must be 'otsu3' or 'probability', got {p.background!r}")
-        t = cells_mod.choose_background_threshold(
-            graph.landscape, self._basins[(float(p.intensity_weight), "otsu")], n_seeds,
-            self.cell_area_px(p))
-        return graph.landscape > t
+        key = (iw, "fg", t)
+        if key not in self._basins:
+            mask = self.cell_probability > 0.5 if t is None else graph.landscape > t
+            self._basins[key] = (mask, graph.foreground_counts(mask))
+        return self._basins[key]
+
+    def _area_above(self, iw: float) -> np.ndarray:
+        key = (iw, "areas")
+        if key not in self._basins:
+            land = self._basins[iw].landscape
+            self._basins[key] = np.array([np.count_nonzero(land > t) for t in self._basins[(iw, "otsu")]])
+        return self._basins[key]
 
     @cached_property
     def normalized_image(self) -> np.ndarray:
@@ -175,7 +192,8 @@ class Prediction:
         p = p or self.defaults
         seeds = self.seeds(p)
         n = int(seeds.max())
-        cells = self._basin_graph(p).segment(seeds, self.foreground(p, n), self.min_area_px(p))
+        fg, counts = self._foreground(p, n)
+        cells = self._basin_graph(p).segment(seeds, fg, self.min_area_px(p), fg_counts=counts)
         if p.min_intensity > 0 and cells.max() > 0:
             cells = cells_mod.drop_dim_cells(cells, self.normalized_image, p.min_intensity)
         return cells, seeds

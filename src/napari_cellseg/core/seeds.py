@@ -151,8 +151,10 @@ class SeedSplitter:
         # dynamic exceeds h, as with extended h-maxima.
         labels = hg.labelisation_horizontal_cut_from_threshold(self.tree, self.altitudes, float(h_px))
         labels = np.asarray(labels)[:-1]  # drop the virtual vertex
-        _, compact = np.unique(labels, return_inverse=True)
-        out.ravel()[self.index] = compact.astype(np.int32) + 1
+        # Consecutive ids 1..K in O(n) (np.unique would sort).
+        present = np.bincount(labels) > 0
+        lut = np.cumsum(present, dtype=np.int32)
+        out.ravel()[self.index] = lut[labels]
         return out
 
 
