@@ -224,6 +224,7 @@ def _add_noise_sweep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("noise-sweep", help="cell count of the classic pipeline against noise")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n", type=int, default=50, help="images per noise level")
+    p.add_argument("--levels", default="0.05,0.10,0.15,0.20,0.25", help="noise levels (sd), comma-separated")
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -233,7 +234,8 @@ def _noise_sweep(args: argparse.Namespace) -> int:
 
     csv = check_can_write(args.out / "noise_sweep.csv", args.overwrite)
     png = check_can_write(args.out / "noise_sweep.png", args.overwrite)
-    df, failing = noise_sweep(n_images=args.n)
+    levels = tuple(float(v) for v in args.levels.split(","))
+    df, failing = noise_sweep(levels=levels, n_images=args.n)
     df.to_csv(csv, index=False)
     plot_sweep(df, failing, png)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
