@@ -193,9 +193,10 @@ class Prediction:
         seeds = self.seeds(p)
         n = int(seeds.max())
         fg, counts = self._foreground(p, n)
-        cells = self._basin_graph(p).segment(seeds, fg, self.min_area_px(p), fg_counts=counts)
-        if p.min_intensity > 0 and cells.max() > 0:
-            cells = cells_mod.drop_dim_cells(cells, self.normalized_image, p.min_intensity)
+        cells = self._basin_graph(p).segment(
+            seeds, fg, self.min_area_px(p), fg_counts=counts,
+            normalized_image=self.normalized_image if p.min_intensity > 0 else None,
+            min_intensity=p.min_intensity)
         return cells, seeds
 
     def segment(self, **params) -> np.ndarray:

@@ -146,7 +146,8 @@ class BasinGraph:
         return np.bincount(self.basins[foreground], minlength=self.n_basins + 1)
 
     def segment(self, seeds: np.ndarray, foreground: np.ndarray, min_size: int = 0,
-                fg_counts: np.ndarray | None = None) -> np.ndarray:
+                fg_counts: np.ndarray | None = None, normalized_image: np.ndarray | None = None,
+                min_intensity: float = 0.0) -> np.ndarray:
         """Seeded watershed from seed labels (M, N) within ``foreground``.
 
         Basins that are mostly background take the background marker, so a cell that
@@ -198,25 +199,37 @@ class BasinGraph:
             split = watershed(-self.landscape[sl], local, mask=inside)
             out[sl][inside] = split[inside]
         out[~foreground] = 0
-        return relabel_sequential_by_size(out, min_size)
+        return filter_cells(out, min_size, normalized_image, min_intensity)
 
 
-def drop_dim_cells(labels: np.ndarray, normalized_image: np.ndarray, min_intensity: float) -> np.ndarray:
-    """Drop cells whose mean intensity (of a 0-1 normalised image) is below
-    ``min_intensity`` and renumber the rest.
+def filter_cells(
+    labels: np.ndarray, min_size: int = 0, normalized_image: np.ndarray | None = None,
+    min_intensity: float = 0.0,
+) -> np.ndarray:
+    """Drop cells smaller than ``min_size`` px or with a mean intensity (of a 0-1
+    normalised image) below ``min_intensity``; renumber the rest 1..K in one pass.
 
-    Surface-marker stains (CD3, CD4, CD8) label some cells only: the unstained cells
-    between them are dim, unannotated, and otherwise easily taken for cells.
+    The intensity floor exists because surface-marker stains (CD3, CD4, CD8) label some
+    cells only: the unstained cells between them are dim, unannotated, and otherwise
+    easily taken for cells.
     """
     labels = np.asarray(labels)
-    n = int(labels.max())
+    n = int(labels.max()) if labels.size else 0
     if n == 0:
-        return labels
+        return np.zeros(labels.shape, dtype=np.int32)
     flat = labels.ravel()
     area = np.bincount(flat, minlength=n + 1)
-    total = np.bincount(flat, weights=np.asarray(normalized_image, dtype=np.float64).ravel(), minlength=n + 1)
-    keep = total >= min_intensity * area
+    keep = area >= max(int(min_size), 1)
+    if min_intensity > 0 and normalized_image is not None:
+        total = np.bincount(flat, weights=np.asarray(normalized_image, dtype=np.float64).ravel(),
+                            minlength=n + 1)
+        keep &= total >= min_intensity * area
     keep[0] = False
     lut = np.zeros(n + 1, dtype=np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return lut[labels]
+
+
+def drop_dim_cells(labels: np.ndarray, normalized_image: np.ndarray, min_intensity: float) -> np.ndarray:
+    """:func:`filter_cells` by intensity alone."""
+    return filter_cells(labels, 0, normalized_image, min_intensity)
