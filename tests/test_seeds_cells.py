@@ -148,3 +148,16 @@ def test_drop_dim_cells_exact():
     out = cells_mod.drop_dim_cells(labels, image, 0.05)
     # cell 2 averages 0.04 < 0.05: dropped; cells 1 and 3 renumbered 1 and 2
     np.testing.assert_array_equal(out, [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 0, 2, 2]])
+
+
+def test_detect_seeds_one_shot_matches_the_cached_path():
+    pred, labels = scene_prediction(8)
+    one_shot = seeds_mod.detect_seeds(pred.seed_probability, PIXEL, pred._seed_diameter(pred.defaults),
+                                      sensitivity=60, h_um=3.0)
+    assert one_shot.max() == pred.seeds(pred.params(sensitivity=60, h=3.0)).max()
+    assert abs(int(one_shot.max()) - int(labels.max())) <= 0.05 * labels.max()
+
+
+def test_background_rule_picks_the_area_closest_to_expected():
+    # 10 seeds x 100 px expected = 1000 px: 900 is closer than 1500.
+    assert cells_mod.choose_background_threshold(np.array([0.3, 0.6]), np.array([1500, 900]), 10, 100.0) == 0.6

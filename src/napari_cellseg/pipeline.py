@@ -163,7 +163,7 @@ class Prediction:
         if p.background == "probability":
             t = None
         elif p.background == "otsu3":
-            t = cells_mod.choose_background_threshold_cached(
+            t = cells_mod.choose_background_threshold(
                 self._basins[(iw, "otsu")], self._area_above(iw), n_seeds, self.cell_area_px(p))
         else:
             raise ValueError(f"background must be 'otsu3' or 'probability', got {p.background!r}")

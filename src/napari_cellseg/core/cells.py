@@ -61,18 +61,10 @@ def background_thresholds(landscape: np.ndarray) -> np.ndarray:
 
 
 def choose_background_threshold(
-    landscape: np.ndarray, thresholds: np.ndarray, n_seeds: int, cell_area_px: float
-) -> float:
-    """The threshold whose foreground area is closest to ``n_seeds * cell_area_px``."""
-    areas = np.array([np.count_nonzero(landscape > t) for t in thresholds])
-    return choose_background_threshold_cached(thresholds, areas, n_seeds, cell_area_px)
-
-
-def choose_background_threshold_cached(
     thresholds: np.ndarray, areas: np.ndarray, n_seeds: int, cell_area_px: float
 ) -> float:
-    """:func:`choose_background_threshold` with the foreground area of each threshold
-    already counted."""
+    """The paper's rule: of the candidate thresholds, the one whose foreground area
+    (``areas``, pixels above each threshold) is closest to ``n_seeds * cell_area_px``."""
     return float(thresholds[int(np.argmin(np.abs(np.asarray(areas) - n_seeds * cell_area_px)))])
 
 
