@@ -363,11 +363,13 @@ def validation_scores(model, info, examples, params: SegmentParams | None = None
     from .core.metrics import evaluate
     from .model.inference import predict_probabilities
 
+    if params is None:  # the model's tuned defaults when it has them, else the paper's
+        saved = info.extra.get("segment_defaults", {})
+        params = SegmentParams(**{k: v for k, v in saved.items() if k in SegmentParams.__dataclass_fields__})
     aps = []
     for e in examples:
         probs = predict_probabilities(model, e.image, normalize=None, device=next(model.parameters()).device)
-        pred = Prediction(e.image, probs, e.image, info.pixel_size or 1.0, info.cell_diameter_um,
-                          params or SegmentParams())
+        pred = Prediction(e.image, probs, e.image, info.pixel_size or 1.0, info.cell_diameter_um, params)
         cells, _ = pred.segment_grid()
         aps.append(evaluate(e.labels, cells).ap)
     return {"val_mAP": float(np.mean(aps)), "score": float(np.mean(aps))}
