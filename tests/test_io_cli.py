@@ -150,14 +150,19 @@ def test_cli_help_mentions_every_command(capsys):
         assert cmd in text
 
 
-def test_evaluate_json_has_map(tmp_path):
-    gt = tmp_path / "gt"
-    pred = tmp_path / "pred"
+def evaluate_folders(tmp_path):
+    """Empty gt/ and pred/ folders and a two-cell label image."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
     gt.mkdir()
     pred.mkdir()
     a = np.zeros((20, 20), np.uint16)
     a[2:8, 2:8] = 1
     a[10:18, 10:18] = 2
+    return gt, pred, a
+
+
+def test_evaluate_json_has_map(tmp_path):
+    gt, pred, a = evaluate_folders(tmp_path)
     io.write_labels(gt / "img1_masks.png", a)
     io.write_labels(pred / "img1.tif", np.where(a == 2, 7, 0))  # one found, one missed
     io.write_labels(gt / "lonely_masks.png", a)
@@ -168,12 +173,7 @@ def test_evaluate_json_has_map(tmp_path):
 
 
 def test_evaluate_ignores_raw_images_beside_masks(tmp_path, capsys):
-    gt = tmp_path / "gt"
-    pred = tmp_path / "pred"
-    gt.mkdir()
-    pred.mkdir()
-    a = np.zeros((20, 20), np.uint16)
-    a[2:8, 2:8] = 1
+    gt, pred, a = evaluate_folders(tmp_path)
     io.write_labels(gt / "img1_masks.tif", a)
     tifffile.imwrite(gt / "img1.tif", a.astype(np.float32))  # the raw image, not a mask
     io.write_labels(pred / "img1_masks.tif", a)

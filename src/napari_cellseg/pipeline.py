@@ -303,13 +303,16 @@ def iter_predict(
     return Prediction(np.asarray(image), probs, grid, grid_px, info.cell_diameter_um, defaults)
 
 
-def drain(gen: Generator) -> object:
-    """Run a progress generator to its end and return its value."""
+def drain(gen: Generator, progress: Callable | None = None) -> object:
+    """Run a progress generator to its end and return its value, passing each yielded
+    step to ``progress`` when given."""
     while True:
         try:
-            next(gen)
+            step = next(gen)
         except StopIteration as stop:
             return stop.value
+        if progress:
+            progress(*step)
 
 
 def predict(
@@ -341,14 +344,7 @@ def predict(
     -------
     Prediction
     """
-    gen = iter_predict(image, pixel_size, model, device, **kwargs)
-    while True:
-        try:
-            step = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress:
-            progress(*step)
+    return drain(iter_predict(image, pixel_size, model, device, **kwargs), progress)
 
 
 def segment(image: np.ndarray, pixel_size: float | None = None, model=None, device: str = "auto",

@@ -34,20 +34,26 @@ def show_layer(
     return add(data, name=name, metadata=metadata, **kwargs)
 
 
+def one_channel(layer) -> np.ndarray:
+    """A layer's pixels as a numpy array with one channel: the finest level of a
+    multiscale layer; for RGB, the channel that carries signal."""
+    from ..io import select_channel
+
+    if layer is None:
+        raise ValueError("no image layer selected: open an image first")
+    data = np.asarray(layer.data[0] if getattr(layer, "multiscale", False) else layer.data)
+    if getattr(layer, "rgb", False):
+        data, _ = select_channel(data)
+    return data
+
+
 def image_plane(layer, viewer=None) -> np.ndarray:
     """The 2-D plane an image layer shows now, as a numpy array.
 
     RGB layers give the channel that carries signal; a stack gives the plane at the
     viewer's current slider position (stacks are segmented plane by plane).
     """
-    from ..io import select_channel
-
-    if layer is None:
-        raise ValueError("no image layer selected: open an image first")
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    data = np.asarray(data)
-    if getattr(layer, "rgb", False):
-        data, _ = select_channel(data)
+    data = one_channel(layer)
     if data.ndim > 2:
         lead = data.ndim - 2
         index = [0] * lead

@@ -9,7 +9,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSlider, FloatSpinBox, Slider, create_widget
 
 from ..core import seeds as seeds_mod
-from ._layers import pixel_size_of, show_layer
+from ._layers import one_channel, pixel_size_of, show_layer
 from ._runner import Runner
 
 if TYPE_CHECKING:
@@ -27,13 +27,7 @@ def model_choices(*_) -> list[str]:
 
 def image_data(layer) -> np.ndarray:
     """A layer's pixels as one channel: 2-D, or (planes, M, N) for a stack."""
-    from ..io import select_channel
-
-    if layer is None:
-        raise ValueError("no image layer selected: open an image first")
-    data = np.asarray(layer.data[0] if getattr(layer, "multiscale", False) else layer.data)
-    if getattr(layer, "rgb", False):
-        data, _ = select_channel(data)
+    data = one_channel(layer)
     while data.ndim > 3 and data.shape[0] == 1:
         data = data[0]
     if data.ndim not in (2, 3):

@@ -126,10 +126,8 @@ class SeedSplitter:
         src = np.concatenate(src)
         dst = np.concatenate(dst)
         weights = np.maximum(alt[src], alt[dst])
-        # One representative per component, tied to a virtual vertex n.
-        first = np.asarray(ndi.minimum_position(np.arange(mask.size).reshape(mask.shape),
-                                                components, np.arange(1, n_comp + 1)))
-        reps = vid[tuple(first.reshape(-1, 2).T)] if n_comp else np.zeros(0, np.int64)
+        # One representative per component (its first pixel), tied to a virtual vertex n.
+        _, reps = np.unique(components.ravel()[self.index], return_index=True)
         big = float(dist.max()) * 4 + 1e6
         src = np.concatenate([src, reps])
         dst = np.concatenate([dst, np.full(len(reps), n)])
