@@ -1,9 +1,9 @@
 """Ship a trained model: copy it into the package with its tuned segmentation defaults.
 
-    python benchmarks/finalize_model.py runs/m2.best.safetensors --sensitivity 80 --h 1.0
+    python benchmarks/finalize_model.py runs/m2.safetensors --set min_intensity=0.05
 
 The defaults travel in the weight file's metadata (``segment_defaults``): predict() and
-the widgets start from them; the paper's values stay the library defaults.
+the widgets start from them. Anything not set is the library default (SegmentParams).
 """
 
 from __future__ import annotations
@@ -16,16 +16,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
     ap.add_argument("--name", default="dense_tcells")
-    ap.add_argument("--sensitivity", type=float, required=True)
-    ap.add_argument("--h", type=float, required=True)
-    ap.add_argument("--min-intensity", type=float, default=0.05)
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a segmentation default (a SegmentParams field), e.g. sensitivity=60")
     args = ap.parse_args()
 
     from napari_cellseg.model.store import load_model, save_model
+    from napari_cellseg.pipeline import SegmentParams
 
     net, info = load_model(args.model)
-    info.extra["segment_defaults"] = {"sensitivity": args.sensitivity, "h": args.h,
-                                      "min_intensity": args.min_intensity}
+    defaults = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in SegmentParams.__dataclass_fields__:
+            raise SystemExit(f"unknown segmentation parameter {key!r}")
+        try:
+            defaults[key] = float(value)
+        except ValueError:
+            defaults[key] = value
+    info.extra["segment_defaults"] = defaults
     info.extra["source_file"] = Path(args.model).name
     target = Path(__file__).resolve().parents[1] / "src" / "napari_cellseg" / "model" / "weights"
     path = save_model(target / f"{args.name}.safetensors", net, info, overwrite=True)

@@ -63,21 +63,55 @@ def test_exactly_one_cell_per_seed():
         assert len(np.unique(cells[seeds == s])) == 1
 
 
-def test_larger_h_never_gives_more_seeds():
+@pytest.mark.parametrize(("split", "name", "values"), [
+    ("shape", "h", (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 6.0)),
+    ("probability", "h_probability", (0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0)),
+])
+def test_larger_h_never_gives_more_seeds(split, name, values):
     pred, _ = scene_prediction(4)
-    counts = [pred.seeds(pred.params(h=h)).max() for h in (0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 6.0)]
-    assert all(a >= b for a, b in itertools.pairwise(counts))
+    # Touching cells whose seed probabilities run into each other, as in dense tissue.
+    pred.probabilities[0] = ndi.gaussian_filter(pred.probabilities[0], 2.5)
+    counts = [pred.seeds(pred.params(seed_split=split, **{name: v})).max() for v in values]
+    assert all(a >= b for a, b in itertools.pairwise(counts)), counts
     assert counts[0] > counts[-1]
 
 
-def test_sensitivity_moves_seed_count_monotonically():
+@pytest.mark.parametrize("split", ["shape", "probability"])
+def test_sensitivity_moves_seed_count_monotonically(split):
     pred, labels = scene_prediction(5)
     # Seeds of every strength, as a real model gives: weak ones need a high sensitivity.
     gain = np.random.default_rng(0).uniform(0.05, 1.0, labels.max() + 1)
     pred.probabilities[0] *= gain[labels]
-    counts = [pred.seeds(pred.params(sensitivity=s)).max() for s in (0, 20, 40, 60, 80, 100)]
+    counts = [pred.seeds(pred.params(sensitivity=s, seed_split=split)).max() for s in (0, 20, 40, 60, 80, 100)]
     assert all(a <= b for a, b in itertools.pairwise(counts)), counts
     assert counts[0] < counts[-1] <= labels.max()
+
+
+def test_sensitivity_floor():
+    assert seeds_mod.sensitivity_floor(60) == pytest.approx(0.4)
+    assert seeds_mod.sensitivity_floor(100) == seeds_mod.MIN_SEED_FLOOR
+    assert seeds_mod.sensitivity_floor(0) == 1.0
+    with pytest.raises(ValueError):
+        seeds_mod.sensitivity_floor(-1)
+
+
+def test_probability_split_cuts_at_the_dip_between_maxima():
+    # Two peaks, 0.9 and 0.8, joined through a saddle at 0.5: the lower peak's dynamic
+    # is 0.3, so it is its own seed for h < 0.3 and merges for h > 0.3. (Dynamics are
+    # those of the pixel graph's edges, weighted by the lower end: a peak counts from
+    # its two highest adjacent pixels, hence the two-pixel peaks here.)
+    height = np.array([[0.1, 0.9, 0.9, 0.6, 0.5, 0.8, 0.8, 0.1]], np.float32)
+    splitter = seeds_mod.SeedSplitter(height > 0.05, height)
+    cut = splitter.cut(0.25)[0]
+    assert len(set(cut[:4])) == 1 and len(set(cut[5:])) == 1 and cut[0] != cut[7]
+    assert set(cut) == {1, 2}
+    np.testing.assert_array_equal(splitter.cut(0.35)[0], [1] * 8)
+    # The floor keeps only pixels above it; a merged seed may come in pieces.
+    low = splitter.cut(0.25, floor=0.75)[0]
+    assert low[1] == low[2] != low[5] == low[6] and set(low[[0, 3, 4, 7]]) == {0}
+    np.testing.assert_array_equal(splitter.cut(0.35, floor=0.75)[0], [0, 1, 1, 0, 0, 1, 1, 0])
+    # A peak entirely below the floor leaves no seed.
+    assert splitter.cut(0.25, floor=0.95).max() == 0
 
 
 def test_sensitivity_levels_match_the_paper():
@@ -91,7 +125,7 @@ def test_sensitivity_levels_match_the_paper():
 def test_pixel_size_scales_physical_parameters():
     coarse, _labels = scene_prediction(6, zoom=1)
     fine, _labels2 = scene_prediction(6, zoom=2)
-    for params in ({}, {"h": 1.0}, {"sensitivity": 80}):
+    for params in ({}, {"seed_split": "shape", "h": 1.0}, {"seed_split": "shape"}, {"sensitivity": 80}):
         a = coarse.segment(**params)
         b = fine.segment(**params)
         assert abs(int(a.max()) - int(b.max())) <= 1
@@ -138,7 +172,13 @@ def test_unknown_parameter_is_an_error():
     with pytest.raises(TypeError, match="unknown"):
         pred.segment(hh=3)
     with pytest.raises(ValueError, match="h must be"):
-        pred.segment(h=-1)
+        pred.segment(h=-1, seed_split="shape")
+    with pytest.raises(ValueError, match="h_probability"):
+        pred.segment(h_probability=1.5)
+    with pytest.raises(ValueError, match="seed_split"):
+        pred.segment(seed_split="round")
+    with pytest.raises(ValueError, match="cell_threshold"):
+        pred.segment(cell_threshold=1.0)
     assert SegmentParams().sensitivity == 60
 
 
@@ -150,11 +190,12 @@ def test_drop_dim_cells_exact():
     np.testing.assert_array_equal(out, [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 0, 2, 2]])
 
 
-def test_detect_seeds_one_shot_matches_the_cached_path():
+@pytest.mark.parametrize("split", ["shape", "probability"])
+def test_detect_seeds_one_shot_matches_the_cached_path(split):
     pred, labels = scene_prediction(8)
     one_shot = seeds_mod.detect_seeds(pred.seed_probability, PIXEL, pred._seed_diameter(pred.defaults),
-                                      sensitivity=60, h_um=3.0)
-    assert one_shot.max() == pred.seeds(pred.params(sensitivity=60, h=3.0)).max()
+                                      sensitivity=60, h_um=3.0, split=split, h_probability=0.15)
+    assert one_shot.max() == pred.seeds(pred.params(sensitivity=60, h=3.0, seed_split=split)).max()
     assert abs(int(one_shot.max()) - int(labels.max())) <= 0.05 * labels.max()
 
 

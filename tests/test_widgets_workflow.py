@@ -49,11 +49,14 @@ def test_one_click_then_h_slider(make_napari_viewer, qtbot, tissue):
     # The sliders start at the shipped model's tuned defaults.
     defaults = widget.predictions[0].defaults
     assert cells.metadata["parameters"]["sensitivity"] == defaults.sensitivity
-    assert widget._h.value == defaults.h
+    assert widget._seeds.h_probability.value == defaults.h_probability
+    assert widget._seeds.split.value == defaults.seed_split
+    assert widget._seeds.h.native.isHidden() == (defaults.seed_split != "shape")
     before = cells.data.copy()
-    widget._sensitivity.value = 100 if defaults.sensitivity != 100 else 40
-    widget._h.value = 0.0
-    qtbot.waitUntil(lambda: viewer.layers[CELLS_LAYER].metadata["parameters"]["h"] == 0.0, timeout=5000)
+    widget._seeds.sensitivity.value = 100 if defaults.sensitivity != 100 else 40
+    widget._seeds.h_probability.value = 0.0
+    qtbot.waitUntil(lambda: viewer.layers[CELLS_LAYER].metadata["parameters"]["h_probability"] == 0.0,
+                    timeout=5000)
     assert not np.array_equal(viewer.layers[CELLS_LAYER].data, before)
     assert [layer.name for layer in viewer.layers].count(CELLS_LAYER) == 1
 
@@ -133,10 +136,16 @@ def test_stage_widgets_predict_seeds_cells(make_napari_viewer, qtbot, tissue):
     n_seeds = int(seeds.run().data.max())
     cells_widget = CellsWidget(viewer)
     cells = cells_widget.run()
+    assert cells.metadata["parameters"]["cell_threshold"] == pytest.approx(seeds._source.value.metadata[
+        "prediction"].defaults.cell_threshold)
     assert cells.data.max() == n_seeds or cells.data.max() <= n_seeds  # one cell per seed at most
-    assert cells.metadata["parameters"]["sensitivity"] == seeds._sensitivity.value
-    seeds._h.value = 0.0  # live: the seeds layer follows
-    qtbot.waitUntil(lambda: viewer.layers["seeds"].metadata["parameters"]["h"] == 0.0, timeout=5000)
+    assert cells.metadata["parameters"]["sensitivity"] == seeds._seeds.sensitivity.value
+    seeds._seeds.split.value = "shape"  # the paper's split, h in µm
+    assert not seeds._seeds.h.native.isHidden() and seeds._seeds.h_probability.native.isHidden()
+    seeds._seeds.h.value = 0.0  # live: the seeds layer follows
+    qtbot.waitUntil(lambda: viewer.layers["seeds"].metadata["parameters"]["h"] == 0.0
+                    and viewer.layers["seeds"].metadata["parameters"]["seed_split"] == "shape", timeout=5000)
+    assert "LoG response" in viewer.layers
 
 
 def test_compare_shows_expected_ap(make_napari_viewer):

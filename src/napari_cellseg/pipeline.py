@@ -25,16 +25,26 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SegmentParams:
-    """Parameters of the seeds and cells stages, in the units a biologist sets."""
+    """Parameters of the seeds and cells stages, in the units a biologist sets.
+
+    The defaults are the settings measured best on the dense T-cell validation strips with
+    three different models (README, "Accuracy"): seeds from the seed probability's maxima
+    and cells where the cell probability exceeds 0.4. The paper's own rules are one switch
+    away: ``seed_split="shape"`` (LoG, multi-level Otsu, distance watershed with h in µm)
+    and ``background="otsu3"``.
+    """
 
     sensitivity: float = seeds_mod.DEFAULT_SENSITIVITY  # 0-100
-    h: float = seeds_mod.DEFAULT_H_UM  # µm
+    seed_split: str = "probability"  # "probability" (default) or "shape" (the paper's)
+    h: float = seeds_mod.DEFAULT_H_UM  # µm, shape split
+    h_probability: float = seeds_mod.DEFAULT_H_PROBABILITY  # 0-1, probability split
     seed_diameter: tuple[float, float] | None = None  # µm; None: from the cell diameter
     cell_diameter: float | None = None  # µm; None: the model's
     min_cell_area: float | None = None  # µm²; None: a fifth of the expected cell area
     intensity_weight: float = 0.0  # 0: cell probability alone; 1: the paper's product
     min_intensity: float = 0.05  # drop cells dimmer than this (mean, 0-1 percentile-normalised)
-    background: str = "otsu3"  # "otsu3" (the paper's rule) or "probability" (p_cell > 0.5)
+    background: str = "probability"  # "probability" (p_cell > cell_threshold) or "otsu3" (the paper's)
+    cell_threshold: float = 0.4  # for background="probability"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,11 +131,21 @@ class Prediction:
         self.log_response(seed_diameter)
         return self._splitters[("log", tuple(seed_diameter))][1]
 
+    @cached_property
+    def smoothed_seed_probability(self) -> np.ndarray:
+        return seeds_mod.smooth_seed_probability(self.seed_probability, self.grid_pixel_size)
+
     def seed_mask(self, p: SegmentParams) -> np.ndarray:
+        if _split(p) == "probability":
+            return self.smoothed_seed_probability > seeds_mod.sensitivity_floor(p.sensitivity)
         sd = self._seed_diameter(p)
         return seeds_mod.seed_mask(self.log_response(sd), self.seed_thresholds(sd), p.sensitivity)
 
     def _splitter(self, p: SegmentParams) -> seeds_mod.SeedSplitter:
+        if _split(p) == "probability":
+            if "probability" not in self._splitters:
+                self._splitters["probability"] = seeds_mod.probability_splitter(self.smoothed_seed_probability)
+            return self._splitters["probability"]
         sd = self._seed_diameter(p)
         level = seeds_mod.sensitivity_level(p.sensitivity)
         key = ("split", sd, level)
@@ -136,6 +156,10 @@ class Prediction:
     def seeds(self, p: SegmentParams | None = None) -> np.ndarray:
         """Seed labels on the model grid."""
         p = p or self.defaults
+        if _split(p) == "probability":
+            if not 0 <= p.h_probability <= 1:
+                raise ValueError(f"h_probability must be in [0, 1], got {p.h_probability}")
+            return self._splitter(p).cut(p.h_probability, seeds_mod.sensitivity_floor(p.sensitivity))
         if p.h < 0:
             raise ValueError(f"h must be >= 0 µm, got {p.h}")
         return self._splitter(p).cut(p.h / self.grid_pixel_size)
@@ -161,7 +185,9 @@ class Prediction:
         graph = self._basin_graph(p)
         iw = float(p.intensity_weight)
         if p.background == "probability":
-            t = None
+            if not 0 < p.cell_threshold < 1:
+                raise ValueError(f"cell_threshold must be in (0, 1), got {p.cell_threshold}")
+            t = ("p", float(p.cell_threshold))
         elif p.background == "otsu3":
             t = cells_mod.choose_background_threshold(
                 self._basins[(iw, "otsu")], self._area_above(iw), n_seeds, self.cell_area_px(p))
@@ -169,7 +195,7 @@ class Prediction:
             raise ValueError(f"background must be 'otsu3' or 'probability', got {p.background!r}")
         key = (iw, "fg", t)
         if key not in self._basins:
-            mask = self.cell_probability > 0.5 if t is None else graph.landscape > t
+            mask = self.cell_probability > t[1] if isinstance(t, tuple) else graph.landscape > t
             self._basins[key] = (mask, graph.foreground_counts(mask))
         return self._basins[key]
 
@@ -210,8 +236,10 @@ class Prediction:
         so that later slider moves never wait."""
         p = p or self.defaults
         self._basin_graph(p)
-        for s in np.linspace(100, 0, seeds_mod.N_THRESHOLDS):
-            self._splitter(replace(p, sensitivity=float(s)))
+        self._splitter(replace(p, seed_split="probability"))
+        if _split(p) == "shape":
+            for s in np.linspace(100, 0, seeds_mod.N_THRESHOLDS):
+                self._splitter(replace(p, sensitivity=float(s)))
 
     def stages(self, **params) -> dict[str, np.ndarray]:
         """Every intermediate on the input grid, for the viewer's layers."""
@@ -222,11 +250,19 @@ class Prediction:
             "seed probability": self.to_input(self.seed_probability),
             "cytoplasm probability": self.to_input(self.cytoplasm_probability),
             "background probability": self.to_input(self.background_probability),
-            "LoG response": self.to_input(self.log_response(self._seed_diameter(p))),
+            **({"LoG response": self.to_input(self.log_response(self._seed_diameter(p)))}
+               if _split(p) == "shape" else
+               {"smoothed seed probability": self.to_input(self.smoothed_seed_probability)}),
             "seed mask": self.to_input(self.seed_mask(p).astype(np.uint8), order=0),
             "seeds": self.to_input(seeds, order=0),
             "cells": self.to_input(cells, order=0),
         }
+
+
+def _split(p: SegmentParams) -> str:
+    if p.seed_split not in seeds_mod.SPLIT_METHODS:
+        raise ValueError(f"seed_split must be one of {seeds_mod.SPLIT_METHODS}, got {p.seed_split!r}")
+    return p.seed_split
 
 
 def preprocess(

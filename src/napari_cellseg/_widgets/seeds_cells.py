@@ -11,12 +11,11 @@ from magicgui.widgets import (
     FloatSlider,
     FloatSpinBox,
     Label,
-    Slider,
     create_widget,
 )
 
-from ..core import seeds as seeds_mod
 from ._layers import show_layer
+from ._seed_controls import SeedControls
 from .predict import prediction_of
 
 if TYPE_CHECKING:
@@ -43,6 +42,18 @@ class _LiveStage(Container):
         self._debounced = qdebounced(self._update_if_ready, timeout=40)
         for w in controls:
             w.changed.connect(self._on_param)
+        self._source.changed.connect(self._use_model_defaults)
+        self._use_model_defaults()
+
+    def _use_model_defaults(self, *_) -> None:
+        """Start the controls at the model's tuned defaults."""
+        layer = self._source.value
+        pred = None if layer is None else layer.metadata.get("prediction")
+        if pred is not None:
+            self._show_defaults(pred.defaults)
+
+    def _show_defaults(self, defaults) -> None:
+        """Set the controls to a SegmentParams without re-running."""
 
     def _on_param(self, *_) -> None:
         if self._live.value:
@@ -54,29 +65,20 @@ class _LiveStage(Container):
 
 
 class SeedsWidget(_LiveStage):
-    """Seeds: LoG scales, sensitivity (multi-level Otsu) and h (shape watershed)."""
+    """Seeds: split method, sensitivity and h; LoG scales for the paper's shape split."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        self._sensitivity = Slider(value=int(seeds_mod.DEFAULT_SENSITIVITY), min=0, max=100, step=5, label="Sensitivity")
-        self._h = FloatSlider(value=seeds_mod.DEFAULT_H_UM, min=0.0, max=10.0, step=0.25, label="h (µm)")
+        self._seeds = SeedControls()
         self._dmin = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.5, label="Seed Ø min (µm)",
                                   tooltip="0: from the model's cell diameter")
         self._dmax = FloatSpinBox(value=0.0, min=0.0, max=200.0, step=0.5, label="Seed Ø max (µm)")
-        super().__init__(viewer, [self._sensitivity, self._h, self._dmin, self._dmax])
-        self._source.changed.connect(self._use_model_defaults)
-        self._use_model_defaults()
+        super().__init__(viewer, [*self._seeds.widgets, self._dmin, self._dmax])
 
-    def _use_model_defaults(self, *_) -> None:
-        """Start the sliders at the model's tuned defaults."""
-        layer = self._source.value
-        pred = None if layer is None else layer.metadata.get("prediction")
-        if pred is not None:
-            with self._sensitivity.changed.blocked(), self._h.changed.blocked():
-                self._sensitivity.value = round(pred.defaults.sensitivity)
-                self._h.value = float(pred.defaults.h)
+    def _show_defaults(self, defaults) -> None:
+        self._seeds.set_defaults(defaults)
 
     def params(self) -> dict:
-        p = {"sensitivity": float(self._sensitivity.value), "h": float(self._h.value)}
+        p = self._seeds.params()
         if self._dmin.value > 0 and self._dmax.value > 0:
             p["seed_diameter"] = (float(self._dmin.value), float(self._dmax.value))
         return p
@@ -85,8 +87,12 @@ class SeedsWidget(_LiveStage):
         pred = prediction_of(self._source.value)
         params = pred.params(**self.params())
         seeds = pred.to_input(pred.seeds(params), order=0)
-        show_layer(self._viewer, pred.to_input(pred.log_response(pred._seed_diameter(params))),
-                   "LoG response", "image", metadata={"stage": "seeds"}, visible=False)
+        if params.seed_split == "shape":
+            enhanced, name = pred.log_response(pred._seed_diameter(params)), "LoG response"
+        else:
+            enhanced, name = pred.smoothed_seed_probability, "smoothed seed probability"
+        show_layer(self._viewer, pred.to_input(enhanced), name, "image", metadata={"stage": "seeds"},
+                   visible=False)
         layer = show_layer(self._viewer, seeds, SEEDS_LAYER, "labels",
                            metadata={"stage": "seeds", "parameters": self.params()})
         self._status.value = f"{int(seeds.max())} seeds"
@@ -97,12 +103,21 @@ class CellsWidget(_LiveStage):
     """Cells: seeded watershed, one cell per seed; background and minimum size."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
-        self._background = ComboBox(value="otsu3", choices=("otsu3", "probability"), label="Background")
+        self._background = ComboBox(value="probability", choices=("probability", "otsu3"), label="Background",
+                                    tooltip="probability: cell probability above the threshold (default); "
+                                            "otsu3: the paper's 3-level Otsu rule")
+        self._threshold = FloatSlider(value=0.4, min=0.05, max=0.95, step=0.05, label="Cell threshold",
+                                      tooltip="cell probability above which a pixel can be a cell")
         self._intensity = FloatSlider(value=0.0, min=0.0, max=1.0, step=0.1, label="Intensity weight",
                                       tooltip="0: cell probability alone; 1: × the paper's image transform")
         self._min_area = FloatSpinBox(value=0.0, min=0.0, max=10000.0, step=1.0, label="Min cell area (µm²)",
                                       tooltip="0: a fifth of a typical cell")
-        super().__init__(viewer, [self._background, self._intensity, self._min_area])
+        super().__init__(viewer, [self._background, self._threshold, self._intensity, self._min_area])
+
+    def _show_defaults(self, defaults) -> None:
+        with self._background.changed.blocked(), self._threshold.changed.blocked():
+            self._background.value = defaults.background
+            self._threshold.value = float(defaults.cell_threshold)
 
     def params(self) -> dict:
         # The seeds as the Seeds widget last drew them, else the defaults.
@@ -110,7 +125,7 @@ class CellsWidget(_LiveStage):
         if SEEDS_LAYER in self._viewer.layers:
             seed_params = dict(self._viewer.layers[SEEDS_LAYER].metadata.get("parameters", {}))
         p = {**seed_params, "background": self._background.value,
-             "intensity_weight": float(self._intensity.value)}
+             "cell_threshold": float(self._threshold.value), "intensity_weight": float(self._intensity.value)}
         if self._min_area.value > 0:
             p["min_cell_area"] = float(self._min_area.value)
         return p

@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSlider, FloatSpinBox, Slider, create_widget
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, create_widget
 
-from ..core import seeds as seeds_mod
 from ._layers import one_channel, pixel_size_of, show_layer
 from ._runner import Runner
+from ._seed_controls import SeedControls
 
 if TYPE_CHECKING:
     import napari
@@ -79,13 +79,11 @@ class SegmentCellsWidget(Container):
         self._image, self._pixel_size = self._inputs.image, self._inputs.pixel_size
         self._model, self._device = self._inputs.model, self._inputs.device
         self._runner = Runner("Segment cells", "Segmentation")
-        self._sensitivity = Slider(value=int(seeds_mod.DEFAULT_SENSITIVITY), min=0, max=100, step=5,
-                                   label="Sensitivity")
-        self._h = FloatSlider(value=seeds_mod.DEFAULT_H_UM, min=0.0, max=10.0, step=0.25, label="h (µm)")
+        self._seeds = SeedControls()
         self._min_area = FloatSpinBox(value=0.0, min=0.0, max=10000.0, step=1.0,
                                       label="Min cell area (µm²)", tooltip="0: a fifth of a typical cell")
         self.extend([*self._inputs.widgets, *self._runner.widgets,
-                     self._sensitivity, self._h, self._min_area])
+                     *self._seeds.widgets, self._min_area])
         self.predictions: list = []
         self._touched = False  # has the user moved a slider?
         self._runner.run_button.changed.connect(self.run)
@@ -93,8 +91,8 @@ class SegmentCellsWidget(Container):
 
         # A short debounce: dragging a slider re-segments once it pauses, not per pixel.
         self._debounced_update = qdebounced(self.update_cells, timeout=40)
-        for w in (self._sensitivity, self._h, self._min_area):
-            w.changed.connect(self._on_param)
+        for signal in (*self._seeds.changed, self._min_area.changed):
+            signal.connect(self._on_param)
 
     def _on_param(self, *_) -> None:
         self._touched = True
@@ -102,7 +100,7 @@ class SegmentCellsWidget(Container):
             self._debounced_update()
 
     def params(self) -> dict:
-        p = {"sensitivity": float(self._sensitivity.value), "h": float(self._h.value)}
+        p = self._seeds.params()
         if self._min_area.value > 0:
             p["min_cell_area"] = float(self._min_area.value)
         return p
@@ -126,10 +124,7 @@ class SegmentCellsWidget(Container):
         if predictions and not self._touched:
             # The model's own tuned defaults, the first time only: later runs keep the
             # user's settings.
-            d = predictions[0].defaults
-            with self._sensitivity.changed.blocked(), self._h.changed.blocked():
-                self._sensitivity.value = round(d.sensitivity)
-                self._h.value = float(d.h)
+            self._seeds.set_defaults(predictions[0].defaults)
         self.update_cells()
 
     def update_cells(self, *_):

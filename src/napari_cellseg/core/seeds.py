@@ -11,6 +11,14 @@
 Step 3 is done as a cut of a watershed hierarchy by dynamics (higra), built once per
 seed mask: extended h-maxima + watershed at ``h`` equals the horizontal cut of that
 hierarchy at altitude ``h``, so moving the h slider costs a few milliseconds.
+
+The default split is a variant measured to be better on dense surface-stained cells
+(validation mAP +0.05 to +0.08 with three different models, see the README): seeds are
+the maxima of the lightly smoothed seed *probability* whose dynamics (the dip to the
+next higher maximum) exceed ``h_probability``, kept where the probability exceeds a floor
+set by the sensitivity. The UNet already marks where one cell's interior ends and the
+next begins by a dip in the seed probability; the LoG and the shape of a thresholded
+mask only blur that. Same hierarchy machinery, built once for every sensitivity.
 """
 
 from __future__ import annotations
@@ -21,6 +29,20 @@ from scipy import ndimage as ndi
 N_THRESHOLDS = 5
 DEFAULT_SENSITIVITY = 60.0
 DEFAULT_H_UM = 3.0
+DEFAULT_H_PROBABILITY = 0.15
+SPLIT_METHODS = ("probability", "shape")
+# Pixels whose smoothed seed probability is at or below this never hold a seed, whatever
+# the sensitivity (it also bounds the size of the probability hierarchy).
+MIN_SEED_FLOOR = 0.05
+SEED_SMOOTHING_UM = 0.5  # Gaussian sigma on the seed probability before its maxima
+
+
+def sensitivity_floor(sensitivity: float) -> float:
+    """Seed-probability floor for a sensitivity in [0, 100]: ``1 - sensitivity / 100``,
+    at least :data:`MIN_SEED_FLOOR` (60 -> 0.4; higher sensitivity -> more seeds)."""
+    if not 0 <= sensitivity <= 100:
+        raise ValueError(f"sensitivity must be in [0, 100], got {sensitivity}")
+    return max(1.0 - sensitivity / 100.0, MIN_SEED_FLOOR)
 
 
 def log_enhance(probability: np.ndarray, sigmas: tuple[float, ...]) -> np.ndarray:
@@ -93,14 +115,18 @@ def sensitivity_level(sensitivity: float, n_thresholds: int = N_THRESHOLDS) -> i
 
 
 class SeedSplitter:
-    """Shape watershed of one seed mask, cut at any h in a few milliseconds.
+    """Watershed of one seed mask by the dynamics of its maxima, cut at any h in a few
+    milliseconds.
 
-    The hierarchy is built on the graph of seed pixels only (4-adjacency), edge weight
-    = the larger inverted distance of its two ends; separate components are joined by
-    a virtual vertex through edges above every h, so they never merge.
+    ``height`` is what the maxima are maxima of: by default the distance to the mask's
+    edge (the paper's shape watershed, h in pixels); the seed probability for the
+    probability split (h in probability). The hierarchy is built on the graph of mask
+    pixels only (4-adjacency), edge weight = the larger inverted height of its two ends;
+    separate components are joined by a virtual vertex through edges above every h, so
+    they never merge.
     """
 
-    def __init__(self, mask: np.ndarray):
+    def __init__(self, mask: np.ndarray, height: np.ndarray | None = None):
         import higra as hg
 
         mask = np.asarray(mask, dtype=bool)
@@ -111,13 +137,18 @@ class SeedSplitter:
         self.tree = None
         if n == 0:
             return
-        dist = ndi.distance_transform_edt(mask).astype(np.float32)
+        if height is None:
+            height = ndi.distance_transform_edt(mask)
+        height = np.asarray(height, dtype=np.float32)
+        if height.shape != mask.shape:
+            raise ValueError(f"height {height.shape} and mask {mask.shape} differ in shape")
+        self.height = height.ravel()[self.index]
         components, n_comp = ndi.label(mask)
         self.n_components = n_comp
         vid = np.full(mask.size, -1, dtype=np.int64)
         vid[self.index] = np.arange(n)
         vid = vid.reshape(mask.shape)
-        alt = -dist.ravel()[self.index]
+        alt = -self.height
         src, dst = [], []
         for a, b in ((vid[:, :-1], vid[:, 1:]), (vid[:-1, :], vid[1:, :])):
             ok = (a >= 0) & (b >= 0)
@@ -128,7 +159,7 @@ class SeedSplitter:
         weights = np.maximum(alt[src], alt[dst])
         # One representative per component (its first pixel), tied to a virtual vertex n.
         _, reps = np.unique(components.ravel()[self.index], return_index=True)
-        big = float(dist.max()) * 4 + 1e6
+        big = float(np.abs(self.height).max()) * 4 + 1e6
         src = np.concatenate([src, reps])
         dst = np.concatenate([dst, np.full(len(reps), n)])
         weights = np.concatenate([weights, np.full(len(reps), big)]).astype(np.float64)
@@ -136,24 +167,40 @@ class SeedSplitter:
         graph.add_edges(src, dst)
         self.tree, self.altitudes = hg.watershed_hierarchy_by_dynamics(graph, weights)
 
-    def cut(self, h_px: float) -> np.ndarray:
-        """Seed labels (M, N) int32, consecutive 1..K, for an h in pixels (>= 0)."""
+    def cut(self, h: float, floor: float | None = None) -> np.ndarray:
+        """Seed labels (M, N) int32, consecutive 1..K, for an h (>= 0) in the height's
+        units; with ``floor``, only pixels whose height exceeds it keep their label."""
         import higra as hg
 
-        if h_px < 0:
-            raise ValueError(f"h must be >= 0, got {h_px}")
+        if h < 0:
+            raise ValueError(f"h must be >= 0, got {h}")
         out = np.zeros(self.shape, dtype=np.int32)
         if self.tree is None:
             return out
         # Basins whose dynamics are <= h merge: the maxima that survive are those whose
         # dynamic exceeds h, as with extended h-maxima.
-        labels = hg.labelisation_horizontal_cut_from_threshold(self.tree, self.altitudes, float(h_px))
+        labels = hg.labelisation_horizontal_cut_from_threshold(self.tree, self.altitudes, float(h))
         labels = np.asarray(labels)[:-1]  # drop the virtual vertex
+        index = self.index
+        if floor is not None:
+            keep = self.height > floor
+            labels, index = labels[keep], index[keep]
         # Consecutive ids 1..K in O(n) (np.unique would sort).
         present = np.bincount(labels) > 0
         lut = np.cumsum(present, dtype=np.int32)
-        out.ravel()[self.index] = lut[labels]
+        out.ravel()[index] = lut[labels]
         return out
+
+
+def smooth_seed_probability(seed_probability: np.ndarray, pixel_size: float) -> np.ndarray:
+    """The seed probability smoothed by a Gaussian of :data:`SEED_SMOOTHING_UM`."""
+    p = np.asarray(seed_probability, dtype=np.float32)
+    return ndi.gaussian_filter(p, SEED_SMOOTHING_UM / pixel_size)
+
+
+def probability_splitter(smoothed: np.ndarray) -> SeedSplitter:
+    """The probability split's hierarchy, for every sensitivity at once."""
+    return SeedSplitter(smoothed > MIN_SEED_FLOOR, smoothed)
 
 
 def seed_mask(response: np.ndarray, thresholds: np.ndarray, sensitivity: float) -> np.ndarray:
@@ -168,6 +215,8 @@ def detect_seeds(
     sensitivity: float = DEFAULT_SENSITIVITY,
     h_um: float = DEFAULT_H_UM,
     min_seed_px: int = 2,
+    split: str = "shape",
+    h_probability: float = DEFAULT_H_PROBABILITY,
 ) -> np.ndarray:
     """All of step 2 at once (no caching): seed labels (M, N) int32.
 
@@ -181,15 +230,25 @@ def detect_seeds(
     sensitivity : float
         0-100; see :func:`sensitivity_level`.
     h_um : float
-        h of the extended h-maxima in µm.
+        h of the extended h-maxima in µm (shape split).
     min_seed_px : int
         Seeds smaller than this many pixels are dropped.
+    split : str
+        ``"shape"`` (the paper's: LoG, multi-level Otsu, distance watershed) or
+        ``"probability"`` (maxima of the seed probability deeper than ``h_probability``,
+        above the floor set by ``sensitivity``).
     """
     if pixel_size <= 0:
         raise ValueError(f"pixel_size must be > 0 µm, got {pixel_size}")
+    from .classic import relabel_sequential_by_size
+
+    if split == "probability":
+        smoothed = smooth_seed_probability(seed_probability, pixel_size)
+        labels = probability_splitter(smoothed).cut(h_probability, sensitivity_floor(sensitivity))
+        return relabel_sequential_by_size(labels, min_seed_px)
+    if split != "shape":
+        raise ValueError(f"split must be one of {SPLIT_METHODS}, got {split!r}")
     response = log_enhance(seed_probability, seed_scales(tuple(d / pixel_size for d in seed_diameter_um)))
     mask = seed_mask(response, otsu_levels(response), sensitivity)
     labels = SeedSplitter(mask).cut(h_um / pixel_size)
-    from .classic import relabel_sequential_by_size
-
     return relabel_sequential_by_size(labels, min_seed_px)
