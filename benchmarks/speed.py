@@ -73,7 +73,7 @@ def main() -> None:
     lat_h, lat_s = [], []
     for i in range(20):
         t = time.perf_counter()
-        prediction.segment(h=0.5 + 0.25 * (i % 10))
+        prediction.segment(h_probability=0.05 + 0.025 * (i % 10))  # the default split's h
         lat_h.append(time.perf_counter() - t)
         t = time.perf_counter()
         prediction.segment(sensitivity=float(20 * (i % 5) + 20))

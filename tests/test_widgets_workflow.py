@@ -53,10 +53,12 @@ def test_one_click_then_h_slider(make_napari_viewer, qtbot, tissue):
     assert widget._seeds.split.value == defaults.seed_split
     assert widget._seeds.h.native.isHidden() == (defaults.seed_split != "shape")
     before = cells.data.copy()
-    widget._seeds.sensitivity.value = 100 if defaults.sensitivity != 100 else 40
-    widget._seeds.h_probability.value = 0.0
-    qtbot.waitUntil(lambda: viewer.layers[CELLS_LAYER].metadata["parameters"]["h_probability"] == 0.0,
+    widget._seeds.sensitivity.value = 10  # seeds only where the seed probability > 0.9
+    widget._seeds.h_probability.value = 0.5
+    qtbot.waitUntil(lambda: viewer.layers[CELLS_LAYER].metadata["parameters"]["h_probability"] == 0.5,
                     timeout=5000)
+    assert viewer.layers[CELLS_LAYER].metadata["parameters"]["sensitivity"] == 10
+    assert 0 < viewer.layers[CELLS_LAYER].data.max() < n_default
     assert not np.array_equal(viewer.layers[CELLS_LAYER].data, before)
     assert [layer.name for layer in viewer.layers].count(CELLS_LAYER) == 1
 

@@ -159,7 +159,7 @@ class Prediction:
         if _split(p) == "probability":
             if not 0 <= p.h_probability <= 1:
                 raise ValueError(f"h_probability must be in [0, 1], got {p.h_probability}")
-            return self._splitter(p).cut(p.h_probability, seeds_mod.sensitivity_floor(p.sensitivity))
+            return self._splitter(p).cut(p.h_probability, seeds_mod.sensitivity_floor(p.sensitivity), core=True)
         if p.h < 0:
             raise ValueError(f"h must be >= 0 µm, got {p.h}")
         return self._splitter(p).cut(p.h / self.grid_pixel_size)

@@ -33,7 +33,7 @@ DEFAULT_H_PROBABILITY = 0.15
 SPLIT_METHODS = ("probability", "shape")
 # Pixels whose smoothed seed probability is at or below this never hold a seed, whatever
 # the sensitivity (it also bounds the size of the probability hierarchy).
-MIN_SEED_FLOOR = 0.05
+MIN_SEED_FLOOR = 0.1
 SEED_SMOOTHING_UM = 0.5  # Gaussian sigma on the seed probability before its maxima
 
 
@@ -167,9 +167,11 @@ class SeedSplitter:
         graph.add_edges(src, dst)
         self.tree, self.altitudes = hg.watershed_hierarchy_by_dynamics(graph, weights)
 
-    def cut(self, h: float, floor: float | None = None) -> np.ndarray:
+    def cut(self, h: float, floor: float | None = None, core: bool = False) -> np.ndarray:
         """Seed labels (M, N) int32, consecutive 1..K, for an h (>= 0) in the height's
-        units; with ``floor``, only pixels whose height exceeds it keep their label."""
+        units; with ``floor``, only pixels whose height exceeds it keep their label; with
+        ``core``, only pixels within h of their region's highest point (the extended
+        h-maxima themselves rather than their catchment regions)."""
         import higra as hg
 
         if h < 0:
@@ -182,9 +184,14 @@ class SeedSplitter:
         labels = hg.labelisation_horizontal_cut_from_threshold(self.tree, self.altitudes, float(h))
         labels = np.asarray(labels)[:-1]  # drop the virtual vertex
         index = self.index
+        keep = np.ones(len(labels), dtype=bool)
+        if core:
+            top = np.full(int(labels.max()) + 1, -np.inf, dtype=np.float32)
+            np.maximum.at(top, labels, self.height)
+            keep &= self.height >= top[labels] - h
         if floor is not None:
-            keep = self.height > floor
-            labels, index = labels[keep], index[keep]
+            keep &= self.height > floor
+        labels, index = labels[keep], index[keep]
         # Consecutive ids 1..K in O(n) (np.unique would sort).
         present = np.bincount(labels) > 0
         lut = np.cumsum(present, dtype=np.int32)
@@ -244,7 +251,7 @@ def detect_seeds(
 
     if split == "probability":
         smoothed = smooth_seed_probability(seed_probability, pixel_size)
-        labels = probability_splitter(smoothed).cut(h_probability, sensitivity_floor(sensitivity))
+        labels = probability_splitter(smoothed).cut(h_probability, sensitivity_floor(sensitivity), core=True)
         return relabel_sequential_by_size(labels, min_seed_px)
     if split != "shape":
         raise ValueError(f"split must be one of {SPLIT_METHODS}, got {split!r}")
