@@ -180,3 +180,22 @@ def test_evaluate_ignores_raw_images_beside_masks(tmp_path, capsys):
     assert run_cli("evaluate", "--gt", gt, "--pred", pred) == 0
     out = capsys.readouterr()
     assert "mAP 1.000" in out.out and "warning" not in out.err
+
+
+def test_cli_unet_seed_options_reach_the_segmentation(tmp_path):
+    import napari_cellseg as ncs
+
+    s = syn.make_whole_cell_image(seed=3, shape=(128, 128), cell_radius=7.5, density=0.8, stain="membrane")
+    path = tmp_path / "tissue.tif"
+    tifffile.imwrite(path, s.image.astype(np.float32))
+    assert run_cli("segment", path, "--out", tmp_path / "a", "--device", "cpu", "--seed-split", "shape",
+                   "--h", "2", "--cell-threshold", "0.5") == 0
+    record = json.loads((tmp_path / "a" / "tissue_params.json").read_text())
+    assert record["parameters"] == {"h": 2.0, "seed_split": "shape", "cell_threshold": 0.5}
+    pred = ncs.predict(s.image.astype(np.float32), device="cpu")
+    written = tifffile.imread(tmp_path / "a" / "tissue_masks.tif")
+    assert written.max() == pred.segment(seed_split="shape", h=2.0, cell_threshold=0.5).max() > 0
+    assert run_cli("segment", path, "--out", tmp_path / "b", "--device", "cpu",
+                   "--h-probability", "0.3", "--sensitivity", "70") == 0
+    assert tifffile.imread(tmp_path / "b" / "tissue_masks.tif").max() == pred.segment(
+        h_probability=0.3, sensitivity=70).max()

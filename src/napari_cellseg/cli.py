@@ -25,8 +25,14 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("unet method")
     g.add_argument("--model", default=None, help="model name or .safetensors path (default: shipped)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    g.add_argument("--h", type=float, default=None, help="h of the h-minima seed split, µm")
     g.add_argument("--sensitivity", type=float, default=None, help="seed sensitivity 0-100")
+    g.add_argument("--seed-split", choices=("probability", "shape"), default=None,
+                   help="probability (default): maxima of the seed probability; shape: the paper's")
+    g.add_argument("--h-probability", type=float, default=None,
+                   help="probability split: dip between two seeds, 0-1 (default 0.15)")
+    g.add_argument("--h", type=float, default=None, help="shape split: h of the h-minima, µm")
+    g.add_argument("--cell-threshold", type=float, default=None,
+                   help="cell probability above which a pixel can be a cell (default 0.4)")
     g = p.add_argument_group("classic method")
     g.add_argument("--sigma", type=float, default=classic.SMOOTH_SIGMA)
     g.add_argument("--threshold", type=float, default=classic.THRESHOLD)
@@ -44,7 +50,8 @@ def _segment(args: argparse.Namespace) -> int:
         params = {"sigma": args.sigma, "threshold": args.threshold, "min_size": args.min_size,
                   "method": args.threshold_method, "split": args.split}
     else:
-        params = {k: getattr(args, k) for k in ("h", "sensitivity") if getattr(args, k) is not None}
+        names = ("h", "sensitivity", "seed_split", "h_probability", "cell_threshold")
+        params = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     results = drain(iter_segment_files(
         args.images, args.out, args.method, params, pixel_size=args.pixel_size, model=args.model,
         device=args.device, channel=args.channel, overwrite=args.overwrite))

@@ -10,14 +10,12 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSlider,
     FloatSpinBox,
-    Slider,
 )
 
-from ..core import seeds as seeds_mod
 from ..io import list_images
 from ._runner import Runner
+from ._seed_controls import SeedControls
 from .segment_cells import CELLS_LAYER, model_choices
 
 if TYPE_CHECKING:
@@ -37,13 +35,12 @@ class BatchWidget(Container):
 
         on_model_saved(self._model.reset_choices)  # a model trained in the viewer shows up
         self._pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01, label="Pixel size (µm)")
-        self._sensitivity = Slider(value=int(seeds_mod.DEFAULT_SENSITIVITY), min=0, max=100, step=5, label="Sensitivity")
-        self._h = FloatSlider(value=seeds_mod.DEFAULT_H_UM, min=0.0, max=10.0, step=0.25, label="h (µm)")
+        self._seeds = SeedControls()
         self._from_layer = CheckBox(value=True, text="Use the 'cells' layer's parameters")
         self._overwrite = CheckBox(value=False, text="Replace existing files")
         self._runner = Runner("Run batch", "Batch")
-        self.extend([self._input, self._output, self._model, self._pixel_size, self._sensitivity,
-                     self._h, self._from_layer, self._overwrite, *self._runner.widgets])
+        self.extend([self._input, self._output, self._model, self._pixel_size, *self._seeds.widgets,
+                     self._from_layer, self._overwrite, *self._runner.widgets])
         self._runner.run_button.changed.connect(self.run)
         self.results = None
 
@@ -52,7 +49,7 @@ class BatchWidget(Container):
             saved = self._viewer.layers[CELLS_LAYER].metadata.get("parameters")
             if saved:
                 return dict(saved)
-        return {"sensitivity": float(self._sensitivity.value), "h": float(self._h.value)}
+        return self._seeds.params()
 
     def run(self, *_):
         from ..batch import iter_segment_files
