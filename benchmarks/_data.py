@@ -20,13 +20,16 @@ def dense_or_exit() -> Path:
     return DENSE
 
 
-def validation_strips(fraction: float = VAL_FRACTION) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def validation_strips(fraction: float = VAL_FRACTION, trained: bool = False) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, raw image strip, label strip) for each image: the columns the training
-    command holds out with the same fraction."""
+    command holds out with the same fraction. ``trained``: a strip of the same width from
+    the left edge instead (pixels the model was trained on), to tell under- from
+    over-fitting."""
     from napari_cellseg.model.train import load_pairs
 
     out = []
     for stem, image, labels in load_pairs(dense_or_exit(), DENSE):
-        cut = round(image.shape[1] * (1 - fraction))
-        out.append((stem, image[:, cut:], labels[:, cut:]))
+        width = image.shape[1] - round(image.shape[1] * (1 - fraction))
+        sl = np.s_[:, :width] if trained else np.s_[:, image.shape[1] - width:]
+        out.append((stem, image[sl], labels[sl]))
     return out

@@ -1,6 +1,6 @@
 """Validation accuracy on the held-out strips of the dense T-cell set.
 
-    python benchmarks/accuracy_dense.py [--model NAME_OR_PATH] [--json FILE]
+    python benchmarks/accuracy_dense.py [--model NAME_OR_PATH] [--json FILE] [--trained]
 
 Prints AP at IoU 0.5 per image and the mean (mAP) for the UNet pipeline with its default
 parameters and for the classic baseline (smoothing, local threshold, intensity watershed).
@@ -23,13 +23,15 @@ def main() -> None:
     ap.add_argument("--grid", default=None,
                     help='parameter grid, e.g. "sensitivity=40,60,80;h=1,3;background=otsu3,probability"')
     ap.add_argument("--flips", action="store_true", help="test-time flip averaging")
+    ap.add_argument("--trained", action="store_true",
+                    help="score a strip of trained pixels (left edge) instead: under- or over-fitting?")
     args = ap.parse_args()
 
     import napari_cellseg as ncs
     from napari_cellseg.core.preprocess import percentile_normalize
     from napari_cellseg.model.store import load_model
 
-    strips = validation_strips()
+    strips = validation_strips(trained=args.trained)
     model = load_model(args.model)
     rows = []
     preds = {}
