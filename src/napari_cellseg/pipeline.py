@@ -28,7 +28,7 @@ class SegmentParams:
     """Parameters of the seeds and cells stages, in the units a biologist sets.
 
     The defaults are the settings measured best on the dense T-cell validation strips with
-    three different models (README, "Accuracy"): seeds from the seed probability's maxima
+    three different models (README, "Figures"): seeds from the seed probability's maxima
     and cells where the cell probability exceeds 0.4. The paper's own rules are one switch
     away: ``seed_split="shape"`` (LoG, multi-level Otsu, distance watershed with h in µm)
     and ``background="otsu3"``.
