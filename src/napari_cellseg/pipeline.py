@@ -135,6 +135,13 @@ class Prediction:
     def smoothed_seed_probability(self) -> np.ndarray:
         return seeds_mod.smooth_seed_probability(self.seed_probability, self.grid_pixel_size)
 
+    def seed_enhancement(self, p: SegmentParams) -> tuple[str, np.ndarray]:
+        """(name, map) of what the seeds are picked from, on the model grid: the smoothed
+        seed probability, or the LoG response for the paper's shape split."""
+        if _split(p) == "probability":
+            return "smoothed seed probability", self.smoothed_seed_probability
+        return "LoG response", self.log_response(self._seed_diameter(p))
+
     def seed_mask(self, p: SegmentParams) -> np.ndarray:
         if _split(p) == "probability":
             return self.smoothed_seed_probability > seeds_mod.sensitivity_floor(p.sensitivity)
@@ -180,22 +187,23 @@ class Prediction:
         return self._foreground(p, n_seeds)[0]
 
     def _foreground(self, p: SegmentParams, n_seeds: int) -> tuple[np.ndarray, np.ndarray]:
-        """The foreground mask and its count per basin, cached per threshold: the 3-level
-        Otsu rule only ever picks one of two thresholds."""
+        """The foreground mask and its count per basin, cached per rule and threshold (the
+        3-level Otsu rule only ever picks one of two thresholds)."""
         graph = self._basin_graph(p)
         iw = float(p.intensity_weight)
         if p.background == "probability":
             if not 0 < p.cell_threshold < 1:
                 raise ValueError(f"cell_threshold must be in (0, 1), got {p.cell_threshold}")
-            t = ("p", float(p.cell_threshold))
+            t = float(p.cell_threshold)
         elif p.background == "otsu3":
             t = cells_mod.choose_background_threshold(
                 self._basins[(iw, "otsu")], self._area_above(iw), n_seeds, self.cell_area_px(p))
         else:
             raise ValueError(f"background must be 'otsu3' or 'probability', got {p.background!r}")
-        key = (iw, "fg", t)
+        key = (iw, "fg", p.background, t)
         if key not in self._basins:
-            mask = self.cell_probability > t[1] if isinstance(t, tuple) else graph.landscape > t
+            values = self.cell_probability if p.background == "probability" else graph.landscape
+            mask = values > t
             self._basins[key] = (mask, graph.foreground_counts(mask))
         return self._basins[key]
 
@@ -245,14 +253,13 @@ class Prediction:
         """Every intermediate on the input grid, for the viewer's layers."""
         p = self.params(**params)
         cells, seeds = self.segment_grid(p)
+        enhancement_name, enhancement = self.seed_enhancement(p)
         return {
             "preprocessed": self.to_input(self.grid_image),
             "seed probability": self.to_input(self.seed_probability),
             "cytoplasm probability": self.to_input(self.cytoplasm_probability),
             "background probability": self.to_input(self.background_probability),
-            **({"LoG response": self.to_input(self.log_response(self._seed_diameter(p)))}
-               if _split(p) == "shape" else
-               {"smoothed seed probability": self.to_input(self.smoothed_seed_probability)}),
+            enhancement_name: self.to_input(enhancement),
             "seed mask": self.to_input(self.seed_mask(p).astype(np.uint8), order=0),
             "seeds": self.to_input(seeds, order=0),
             "cells": self.to_input(cells, order=0),

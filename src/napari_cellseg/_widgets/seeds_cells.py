@@ -87,11 +87,8 @@ class SeedsWidget(_LiveStage):
         pred = prediction_of(self._source.value)
         params = pred.params(**self.params())
         seeds = pred.to_input(pred.seeds(params), order=0)
-        if params.seed_split == "shape":
-            enhanced, name = pred.log_response(pred._seed_diameter(params)), "LoG response"
-        else:
-            enhanced, name = pred.smoothed_seed_probability, "smoothed seed probability"
-        show_layer(self._viewer, pred.to_input(enhanced), name, "image", metadata={"stage": "seeds"},
+        name, enhancement = pred.seed_enhancement(params)
+        show_layer(self._viewer, pred.to_input(enhancement), name, "image", metadata={"stage": "seeds"},
                    visible=False)
         layer = show_layer(self._viewer, seeds, SEEDS_LAYER, "labels",
                            metadata={"stage": "seeds", "parameters": self.params()})

@@ -186,14 +186,16 @@ class SeedSplitter:
         labels = hg.labelisation_horizontal_cut_from_threshold(self.tree, self.altitudes, float(h))
         labels = np.asarray(labels)[:-1]  # drop the virtual vertex
         index = self.index
-        keep = np.ones(len(labels), dtype=bool)
+        keep = None  # the shape split keeps every pixel: no mask, no copies on its hot path
         if core:
             top = np.full(int(labels.max()) + 1, -np.inf, dtype=np.float32)
             np.maximum.at(top, labels, self.height)
-            keep &= self.height >= top[labels] - h
+            keep = self.height >= top[labels] - h
         if floor is not None:
-            keep &= self.height > floor
-        labels, index = labels[keep], index[keep]
+            above = self.height > floor
+            keep = above if keep is None else keep & above
+        if keep is not None:
+            labels, index = labels[keep], index[keep]
         # Consecutive ids 1..K in O(n) (np.unique would sort).
         present = np.bincount(labels) > 0
         lut = np.cumsum(present, dtype=np.int32)
