@@ -83,6 +83,20 @@ def test_tiled_equals_untiled_away_from_border(tiny_model):
     assert np.abs(whole[inner] - tiled[inner]).mean() < 1e-3
 
 
+def test_cpu_reduced_precision_is_close_and_can_be_switched_off(tiny_model, monkeypatch):
+    from napari_cellseg.model import inference
+
+    model, _ = tiny_model
+    image = syn.make_whole_cell_image(seed=2, shape=(96, 96)).image
+    full = predict_probabilities(model, image, tile=96, device="cpu", half=False)
+    bf16 = predict_probabilities(model, image, tile=96, device="cpu", half=True)
+    np.testing.assert_allclose(bf16.sum(0), 1.0, atol=1e-5)
+    assert 0 < np.abs(bf16 - full).max() < 0.05  # bfloat16 really ran, and stays close
+    monkeypatch.setenv("NAPARI_CELLSEG_CPU_BF16", "0")
+    assert inference.cpu_bf16() is False
+    np.testing.assert_array_equal(predict_probabilities(model, image, tile=96, device="cpu"), full)
+
+
 def test_progress_per_tile(tiny_model):
     from napari_cellseg.model.inference import iter_probabilities
 

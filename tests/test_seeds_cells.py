@@ -167,6 +167,30 @@ def test_seed_splitter_cut_is_h_maxima_watershed():
     assert seeds_mod.SeedSplitter(mask).cut(100.0).max() == 2
 
 
+def _same_partition(a, b):
+    """Same labelled pixels, grouped the same way (label ids may differ)."""
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
+    return pairs.shape[1] == len(np.unique(a[a > 0])) == len(np.unique(b[b > 0]))
+
+
+def test_seed_hierarchy_in_parts_cuts_like_one(monkeypatch):
+    # Components share no hierarchy: built in parts of a few hundred pixels, every cut
+    # groups the same pixels as one hierarchy over the whole mask.
+    pred, _labels = scene_prediction(4)
+    smoothed = pred.smoothed_seed_probability
+    whole = seeds_mod.probability_splitter(smoothed)
+    assert len(whole.parts) == 1
+    monkeypatch.setattr(seeds_mod, "PART_PIXELS", 300)
+    parts = seeds_mod.probability_splitter(smoothed)
+    assert len(parts.parts) > 3
+    for h, floor in [(0.05, 0.1), (0.15, 0.4), (0.5, 0.6)]:
+        a, b = whole.cut(h, floor, core=True), parts.cut(h, floor, core=True)
+        assert a.max() == b.max() > 10
+        assert _same_partition(a, b)
+
+
 def test_unknown_parameter_is_an_error():
     pred, _ = scene_prediction(0, shape=(64, 64))
     with pytest.raises(TypeError, match="unknown"):

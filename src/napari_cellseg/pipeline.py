@@ -318,7 +318,7 @@ def iter_predict(
     device: str = "auto",
     tophat_um: float | None = None,
     tile: int = 512,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     flips: bool = False,
 ) -> Generator[tuple[int, int], None, Prediction]:
     """:func:`predict` as a generator: yields (tiles done, tiles total), returns the

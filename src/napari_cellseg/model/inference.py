@@ -50,6 +50,19 @@ def inference_copy(model: UNet, device: torch.device) -> UNet:
     return fused.to(device).to(memory_format=torch.channels_last)
 
 
+def cpu_bf16() -> bool:
+    """Whether this CPU computes bfloat16 convolutions natively (oneDNN: AVX-512 BF16 or
+    AMX). Set ``NAPARI_CELLSEG_CPU_BF16=0`` to force float32."""
+    import os
+
+    if os.environ.get("NAPARI_CELLSEG_CPU_BF16", "1") == "0":
+        return False
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private check: absent from some builds
+        return False
+
+
 def _tile_size(length: int, tile: int, overlap: int, div: int) -> int:
     """The smallest tile (multiple of ``div``) that covers ``length`` with as few tiles
     as ``tile`` would: no tile computes more padding than it must."""
@@ -91,7 +104,7 @@ def iter_probabilities(
     device: str | torch.device = "auto",
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     normalize: tuple[float, float] | None = (1.0, 99.8),
     half: bool | None = None,
     flips: bool = False,
@@ -113,12 +126,16 @@ def iter_probabilities(
         is bounded by ``batch_size`` tiles whatever the image size.
     overlap : int
         Overlap between neighbouring tiles; each tile's border is blended out over it.
-    batch_size : int
-        Tiles per forward pass.
+    batch_size : int, optional
+        Tiles per forward pass; by default 1 on the CPU (one tile at a time stays in
+        cache: 25 % faster here than 4) and 4 elsewhere.
     normalize : (low, high) percentiles or None
         Percentile normalisation; None when the image is normalised already.
     half : bool, optional
-        float16 autocast; defaults to True on CUDA, False elsewhere.
+        Reduced-precision autocast: float16 on CUDA, bfloat16 on the CPU. Defaults to
+        True on CUDA and on CPUs with native bfloat16 (:func:`cpu_bf16`: twice the
+        speed there; validation accuracy unchanged, probabilities within 0.03, 5e-4 on average); False
+        elsewhere, where bfloat16 would be emulated and slower.
     flips : bool
         Test-time augmentation: average the probabilities of the tile and its three
         mirror images (4x the time).
@@ -130,7 +147,12 @@ def iter_probabilities(
     if min(image.shape) < 1:
         raise ValueError(f"empty image of shape {image.shape}")
     dev = choose_device(device)
-    half = (dev.type == "cuda") if half is None else half
+    if half is None:
+        half = dev.type == "cuda" or (dev.type == "cpu" and cpu_bf16())
+    if batch_size is None:
+        batch_size = 1 if dev.type == "cpu" else 4
+    batch_size = max(int(batch_size), 1)
+    half_dtype = torch.bfloat16 if dev.type == "cpu" else torch.float16
     x = percentile_normalize(image, *normalize) if normalize else image.astype(np.float32)
     div = model.config.divisor
     tile = int(np.ceil(max(tile, div) / div) * div)
@@ -165,7 +187,7 @@ def iter_probabilities(
         # pooled thread in inference mode, breaking a later training job on it.
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(batch)).to(dev).to(memory_format=torch.channels_last)
-            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=half):
+            with torch.autocast(device_type=dev.type, dtype=half_dtype, enabled=bool(half)):
                 if flips:
                     prob = sum(torch.softmax(model(t.flip(d)).float(), dim=1).flip(d)
                                for d in ((), (2,), (3,), (2, 3))) / 4.0
