@@ -133,6 +133,45 @@ def test_a_few_training_steps_lower_the_loss():
     assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
 
 
+def test_weight_average_is_what_the_caller_gets_and_training_continues_from_raw(tmp_path):
+    scene = syn.make_whole_cell_image(seed=5, shape=(96, 96), cell_radius=8)
+    ex = make_example(scene.image, scene.labels, scene.nucleus_labels)
+
+    def run(ema, ckpt=None):
+        torch.manual_seed(0)
+        model = UNet(UNetConfig(channels=(4, 8, 16), dropout=0.0))
+        cfg = TrainConfig(epochs=2, steps_per_epoch=3, batch=2, patch=48, margin=4, lr=1e-2,
+                          device="cpu", precision="fp32", ema=ema)
+        list(train(model, [ex], [], cfg, checkpoint=ckpt))
+        return model
+
+    plain = run(0.0)
+    ckpt = tmp_path / "m.ckpt"
+    averaged = run(0.5, ckpt)
+    saved = torch.load(ckpt, weights_only=True)
+    # The raw trajectory is the plain run's; the caller holds the moving average.
+    for k, v in plain.state_dict().items():
+        torch.testing.assert_close(saved["model"][k], v)
+        torch.testing.assert_close(averaged.state_dict()[k], saved["ema"]["module." + k])
+    w = "down.0.0.weight"
+    assert not torch.allclose(averaged.state_dict()[w], plain.state_dict()[w])
+    with pytest.raises(ValueError, match="ema"):
+        run(1.5)
+
+
+def test_bfloat16_training_runs_and_lowers_the_loss():
+    scene = syn.make_whole_cell_image(seed=5, shape=(96, 96), cell_radius=8)
+    ex = make_example(scene.image, scene.labels, scene.nucleus_labels)
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(channels=(4, 8, 16), dropout=0.0))
+    cfg = TrainConfig(epochs=6, steps_per_epoch=5, batch=4, patch=48, margin=4, lr=1e-2,
+                      device="cpu", precision="bf16")
+    history = list(train(model, [ex], [], cfg))
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
+    with pytest.raises(ValueError, match="precision"):
+        list(train(model, [ex], [], TrainConfig(epochs=1, precision="fp16", device="cpu")))
+
+
 def test_losses():
     logits = torch.zeros(1, 3, 4, 4)
     target = torch.zeros(1, 4, 4, dtype=torch.long)
@@ -143,6 +182,36 @@ def test_losses():
     assert loss_fn(logits, target, w, "rmsd").item() == pytest.approx(expected, abs=1e-4)
     with pytest.raises(ValueError):
         loss_fn(logits, target, w, "mse")
+
+
+def test_contact_lines_and_their_loss_weight():
+    labels = np.zeros((9, 20), np.int32)
+    labels[1:8, 1:7] = 1
+    labels[1:8, 7:13] = 2  # touches cell 1
+    labels[1:8, 15:19] = 3  # two background columns (13, 14) from cell 2
+    c = targets.contact_lines(labels, gap=2)
+    assert c[4, 6] and c[4, 7]  # the touching line
+    assert c[4, 13] and c[4, 14]  # the gap between cells 2 and 3
+    assert not c[4, 3] and not c[0, 0] and not c[4, 19]
+    ex = make_example(np.ones((9, 20), np.float32), labels)
+    assert np.all(ex.target[c] == targets.CONTACT)
+    assert np.all(ex.target[~c] != targets.CONTACT)
+
+    # Two pixels, both background: a confident one (loss a) and an undecided contact
+    # pixel (loss log 3). Weight 3 on contacts: (a + 3 log 3) / 4.
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0], [4.0, 0.0]])[None, :, None, :]  # (1, 3, 1, 2)
+    target = torch.tensor([[[targets.BACKGROUND, targets.CONTACT]]])
+    a = -np.log(np.exp(4.0) / (np.exp(2.0) + 1 + np.exp(4.0)))
+    w = torch.ones(3)
+    assert loss_fn(logits, target, w, "ce").item() == pytest.approx((a + np.log(3)) / 2, rel=1e-5)
+    assert loss_fn(logits, target, w, "ce", contact_weight=3).item() == pytest.approx(
+        (a + 3 * np.log(3)) / 4, rel=1e-5)
+    # RMSD: class c's RMSD over the two pixels, the contact pixel counted 3 times.
+    p = torch.softmax(logits, 1)[0, :, 0].numpy()  # (3, 2)
+    onehot = np.array([[0, 0], [0, 0], [1, 1]], float)
+    per_class = np.sqrt(((p - onehot) ** 2 * np.array([1, 3])).sum(1) / 4)
+    assert loss_fn(logits, target, w, "rmsd", contact_weight=3).item() == pytest.approx(
+        per_class.mean(), rel=1e-4)
 
 
 def test_split_strip_and_sampler():

@@ -146,10 +146,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", choices=("ce", "rmsd"), default=d.loss)
     p.add_argument("--class-weights", default=",".join(str(w) for w in d.class_weights),
                    help="loss weights of seed, cytoplasm, background")
+    p.add_argument("--contact-weight", type=float, default=d.contact_weight,
+                   help="loss weight of the background between two cells (1: as any pixel)")
     p.add_argument("--init", default=None, help="fine-tune from this model (name or path)")
     p.add_argument("--channels", default="16,32,64,128,128", help="UNet widths per level")
     p.add_argument("--device", default=d.device)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=d.precision,
+                   help="auto: bfloat16 autocast where the hardware has it natively")
+    p.add_argument("--ema", type=float, default=d.ema,
+                   help="decay of a moving average of the weights, which is validated and saved "
+                        "(e.g. 0.998); 0: off")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="right-hand strip of each image kept for validation")
     p.add_argument("--synthetic", type=int, default=16, help="synthetic whole-cell images mixed in")
@@ -178,7 +185,8 @@ def _train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, patch=args.patch, batch=args.batch, lr=args.lr,
                       steps_per_epoch=args.steps_per_epoch, loss=args.loss, seed=args.seed,
                       class_weights=tuple(float(w) for w in args.class_weights.split(",")),
-                      device=args.device, threads=args.threads)
+                      device=args.device, threads=args.threads, precision=args.precision, ema=args.ema,
+                      contact_weight=args.contact_weight)
     pairs = load_pairs(args.images, args.masks, args.channel)
     train_ex, val_ex = [], []
     for stem, image, labels in pairs:

@@ -9,6 +9,11 @@ The rule (numpy / scipy only, no torch):
   outline, divided by the largest such distance in that cell, exceeds
   ``seed_fraction`` (0.5). Every cell gets at least its deepest pixel;
 * **cytoplasm** (class 1): the rest of each cell.
+
+For training, :func:`contact_lines` marks the background that separates two cells (their
+touching line, and background within ``gap`` px of two cells); the loss may weight it
+more (``TrainConfig.contact_weight``), as the original U-Net weighted the gaps between
+touching cells, because a cell-probability bridge there merges two cells.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 SEED, CYTOPLASM, BACKGROUND = 0, 1, 2
+CONTACT = 3  # background between two cells, in training targets only (see contact_lines)
 
 
 def touching_border(labels: np.ndarray) -> np.ndarray:
@@ -80,3 +86,16 @@ def make_targets(
         target[cell & (depth > seed_fraction)] = SEED
         target[cell & (depth >= 1.0)] = SEED  # the deepest pixel of every cell
     return target
+
+
+def contact_lines(labels: np.ndarray, gap: int = 2) -> np.ndarray:
+    """Background pixels between two different cells: where cells touch (the line
+    :func:`make_targets` makes background), and outside cells, where two cells grown by
+    ``gap`` px meet."""
+    from skimage.segmentation import expand_labels
+
+    labels = np.asarray(labels)
+    out = touching_border(labels)
+    if gap > 0:
+        out |= (labels == 0) & touching_border(expand_labels(labels, gap))
+    return out

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from ..core.preprocess import percentile_normalize
-from .inference import choose_device
+from .inference import choose_device, cpu_bf16
 from .store import ModelInfo, save_model
-from .targets import BACKGROUND, make_targets
+from .targets import BACKGROUND, CONTACT, contact_lines, make_targets
 from .unet import UNet, UNetConfig
 
 logger = logging.getLogger(__name__)
@@ -39,11 +39,14 @@ class TrainConfig:
     lr: float = 1e-3
     steps_per_epoch: int = 50
     loss: str = "ce"  # "ce" (class-weighted cross-entropy) or "rmsd" (the paper's)
+    contact_weight: float = 1.0  # loss weight of the background between two cells (1: plain)
     class_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # seed, cytoplasm, background
     synthetic_fraction: float = 0.2  # share of patches from synthetic whole-cell images
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
+    precision: str = "auto"  # "auto" (bfloat16 where native: CPU AVX-512 BF16 / AMX, CUDA), "bf16", "fp32"
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,7 +57,7 @@ class Example:
     """One training image: normalised intensities, class targets, instance labels."""
 
     image: np.ndarray  # (M, N) float32, percentile-normalised
-    target: np.ndarray  # (M, N) uint8 class index
+    target: np.ndarray  # (M, N) uint8 class index; CONTACT (3) is background between two cells
     labels: np.ndarray | None = None  # (M, N) int instance labels (for validation)
     name: str = ""
 
@@ -66,18 +69,16 @@ def make_example(
     name: str = "",
     normalize: tuple[float, float] = (1.0, 99.8),
 ) -> Example:
-    """Normalise an image and build its 3-class target."""
+    """Normalise an image and build its 3-class target, with the background between two
+    cells marked ``CONTACT`` (the loss counts it as background, weighted)."""
     image = np.asarray(image)
     labels = np.asarray(labels)
     if image.shape != labels.shape:
         raise ValueError(f"{name or 'image'}: image shape {image.shape} differs from its "
                          f"mask shape {labels.shape}")
-    return Example(
-        percentile_normalize(image, *normalize),
-        make_targets(labels, nucleus_labels),
-        labels.astype(np.int32),
-        name,
-    )
+    target = make_targets(labels, nucleus_labels)
+    target[contact_lines(labels) & (target == BACKGROUND)] = CONTACT
+    return Example(percentile_normalize(image, *normalize), target, labels.astype(np.int32), name)
 
 
 def split_strip(example: Example, fraction: float = 0.2) -> tuple[Example, Example]:
@@ -178,25 +179,36 @@ class PatchSampler:
 
 
 def loss_fn(
-    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, kind: str = "ce", margin: int = 0
+    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, kind: str = "ce", margin: int = 0,
+    contact_weight: float = 1.0,
 ) -> torch.Tensor:
     """Training loss on the inner part of the patch (``margin`` px of context dropped).
 
     ``"ce"``: class-weighted cross-entropy. ``"rmsd"``: the paper's loss, the
     class-weighted root-mean-square difference between each class probability and its
     one-hot target, plus RMSD(sum of the three probabilities, 1); with a softmax output
-    that second term is zero, and it is kept for fidelity.
+    that second term is zero, and it is kept for fidelity. Target pixels ``CONTACT`` are
+    background counted ``contact_weight`` times (both losses are pixel-weighted means).
     """
     if margin:
         logits = logits[..., margin:-margin, margin:-margin]
         target = target[..., margin:-margin, margin:-margin]
+    contact = target == CONTACT
+    target = torch.where(contact, BACKGROUND, target)
+    pixel_w = torch.where(contact, float(contact_weight), 1.0) if contact_weight != 1 else None
     if kind == "ce":
-        return F.cross_entropy(logits, target, weight=weights)
+        if pixel_w is None:
+            return F.cross_entropy(logits, target, weight=weights)
+        # torch's weighted mean: sum(w_class * loss) / sum(w_class), here times pixel weights
+        w = weights[target] * pixel_w
+        return (F.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum()
     if kind == "rmsd":
         prob = torch.softmax(logits, dim=1)
         onehot = F.one_hot(target, prob.shape[1]).permute(0, 3, 1, 2).to(prob.dtype)
-        per_class = torch.sqrt(((prob - onehot) ** 2).mean(dim=(0, 2, 3)) + 1e-12)
-        total = torch.sqrt(((prob.sum(dim=1) - 1.0) ** 2).mean() + 1e-12)
+        w = torch.ones_like(prob[:, 0]) if pixel_w is None else pixel_w
+        w = (w / w.sum())[:, None]
+        per_class = torch.sqrt((w * (prob - onehot) ** 2).sum(dim=(0, 2, 3)) + 1e-12)
+        total = torch.sqrt((w[:, 0] * (prob.sum(dim=1) - 1.0) ** 2).sum() + 1e-12)
         return (weights * per_class).sum() / weights.sum() + total
     raise ValueError(f"loss must be 'ce' or 'rmsd', got {kind!r}")
 
@@ -249,8 +261,17 @@ def train(
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model.to(device)
+    bf16 = _use_bf16(cfg.precision, device)
+    # channels-last: oneDNN's fast convolution layout on the CPU (2.5x with bfloat16 here)
+    model.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    ema = None
+    if cfg.ema:
+        if not 0 < cfg.ema < 1:
+            raise ValueError(f"ema must be in (0, 1), got {cfg.ema}")
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1), eta_min=cfg.lr * 0.05)
     weights = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
     sampler = PatchSampler(train_examples, synthetic, cfg.patch, cfg.synthetic_fraction)
@@ -261,6 +282,8 @@ def train(
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
+        if ema is not None and "ema" in saved:
+            ema.load_state_dict(saved["ema"])
         state = TrainState(int(saved["epoch"]), json.loads(saved["history"]), float(saved["best_score"]))
         rng = np.random.default_rng([cfg.seed, state.epoch])
         torch.manual_seed(cfg.seed + state.epoch)
@@ -274,14 +297,18 @@ def train(
         losses = []
         for step in range(cfg.steps_per_epoch):
             x, y = sampler.sample(rng, cfg.batch)
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device).to(memory_format=torch.channels_last), y.to(device)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y, weights, cfg.loss, cfg.margin)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y, weights, cfg.loss, cfg.margin, cfg.contact_weight)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training diverged at epoch {state.epoch + 1}, "
                                          f"step {step + 1} (loss {loss.item()}); lower the learning rate")
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             losses.append(loss.item())
             if on_step:
                 on_step(step + 1, cfg.steps_per_epoch)
@@ -291,6 +318,12 @@ def train(
         state.epoch += 1
         record = {"epoch": state.epoch, "train_loss": float(np.mean(losses)),
                   "lr": opt.param_groups[0]["lr"]}
+        raw = None
+        if ema is not None:
+            # Between epochs the caller sees (validates, saves) the averaged weights;
+            # training resumes from the raw ones.
+            raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(ema.module.state_dict())
         model.eval()
         if val_batches:
             record["val_loss"] = _validation_loss(model, val_batches, weights, cfg, device)
@@ -303,11 +336,24 @@ def train(
             state.best_score = score
         state.history.append(record)
         if ckpt:
-            _save_checkpoint(ckpt, model, opt, sched, state)
+            _save_checkpoint(ckpt, model if raw is None else raw, opt, sched, state, ema)
         yield record
         if should_stop and should_stop():
             break
+        if raw is not None and state.epoch < cfg.epochs:
+            model.load_state_dict(raw)
     return state
+
+
+def _use_bf16(precision: str, device: torch.device) -> bool:
+    """bfloat16 autocast for training: where the hardware has it natively, under "auto"."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cpu":
+        return cpu_bf16()
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def _validation_batches(examples: Sequence[Example], patch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -329,16 +375,19 @@ def _validation_loss(model, batches, weights, cfg, device) -> float:
     for i in range(0, len(batches), 16):
         x = torch.cat([b[0] for b in batches[i : i + 16]]).to(device)
         y = torch.cat([b[1] for b in batches[i : i + 16]]).to(device)
-        total += loss_fn(model(x), y, weights, cfg.loss, cfg.margin).item() * len(x)
+        total += loss_fn(model(x), y, weights, cfg.loss, cfg.margin, cfg.contact_weight).item() * len(x)
     return total / len(batches)
 
 
-def _save_checkpoint(path: Path, model, opt, sched, state: TrainState) -> None:
+def _save_checkpoint(path: Path, model, opt, sched, state: TrainState, ema=None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    weights = model if isinstance(model, dict) else model.state_dict()
+    extra = {"ema": ema.state_dict()} if ema is not None else {}
     torch.save({
-        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "model": weights, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "epoch": state.epoch, "history": json.dumps(state.history), "best_score": state.best_score,
+        **extra,
     }, tmp)
     tmp.replace(path)
 
