@@ -189,6 +189,10 @@ def test_seed_hierarchy_in_parts_cuts_like_one(monkeypatch):
         a, b = whole.cut(h, floor, core=True), parts.cut(h, floor, core=True)
         assert a.max() == b.max() > 10
         assert _same_partition(a, b)
+    # Components larger than a part (part numbers skipped): the same seeds still.
+    monkeypatch.setattr(seeds_mod, "PART_PIXELS", 20)
+    tiny_parts = seeds_mod.probability_splitter(smoothed)
+    assert _same_partition(whole.cut(0.15, 0.4, core=True), tiny_parts.cut(0.15, 0.4, core=True))
 
 
 def test_unknown_parameter_is_an_error():
