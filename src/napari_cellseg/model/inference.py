@@ -134,8 +134,8 @@ def iter_probabilities(
     half : bool, optional
         Reduced-precision autocast: float16 on CUDA, bfloat16 on the CPU. Defaults to
         True on CUDA and on CPUs with native bfloat16 (:func:`cpu_bf16`: twice the
-        speed there; validation accuracy unchanged, probabilities within 0.03, 5e-4 on average); False
-        elsewhere, where bfloat16 would be emulated and slower.
+        speed there; validation accuracy unchanged, probabilities within 0.03, 5e-4 on
+        average); False elsewhere, where bfloat16 would be emulated and slower.
     flips : bool
         Test-time augmentation: average the probabilities of the tile and its three
         mirror images (4x the time).
