@@ -175,8 +175,9 @@ class SeedSplitter:
         starts = np.cumsum(counts) - counts
         local = np.empty(n, dtype=np.int64)
         local[order] = np.arange(n) - np.repeat(starts, counts)
-        edge_order = np.argsort(part[src], kind="stable")
-        edge_bounds = np.searchsorted(part[src][edge_order], np.arange(len(counts) + 1))
+        edge_part = part[src]  # both ends of an edge lie in one component, so one part
+        edge_order = np.argsort(edge_part, kind="stable")
+        edge_bounds = np.searchsorted(edge_part[edge_order], np.arange(len(counts) + 1))
         big = float(np.abs(self.height).max()) * 4 + 1e6
         for k, (start, m) in enumerate(zip(starts, counts, strict=True)):
             if m == 0:  # a component larger than a part leaves part numbers unused

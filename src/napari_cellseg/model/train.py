@@ -336,7 +336,7 @@ def train(
             state.best_score = score
         state.history.append(record)
         if ckpt:
-            _save_checkpoint(ckpt, model if raw is None else raw, opt, sched, state, ema)
+            _save_checkpoint(ckpt, model.state_dict() if raw is None else raw, opt, sched, state, ema)
         yield record
         if should_stop and should_stop():
             break
@@ -379,10 +379,10 @@ def _validation_loss(model, batches, weights, cfg, device) -> float:
     return total / len(batches)
 
 
-def _save_checkpoint(path: Path, model, opt, sched, state: TrainState, ema=None) -> None:
+def _save_checkpoint(path: Path, weights: dict, opt, sched, state: TrainState, ema=None) -> None:
+    """``weights``: the raw (not averaged) model state, which a resumed run continues from."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    weights = model if isinstance(model, dict) else model.state_dict()
     extra = {"ema": ema.state_dict()} if ema is not None else {}
     torch.save({
         "model": weights, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
