@@ -35,10 +35,13 @@ def test_train_resume_and_fine_tune(pairs, tmp_path, capsys):
                      "--overwrite"]) == 0
     text = capsys.readouterr().out
     assert "epoch   2/2" in text and "epoch   1/2" not in text
-    # Fine-tune from the saved model.
+    # Fine-tune from the saved model, with graded seed targets.
     tuned = tmp_path / "tuned.safetensors"
-    assert cli.main(["train", *map(str, common), "--out", str(tuned), "--epochs", "1", "--init", str(out)]) == 0
-    assert load_model(tuned)[1].config.channels == (4, 8, 16)
+    assert cli.main(["train", *map(str, common), "--out", str(tuned), "--epochs", "1", "--init", str(out),
+                     "--seed-target", "soft"]) == 0
+    tuned_info = load_model(tuned)[1]
+    assert tuned_info.config.channels == (4, 8, 16)
+    assert tuned_info.extra["train_config"]["seed_target"] == "soft"
     # No silent overwrite.
     assert cli.main(["train", *map(str, common), "--out", str(out), "--epochs", "1"]) == 2
 

@@ -14,7 +14,7 @@ from napari_cellseg.model.train import (  # noqa: E402
     TrainConfig,
     loss_fn,
     make_example,
-    split_strip,
+    split_pair,
     train,
 )
 from napari_cellseg.model.unet import PAPER_CHANNELS, UNet, UNetConfig  # noqa: E402
@@ -214,11 +214,61 @@ def test_contact_lines_and_their_loss_weight():
         per_class.mean(), rel=1e-4)
 
 
-def test_split_strip_and_sampler():
+def test_soft_seed_targets_codes_probabilities_and_losses():
+    labels = np.zeros((11, 11), np.int32)
+    labels[1:10, 1:10] = 1  # a 9 x 9 cell: rim depth 1/5, centre 5/5
+    ex = make_example(np.ones((11, 11), np.float32), labels, seed_target="soft")
+    t = ex.target
+    assert t[0, 0] == targets.BACKGROUND
+    assert t[1, 5] == targets.SOFT  # depth 0.2 < 0.25: share 0 (all cytoplasm)
+    assert t[3, 5] == targets.SOFT + 175  # depth 0.6: share (0.6 - 0.25) / 0.5 = 0.7
+    assert t[5, 5] == targets.SOFT + targets.SOFT_LEVELS  # depth 1: all seed
+    # Where nucleus labels exist (synthetic images) the seeds stay hard.
+    nuclei = np.zeros_like(labels)
+    nuclei[4:7, 4:7] = 1
+    hard = make_example(np.ones((11, 11), np.float32), labels, nuclei, seed_target="soft").target
+    assert hard.max() == targets.BACKGROUND and (hard == targets.SEED).sum() == 9
+    with pytest.raises(ValueError, match="seed_target"):
+        make_example(np.ones((11, 11), np.float32), labels, seed_target="round")
+
+    probs = targets.target_probabilities(torch.from_numpy(t[None].astype(np.int64)))
+    torch.testing.assert_close(probs.sum(1), torch.ones(1, 11, 11))
+    assert probs[0, :, 3, 5].tolist() == pytest.approx([0.7, 0.3, 0.0])
+    assert probs[0, :, 0, 0].tolist() == [0.0, 0.0, 1.0]
+
+    # Two pixels: a graded cell pixel (share 0.7) and a background pixel; class weights 2, 1, 1.
+    logits = torch.tensor([[1.0, 0.0], [0.0, 0.5], [-1.0, 2.0]])[None, :, None, :]  # (1, 3, 1, 2)
+    code = torch.tensor([[[targets.SOFT + 175, targets.BACKGROUND]]])
+    w = torch.tensor([2.0, 1.0, 1.0])
+    lp = torch.log_softmax(logits, 1)[0, :, 0].numpy()  # (3, 2)
+    ce = (-(2 * 0.7 * lp[0, 0] + 0.3 * lp[1, 0]) - lp[2, 1]) / (2 * 0.7 + 0.3 + 1)
+    assert loss_fn(logits, code, w, "ce").item() == pytest.approx(ce, rel=1e-5)
+    p = np.exp(lp)
+    tgt = np.array([[0.7, 0.0], [0.3, 0.0], [0.0, 1.0]])
+    per_class = np.sqrt(((p - tgt) ** 2).mean(1))
+    assert loss_fn(logits, code, w, "rmsd").item() == pytest.approx(
+        (per_class * [2, 1, 1]).sum() / 4, rel=1e-4)
+    # The codes survive the sampler's crops (padded: the patch holds the whole image),
+    # rotations and flips: the 3 x 3 core of depth >= 0.75 in each of 4 patches.
+    core = t == targets.SOFT + targets.SOFT_LEVELS
+    assert core.sum() == 9
+    _, y = PatchSampler([ex], patch=16).sample(np.random.default_rng(0), 4)
+    assert int((y == targets.SOFT + targets.SOFT_LEVELS).sum()) == 4 * 9
+    assert int((y == targets.SOFT + 175).sum()) == 4 * int((t == targets.SOFT + 175).sum())
+
+
+def test_split_pair_and_sampler():
     scene = syn.make_whole_cell_image(seed=2, shape=(100, 120))
-    ex = make_example(scene.image, scene.labels)
-    left, right = split_strip(ex, 0.25)
+    image = scene.image.copy()
+    image[:, 90:] *= 0.5  # a dimmer right strip
+    left, right = split_pair(image, scene.labels, 0.25, name="a")
     assert left.image.shape == (100, 90) and right.image.shape == (100, 30)
+    assert right.name == "a_val" and np.array_equal(right.labels, scene.labels[:, 90:])
+    # Each part is normalised on its own, as a held-out image would be.
+    np.testing.assert_allclose(right.image, make_example(image[:, 90:], scene.labels[:, 90:]).image)
+    np.testing.assert_allclose(left.image, make_example(image[:, :90], scene.labels[:, :90]).image)
+    with pytest.raises(ValueError, match="fraction"):
+        split_pair(image, scene.labels, 1.0)
     x, y = PatchSampler([left], patch=64).sample(np.random.default_rng(0), 3)
     assert x.shape == (3, 1, 64, 64) and y.shape == (3, 64, 64)
     with pytest.raises(ValueError, match="shape"):

@@ -148,6 +148,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="loss weights of seed, cytoplasm, background")
     p.add_argument("--contact-weight", type=float, default=d.contact_weight,
                    help="loss weight of the background between two cells (1: as any pixel)")
+    p.add_argument("--seed-target", choices=("hard", "soft"), default=d.seed_target,
+                   help="seed class of cell pixels: hard (relative depth > 0.5) or soft (graded by depth)")
     p.add_argument("--init", default=None, help="fine-tune from this model (name or path)")
     p.add_argument("--channels", default="16,32,64,128,128", help="UNet widths per level")
     p.add_argument("--device", default=d.device)
@@ -171,10 +173,9 @@ def _train(args: argparse.Namespace) -> int:
     from .model.train import (
         TrainConfig,
         load_pairs,
-        make_example,
         new_model,
         save_trained,
-        split_strip,
+        split_pair,
         synthetic_examples,
         train,
     )
@@ -186,12 +187,11 @@ def _train(args: argparse.Namespace) -> int:
                       steps_per_epoch=args.steps_per_epoch, loss=args.loss, seed=args.seed,
                       class_weights=tuple(float(w) for w in args.class_weights.split(",")),
                       device=args.device, threads=args.threads, precision=args.precision, ema=args.ema,
-                      contact_weight=args.contact_weight)
+                      contact_weight=args.contact_weight, seed_target=args.seed_target)
     pairs = load_pairs(args.images, args.masks, args.channel)
     train_ex, val_ex = [], []
     for stem, image, labels in pairs:
-        ex = make_example(image, labels, name=stem)
-        t, v = split_strip(ex, args.val_fraction)
+        t, v = split_pair(image, labels, args.val_fraction, name=stem, seed_target=cfg.seed_target)
         train_ex.append(t)
         val_ex.append(v)
     synth = synthetic_examples(args.synthetic, seed=args.seed) if args.synthetic else []

@@ -10,6 +10,15 @@ The rule (numpy / scipy only, no torch):
   ``seed_fraction`` (0.5). Every cell gets at least its deepest pixel;
 * **cytoplasm** (class 1): the rest of each cell.
 
+**Graded seeds** (training option ``seed_target="soft"``, :func:`encode_soft_seeds`):
+instead of a hard seed / cytoplasm cut, a cell pixel's target is a share ``s`` of seed and
+``1 - s`` of cytoplasm, ``s`` rising linearly with the relative depth from 0 at
+``SOFT_RAMP[0]`` to 1 at ``SOFT_RAMP[1]`` (0.5 at depth 0.5, where the hard rule cuts).
+The seed probability then peaks at each cell's centre and dips between touching cells
+instead of forming flat plateaus that a blurred contact can join, as networks that
+regress a distance map separate touching nuclei. The cell probability (seed +
+cytoplasm) is the same as with hard seeds.
+
 For training, :func:`contact_lines` marks the background that separates two cells (their
 touching line, and background within ``gap`` px of two cells); the loss may weight it
 more (``TrainConfig.contact_weight``), as the original U-Net weighted the gaps between
@@ -23,6 +32,10 @@ from scipy import ndimage as ndi
 
 SEED, CYTOPLASM, BACKGROUND = 0, 1, 2
 CONTACT = 3  # background between two cells, in training targets only (see contact_lines)
+# Training targets only: a cell pixel with seed share s is coded SOFT + round(s * SOFT_LEVELS)
+# (uint8, so that it crops, rotates and pads like the class codes; see encode_soft_seeds).
+SOFT, SOFT_LEVELS = 4, 250
+SOFT_RAMP = (0.25, 0.75)  # relative depths where the seed share is 0 and 1
 
 
 def touching_border(labels: np.ndarray) -> np.ndarray:
@@ -99,3 +112,40 @@ def contact_lines(labels: np.ndarray, gap: int = 2) -> np.ndarray:
     if gap > 0:
         out |= (labels == 0) & touching_border(expand_labels(labels, gap))
     return out
+
+
+def seed_share(labels: np.ndarray, ramp: tuple[float, float] = SOFT_RAMP) -> np.ndarray:
+    """Graded seed target in [0, 1]: 0 outside cells, rising linearly with the relative
+    depth from ``ramp[0]`` (0) to ``ramp[1]`` (1)."""
+    lo, hi = ramp
+    if not 0 <= lo < hi <= 1:
+        raise ValueError(f"seed ramp must satisfy 0 <= low < high <= 1, got {ramp}")
+    return np.clip((relative_depth(labels) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def encode_soft_seeds(target: np.ndarray, labels: np.ndarray, ramp: tuple[float, float] = SOFT_RAMP) -> np.ndarray:
+    """Recode the cell pixels (seed or cytoplasm) of a class target as graded seeds:
+    ``SOFT + round(share * SOFT_LEVELS)``. Background and CONTACT pixels are kept."""
+    out = np.array(target, dtype=np.uint8, copy=True)
+    cell = (out == SEED) | (out == CYTOPLASM)
+    share = seed_share(labels, ramp)
+    out[cell] = SOFT + np.round(share[cell] * SOFT_LEVELS).astype(np.uint8)
+    return out
+
+
+def target_probabilities(target, n_classes: int = 3):
+    """(B, H, W) integer training codes -> (B, n_classes, H, W) float probabilities:
+    one-hot for class codes (CONTACT counts as background), ``[s, 1 - s, 0]`` for graded
+    seeds. Takes and returns torch tensors (imported here: this module stays numpy-only)."""
+    import torch
+    import torch.nn.functional as F
+
+    soft = target >= SOFT
+    hard = torch.where(target == CONTACT, BACKGROUND, target)
+    hard = torch.where(soft, CYTOPLASM, hard)
+    probs = F.one_hot(hard, n_classes).permute(0, 3, 1, 2).float()
+    if bool(soft.any()):
+        share = torch.where(soft, (target - SOFT).float() / SOFT_LEVELS, 0.0)
+        probs[:, SEED] += share
+        probs[:, CYTOPLASM] -= share
+    return probs

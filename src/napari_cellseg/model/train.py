@@ -17,12 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..core.preprocess import percentile_normalize
 from .inference import choose_device, cpu_bf16
 from .store import ModelInfo, save_model
-from .targets import BACKGROUND, CONTACT, contact_lines, make_targets
+from .targets import (
+    BACKGROUND,
+    CONTACT,
+    contact_lines,
+    encode_soft_seeds,
+    make_targets,
+    target_probabilities,
+)
 from .unet import UNet, UNetConfig
 
 logger = logging.getLogger(__name__)
@@ -47,6 +53,7 @@ class TrainConfig:
     threads: int | None = None
     precision: str = "auto"  # "auto" (bfloat16 where native: CPU AVX-512 BF16 / AMX, CUDA), "bf16", "fp32"
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
+    seed_target: str = "hard"  # "hard" (depth > 0.5) or "soft" (graded by depth; see targets.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,7 +64,7 @@ class Example:
     """One training image: normalised intensities, class targets, instance labels."""
 
     image: np.ndarray  # (M, N) float32, percentile-normalised
-    target: np.ndarray  # (M, N) uint8 class index; CONTACT (3) is background between two cells
+    target: np.ndarray  # (M, N) uint8 training code (targets.py): class index, CONTACT or SOFT + seed share
     labels: np.ndarray | None = None  # (M, N) int instance labels (for validation)
     name: str = ""
 
@@ -68,9 +75,13 @@ def make_example(
     nucleus_labels: np.ndarray | None = None,
     name: str = "",
     normalize: tuple[float, float] = (1.0, 99.8),
+    seed_target: str = "hard",
 ) -> Example:
     """Normalise an image and build its 3-class target, with the background between two
-    cells marked ``CONTACT`` (the loss counts it as background, weighted)."""
+    cells marked ``CONTACT`` (the loss counts it as background, weighted). ``seed_target``
+    "soft": graded seeds where no nucleus labels are given (``targets.encode_soft_seeds``)."""
+    if seed_target not in ("hard", "soft"):
+        raise ValueError(f"seed_target must be 'hard' or 'soft', got {seed_target!r}")
     image = np.asarray(image)
     labels = np.asarray(labels)
     if image.shape != labels.shape:
@@ -78,21 +89,28 @@ def make_example(
                          f"mask shape {labels.shape}")
     target = make_targets(labels, nucleus_labels)
     target[contact_lines(labels) & (target == BACKGROUND)] = CONTACT
+    if seed_target == "soft" and nucleus_labels is None:
+        target = encode_soft_seeds(target, labels)
     return Example(percentile_normalize(image, *normalize), target, labels.astype(np.int32), name)
 
 
-def split_strip(example: Example, fraction: float = 0.2) -> tuple[Example, Example]:
-    """Split an example into a left part (training) and the right ``fraction`` of its
-    columns (validation), as the dense-tissue paper holds out a right-hand strip."""
+def split_pair(
+    image: np.ndarray, labels: np.ndarray, fraction: float = 0.2, name: str = "", **example_kwargs
+) -> tuple[Example, Example]:
+    """Examples of the left part of an image (training) and of the right ``fraction`` of
+    its columns (validation), as the dense-tissue paper holds out a right-hand strip.
+
+    Each part is normalised on its own, as a held-out image would be, so that the
+    validation AP printed while training is the figure ``benchmarks/accuracy_dense.py``
+    reports for the same strips. ``example_kwargs`` go to :func:`make_example`.
+    """
     if not 0 < fraction < 1:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
-    cut = round(example.image.shape[1] * (1 - fraction))
-
-    def part(sl: slice, tag: str) -> Example:
-        lab = example.labels[:, sl] if example.labels is not None else None
-        return Example(example.image[:, sl], example.target[:, sl], lab, f"{example.name}{tag}")
-
-    return part(slice(0, cut), ""), part(slice(cut, None), "_val")
+    image, labels = np.asarray(image), np.asarray(labels)
+    cut = round(image.shape[1] * (1 - fraction))
+    left = make_example(image[:, :cut], labels[:, :cut], name=name, **example_kwargs)
+    right = make_example(image[:, cut:], labels[:, cut:], name=f"{name}_val", **example_kwargs)
+    return left, right
 
 
 def synthetic_examples(n: int, seed: int = 0, size: int = 256) -> list[Example]:
@@ -186,31 +204,29 @@ def loss_fn(
 
     ``"ce"``: class-weighted cross-entropy. ``"rmsd"``: the paper's loss, the
     class-weighted root-mean-square difference between each class probability and its
-    one-hot target, plus RMSD(sum of the three probabilities, 1); with a softmax output
-    that second term is zero, and it is kept for fidelity. Target pixels ``CONTACT`` are
-    background counted ``contact_weight`` times (both losses are pixel-weighted means).
+    target, plus RMSD(sum of the three probabilities, 1); with a softmax output that
+    second term is zero, and it is kept for fidelity. Targets are training codes (see
+    ``targets.target_probabilities``): class indices, ``CONTACT`` pixels (background
+    counted ``contact_weight`` times) and graded seeds (``SOFT`` codes: a probability
+    target ``[s, 1 - s, 0]``). Both losses are pixel-weighted means; with one-hot targets
+    the cross-entropy is torch's class-weighted mean.
     """
+    if kind not in ("ce", "rmsd"):
+        raise ValueError(f"loss must be 'ce' or 'rmsd', got {kind!r}")
     if margin:
         logits = logits[..., margin:-margin, margin:-margin]
         target = target[..., margin:-margin, margin:-margin]
-    contact = target == CONTACT
-    target = torch.where(contact, BACKGROUND, target)
-    pixel_w = torch.where(contact, float(contact_weight), 1.0) if contact_weight != 1 else None
+    probs_t = target_probabilities(target, logits.shape[1]).to(logits.dtype)
+    pixel_w = torch.where(target == CONTACT, float(contact_weight), 1.0).to(logits.dtype)
     if kind == "ce":
-        if pixel_w is None:
-            return F.cross_entropy(logits, target, weight=weights)
-        # torch's weighted mean: sum(w_class * loss) / sum(w_class), here times pixel weights
-        w = weights[target] * pixel_w
-        return (F.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum()
-    if kind == "rmsd":
-        prob = torch.softmax(logits, dim=1)
-        onehot = F.one_hot(target, prob.shape[1]).permute(0, 3, 1, 2).to(prob.dtype)
-        w = torch.ones_like(prob[:, 0]) if pixel_w is None else pixel_w
-        w = (w / w.sum())[:, None]
-        per_class = torch.sqrt((w * (prob - onehot) ** 2).sum(dim=(0, 2, 3)) + 1e-12)
-        total = torch.sqrt((w[:, 0] * (prob.sum(dim=1) - 1.0) ** 2).sum() + 1e-12)
-        return (weights * per_class).sum() / weights.sum() + total
-    raise ValueError(f"loss must be 'ce' or 'rmsd', got {kind!r}")
+        cw = weights.to(logits.dtype)[None, :, None, None] * probs_t
+        nll = -(cw * torch.log_softmax(logits, dim=1)).sum(dim=1)
+        return (nll * pixel_w).sum() / (cw.sum(dim=1) * pixel_w).sum()
+    prob = torch.softmax(logits, dim=1)
+    w = (pixel_w / pixel_w.sum())[:, None]
+    per_class = torch.sqrt((w * (prob - probs_t) ** 2).sum(dim=(0, 2, 3)) + 1e-12)
+    total = torch.sqrt((w[:, 0] * (prob.sum(dim=1) - 1.0) ** 2).sum() + 1e-12)
+    return (weights * per_class).sum() / weights.sum() + total
 
 
 @dataclass
@@ -471,13 +487,14 @@ def iter_finetune(
         labels = np.asarray(labels)
         if labels.max() == 0:
             raise ValueError(f"training pair {i + 1} has no labelled cell")
-        ex = make_example(np.asarray(image), labels, name=f"pair{i + 1}")
-        if min(ex.image.shape) >= 64 and val_fraction:
-            t, v = split_strip(ex, val_fraction)
+        image = np.asarray(image)
+        kwargs = {"name": f"pair{i + 1}", "seed_target": cfg.seed_target}
+        if min(image.shape[:2]) >= 64 and val_fraction:
+            t, v = split_pair(image, labels, val_fraction, **kwargs)
             train_ex.append(t)
             val_ex.append(v)
         else:
-            train_ex.append(ex)
+            train_ex.append(make_example(image, labels, **kwargs))
     patch = min(cfg.patch, *(min(e.image.shape) for e in train_ex))
     patch = max(patch - patch % model.config.divisor, model.config.divisor * 2)
     cfg = TrainConfig(**{**cfg.to_dict(), "patch": patch, "margin": min(cfg.margin, patch // 8)})
