@@ -15,7 +15,9 @@ from .unet import UNet
 logger = logging.getLogger(__name__)
 
 DEFAULT_TILE = 512
-DEFAULT_OVERLAP = 64
+DEFAULT_OVERLAP = 96
+# Weight of a tile's ignored margin (see _ramp): small, but no pixel is ever left without one.
+MARGIN_WEIGHT = 1e-3
 
 
 def choose_device(device: str | torch.device = "auto") -> torch.device:
@@ -81,20 +83,28 @@ def _starts(length: int, tile: int, step: int) -> list[int]:
 
 
 def _ramp(n: int, overlap: int) -> np.ndarray:
+    """1-D blending weight of a tile: over the ``overlap`` px at each end, the outer third
+    is ignored and the rest ramps linearly up to 1.
+
+    A tile's edge pixels are predicted with zero padding where the image goes on, a
+    context the network never trained with (its loss ignores each patch's margin): with
+    a plain linear ramp they still showed as seams, probabilities off by up to 0.1 along
+    tile borders against a one-tile prediction of the same strip. Ignoring the outer third
+    cut the mean difference there about sixfold (README, "How it works").
+    """
     ramp = np.ones(n, dtype=np.float32)
     k = min(overlap, n // 2)
     if k > 0:
-        edge = (np.arange(k, dtype=np.float32) + 0.5) / k
+        m = k // 3
+        edge = np.full(k, MARGIN_WEIGHT, dtype=np.float32)
+        edge[m:] = (np.arange(k - m, dtype=np.float32) + 0.5) / (k - m)
         ramp[:k] = edge
         ramp[-k:] = np.minimum(ramp[-k:], edge[::-1])
     return ramp
 
 
 def _window(shape: tuple[int, int], overlap: int) -> np.ndarray:
-    """2-D blending weight: a linear ramp over ``overlap`` px at each edge, 1 inside.
-
-    The ramp starts above 0 so that image corners covered by one tile keep a weight.
-    """
+    """2-D blending weight: :func:`_ramp` along each axis."""
     return np.outer(_ramp(shape[0], overlap), _ramp(shape[1], overlap))
 
 
@@ -125,7 +135,8 @@ def iter_probabilities(
         Tile side in pixels (rounded up to the model's divisor). Memory on the device
         is bounded by ``batch_size`` tiles whatever the image size.
     overlap : int
-        Overlap between neighbouring tiles; each tile's border is blended out over it.
+        Overlap between neighbouring tiles; each tile's border is blended out over it,
+        its outer third ignored (:func:`_ramp`).
     batch_size : int, optional
         Tiles per forward pass; by default 1 on the CPU (one tile at a time stays in
         cache: 25 % faster here than 4) and 4 elsewhere.
