@@ -46,6 +46,34 @@ def test_train_resume_and_fine_tune(pairs, tmp_path, capsys):
     assert cli.main(["train", *map(str, common), "--out", str(out), "--epochs", "1"]) == 2
 
 
+def test_train_on_every_pixel(pairs, tmp_path, capsys, monkeypatch):
+    """--val-fraction 0: whole images in training, no validation, no 'best' file."""
+    from napari_cellseg.model import train as train_mod
+    from napari_cellseg.model.store import load_model
+
+    seen = []
+    real_train = train_mod.train
+
+    def spy(model, train_examples, val_examples=(), *args, **kwargs):
+        seen.append(([e.image.shape for e in train_examples], len(val_examples), kwargs.get("validate")))
+        return real_train(model, train_examples, val_examples, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train", spy)
+    out = tmp_path / "all.safetensors"
+    common = ["--images", str(pairs), "--masks", str(pairs), "--patch", "48", "--batch", "2",
+              "--steps-per-epoch", "2", "--channels", "4,8,16", "--synthetic", "0", "--epochs", "1"]
+    assert cli.main(["train", *common, "--out", str(out), "--val-fraction", "0"]) == 0
+    assert seen == [([(96, 96), (96, 96)], 0, None)]
+    assert "no validation" in capsys.readouterr().out
+    assert out.exists() and not out.with_name("all.best.safetensors").exists()
+    assert "val_mAP" not in load_model(out)[1].extra["history_tail"][-1]
+    # The default holds out the right 20 %: 77 of 96 columns are trained on.
+    assert cli.main(["train", *common, "--out", str(tmp_path / "split")]) == 0
+    assert seen[1][:2] == ([(96, 77), (96, 77)], 2)
+    assert cli.main(["train", *common, "--out", str(tmp_path / "bad"), "--val-fraction", "1"]) == 2
+    assert "--val-fraction must be in [0, 1)" in capsys.readouterr().err
+
+
 def test_unpaired_training_files_are_named(pairs, tmp_path, capsys):
     (pairs / "lonely.tif").write_bytes((pairs / "img0.tif").read_bytes())
     assert cli.main(["train", "--images", str(pairs), "--masks", str(pairs), "--out", str(tmp_path / "x")]) == 2

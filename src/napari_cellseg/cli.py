@@ -160,7 +160,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="decay of a moving average of the weights, which is validated and saved "
                         "(e.g. 0.998); 0: off")
     p.add_argument("--val-fraction", type=float, default=0.2,
-                   help="right-hand strip of each image kept for validation")
+                   help="right-hand strip of each image kept for validation; 0: train on every "
+                        "pixel, no validation (the last epoch is saved)")
     p.add_argument("--synthetic", type=int, default=16, help="synthetic whole-cell images mixed in")
     p.add_argument("--pixel-size", type=float, default=None, help="µm per pixel of the images")
     p.add_argument("--channel", type=int, default=None)
@@ -173,6 +174,7 @@ def _train(args: argparse.Namespace) -> int:
     from .model.train import (
         TrainConfig,
         load_pairs,
+        make_example,
         new_model,
         save_trained,
         split_pair,
@@ -188,9 +190,14 @@ def _train(args: argparse.Namespace) -> int:
                       class_weights=tuple(float(w) for w in args.class_weights.split(",")),
                       device=args.device, threads=args.threads, precision=args.precision, ema=args.ema,
                       contact_weight=args.contact_weight, seed_target=args.seed_target)
+    if not 0 <= args.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     pairs = load_pairs(args.images, args.masks, args.channel)
     train_ex, val_ex = [], []
     for stem, image, labels in pairs:
+        if args.val_fraction == 0:
+            train_ex.append(make_example(image, labels, name=stem, seed_target=cfg.seed_target))
+            continue
         t, v = split_pair(image, labels, args.val_fraction, name=stem, seed_target=cfg.seed_target)
         train_ex.append(t)
         val_ex.append(v)
@@ -199,10 +206,11 @@ def _train(args: argparse.Namespace) -> int:
     model, info = new_model(channels, init=args.init)
     if args.pixel_size:
         info.pixel_size = args.pixel_size
-    print(f"training on {len(train_ex)} images (+{len(synth)} synthetic), validating on the right "
-          f"{args.val_fraction:.0%} of each; {cfg.epochs} epochs x {cfg.steps_per_epoch} steps x "
-          f"batch {cfg.batch}")
-    validate = _ap_validator(val_ex, info)
+    held_out = (f"validating on the right {args.val_fraction:.0%} of each" if val_ex
+                else "every pixel trained on, no validation")
+    print(f"training on {len(train_ex)} images (+{len(synth)} synthetic), {held_out}; "
+          f"{cfg.epochs} epochs x {cfg.steps_per_epoch} steps x batch {cfg.batch}")
+    validate = _ap_validator(val_ex, info) if val_ex else None
     best = out.with_name(out.stem + ".best.safetensors")
     def progress(step: int, total: int) -> None:
         if sys.stderr.isatty():  # a live bar in a terminal, nothing in logs
@@ -219,10 +227,10 @@ def _train(args: argparse.Namespace) -> int:
         extra = "".join(f"  {k} {rec[k]:.3f}" for k in ("val_loss", "val_mAP") if k in rec)
         print(f"epoch {rec['epoch']:3d}/{cfg.epochs}  loss {rec['train_loss']:.4f}{extra}  "
               f"{rec['seconds']:.0f}s{'  *' if rec['best'] else ''}", flush=True)
-        if rec["best"]:
+        if rec["best"] and val_ex:  # without validation there is no best epoch to keep
             save_trained(best, model, info, history, cfg, overwrite=True)
     save_trained(out, model, info, history, cfg, overwrite=True)
-    print(f"saved {out} (best epoch by validation: {best})")
+    print(f"saved {out}" + (f" (best epoch by validation: {best})" if val_ex else ""))
     return 0
 
 
