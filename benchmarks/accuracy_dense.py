@@ -13,7 +13,7 @@ import json
 import time
 
 import numpy as np
-from _data import validation_strips
+from _data import VAL_FRACTION, validation_strips
 
 
 def main() -> None:
@@ -33,6 +33,10 @@ def main() -> None:
 
     strips = validation_strips(trained=args.trained)
     model = load_model(args.model)
+    if model[1].extra.get("val_fraction", 0.2) != VAL_FRACTION and not args.trained:
+        print(f"WARNING: this model was trained with --val-fraction {model[1].extra['val_fraction']}, "
+              f"not {VAL_FRACTION}: some of these strips were trained on, so the figures below are "
+              "not validation figures")
     rows = []
     preds = {}
     for name, image, labels in strips:

@@ -66,7 +66,9 @@ def test_train_on_every_pixel(pairs, tmp_path, capsys, monkeypatch):
     assert seen == [([(96, 96), (96, 96)], 0, None)]
     assert "no validation" in capsys.readouterr().out
     assert out.exists() and not out.with_name("all.best.safetensors").exists()
-    assert "val_mAP" not in load_model(out)[1].extra["history_tail"][-1]
+    info = load_model(out)[1]
+    assert "val_mAP" not in info.extra["history_tail"][-1]
+    assert info.extra["val_fraction"] == 0  # a benchmark can tell that every pixel was trained on
     # The default holds out the right 20 %: 77 of 96 columns are trained on.
     assert cli.main(["train", *common, "--out", str(tmp_path / "split")]) == 0
     assert seen[1][:2] == ([(96, 77), (96, 77)], 2)

@@ -206,6 +206,8 @@ def _train(args: argparse.Namespace) -> int:
     model, info = new_model(channels, init=args.init)
     if args.pixel_size:
         info.pixel_size = args.pixel_size
+    # Saved with the weights: a benchmark must know whether its strips were trained on.
+    info.extra["val_fraction"] = args.val_fraction
     held_out = (f"validating on the right {args.val_fraction:.0%} of each" if val_ex
                 else "every pixel trained on, no validation")
     print(f"training on {len(train_ex)} images (+{len(synth)} synthetic), {held_out}; "
