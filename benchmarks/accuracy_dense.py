@@ -33,7 +33,8 @@ def main() -> None:
 
     strips = validation_strips(trained=args.trained)
     model = load_model(args.model)
-    if model[1].extra.get("val_fraction", 0.2) != VAL_FRACTION and not args.trained:
+    # A model that held out less than these strips has trained on some of their pixels.
+    if model[1].extra.get("val_fraction", VAL_FRACTION) < VAL_FRACTION and not args.trained:
         print(f"WARNING: this model was trained with --val-fraction {model[1].extra['val_fraction']}, "
               f"not {VAL_FRACTION}: some of these strips were trained on, so the figures below are "
               "not validation figures")

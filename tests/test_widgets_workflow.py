@@ -248,6 +248,9 @@ def test_fine_tune_in_viewer_adds_a_model(make_napari_viewer, qtbot, tissue, use
     assert widget.saved == user_models / "finetuned.safetensors" and widget.saved.exists()
     assert len(widget.history) == 2 and "val_mAP" in widget.history[-1]
     assert "finetuned" in segment._model.choices
+    from napari_cellseg.model.store import load_model
+
+    assert load_model(widget.saved)[1].extra["val_fraction"] == 0.2  # what a benchmark checks
     widget.run()  # the same name again: refused, as a notification, nothing overwritten
     wait_done(qtbot, widget._runner)
     assert "exists" in widget._runner.status.value

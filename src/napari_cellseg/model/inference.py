@@ -90,7 +90,9 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
     context the network never trained with (its loss ignores each patch's margin): with
     a plain linear ramp they still showed as seams, probabilities off by up to 0.1 along
     tile borders against a one-tile prediction of the same strip. Ignoring the outer third
-    cut the mean difference there about sixfold (README, "How it works").
+    (with the default overlap raised from 64 to 96) cut the mean difference from a one-tile
+    prediction sixfold on the dense validation strips and threefold on a synthetic image
+    in 2 x 2 tiles (tests/test_model.py).
     """
     ramp = np.ones(n, dtype=np.float32)
     k = min(overlap, n // 2)

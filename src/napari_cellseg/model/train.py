@@ -481,6 +481,7 @@ def iter_finetune(
     if not pairs:
         raise ValueError("no training images")
     model, info = new_model(init=init) if init is not None else new_model()
+    info.extra["val_fraction"] = val_fraction  # as `napari-cellseg train` records it
     cfg = config or TrainConfig(epochs=10, steps_per_epoch=20, batch=8, lr=3e-4 if init else 1e-3)
     train_ex, val_ex = [], []
     for i, (image, labels) in enumerate(pairs):
