@@ -284,6 +284,9 @@ def test_split_pair_and_sampler():
     np.testing.assert_allclose(left.image, make_example(image[:, :90], scene.labels[:, :90]).image)
     with pytest.raises(ValueError, match="fraction"):
         split_pair(image, scene.labels, 1.0)
+    whole, none = split_pair(image, scene.labels, 0, name="a")  # fraction 0: no validation part
+    assert none is None and whole.image.shape == (100, 120)
+    np.testing.assert_allclose(whole.image, make_example(image, scene.labels).image)
     x, y = PatchSampler([left], patch=64).sample(np.random.default_rng(0), 3)
     assert x.shape == (3, 1, 64, 64) and y.shape == (3, 64, 64)
     with pytest.raises(ValueError, match="shape"):

@@ -174,7 +174,6 @@ def _train(args: argparse.Namespace) -> int:
     from .model.train import (
         TrainConfig,
         load_pairs,
-        make_example,
         new_model,
         save_trained,
         split_pair,
@@ -195,12 +194,10 @@ def _train(args: argparse.Namespace) -> int:
     pairs = load_pairs(args.images, args.masks, args.channel)
     train_ex, val_ex = [], []
     for stem, image, labels in pairs:
-        if args.val_fraction == 0:
-            train_ex.append(make_example(image, labels, name=stem, seed_target=cfg.seed_target))
-            continue
         t, v = split_pair(image, labels, args.val_fraction, name=stem, seed_target=cfg.seed_target)
         train_ex.append(t)
-        val_ex.append(v)
+        if v is not None:
+            val_ex.append(v)
     synth = synthetic_examples(args.synthetic, seed=args.seed) if args.synthetic else []
     channels = [int(c) for c in args.channels.split(",")]
     model, info = new_model(channels, init=args.init)

@@ -96,16 +96,19 @@ def make_example(
 
 def split_pair(
     image: np.ndarray, labels: np.ndarray, fraction: float = 0.2, name: str = "", **example_kwargs
-) -> tuple[Example, Example]:
+) -> tuple[Example, Example | None]:
     """Examples of the left part of an image (training) and of the right ``fraction`` of
-    its columns (validation), as the dense-tissue paper holds out a right-hand strip.
+    its columns (validation), as the dense-tissue paper holds out a right-hand strip;
+    ``fraction`` 0: the whole image for training and no validation part (None).
 
     Each part is normalised on its own, as a held-out image would be, so that the
     validation AP printed while training is the figure ``benchmarks/accuracy_dense.py``
     reports for the same strips. ``example_kwargs`` go to :func:`make_example`.
     """
-    if not 0 < fraction < 1:
-        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    if fraction == 0:
+        return make_example(image, labels, name=name, **example_kwargs), None
     image, labels = np.asarray(image), np.asarray(labels)
     cut = round(image.shape[1] * (1 - fraction))
     left = make_example(image[:, :cut], labels[:, :cut], name=name, **example_kwargs)
@@ -490,12 +493,11 @@ def iter_finetune(
             raise ValueError(f"training pair {i + 1} has no labelled cell")
         image = np.asarray(image)
         kwargs = {"name": f"pair{i + 1}", "seed_target": cfg.seed_target}
-        if min(image.shape[:2]) >= 64 and val_fraction:
-            t, v = split_pair(image, labels, val_fraction, **kwargs)
-            train_ex.append(t)
+        # An image under 64 px is too small to give up a strip: all of it is trained on.
+        t, v = split_pair(image, labels, val_fraction if min(image.shape[:2]) >= 64 else 0, **kwargs)
+        train_ex.append(t)
+        if v is not None:
             val_ex.append(v)
-        else:
-            train_ex.append(make_example(image, labels, **kwargs))
     patch = min(cfg.patch, *(min(e.image.shape) for e in train_ex))
     patch = max(patch - patch % model.config.divisor, model.config.divisor * 2)
     cfg = TrainConfig(**{**cfg.to_dict(), "patch": patch, "margin": min(cfg.margin, patch // 8)})
