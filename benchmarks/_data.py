@@ -25,7 +25,7 @@ def validation_strips(fraction: float = VAL_FRACTION, trained: bool = False) -> 
     command holds out with the same fraction. ``trained``: a strip of the same width from
     the left edge instead (pixels the model was trained on), to tell under- from
     over-fitting."""
-    from napari_cellseg.model.train import load_pairs
+    from napari_cellseg.io import load_pairs
 
     out = []
     for stem, image, labels in load_pairs(dense_or_exit(), DENSE):

@@ -21,7 +21,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from napari_cellseg.model.store import load_model, save_model
-    from napari_cellseg.pipeline import SegmentParams
+    from napari_cellseg.core.params import SegmentParams
 
     net, info = load_model(args.model)
     defaults = {}

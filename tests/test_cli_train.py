@@ -48,17 +48,17 @@ def test_train_resume_and_fine_tune(pairs, tmp_path, capsys):
 
 def test_train_on_every_pixel(pairs, tmp_path, capsys, monkeypatch):
     """--val-fraction 0: whole images in training, no validation, no 'best' file."""
-    from napari_cellseg.model import train as train_mod
     from napari_cellseg.model.store import load_model
+    from napari_cellseg.workflows import training as workflow
 
     seen = []
-    real_train = train_mod.train
+    real_train = workflow.train
 
     def spy(model, train_examples, val_examples=(), *args, **kwargs):
         seen.append(([e.image.shape for e in train_examples], len(val_examples), kwargs.get("validate")))
         return real_train(model, train_examples, val_examples, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "train", spy)
+    monkeypatch.setattr(workflow, "train", spy)
     out = tmp_path / "all.safetensors"
     common = ["--images", str(pairs), "--masks", str(pairs), "--patch", "48", "--batch", "2",
               "--steps-per-epoch", "2", "--channels", "4,8,16", "--synthetic", "0", "--epochs", "1"]
@@ -83,7 +83,7 @@ def test_unpaired_training_files_are_named(pairs, tmp_path, capsys):
 
 
 def test_dense_set_pairs_up(dense_dir):
-    from napari_cellseg.model.train import load_pairs
+    from napari_cellseg.io import load_pairs
 
     pairs = load_pairs(dense_dir, dense_dir)
     assert len(pairs) == 7

@@ -9,15 +9,10 @@ from napari_cellseg.core import synthetic as syn  # noqa: E402
 from napari_cellseg.model import targets  # noqa: E402
 from napari_cellseg.model.inference import choose_device, predict_probabilities  # noqa: E402
 from napari_cellseg.model.store import ModelInfo, load_model, save_model  # noqa: E402
-from napari_cellseg.model.train import (  # noqa: E402
-    PatchSampler,
-    TrainConfig,
-    loss_fn,
-    make_example,
-    split_pair,
-    train,
-)
+from napari_cellseg.model.data import PatchSampler, make_example, split_pair  # noqa: E402
+from napari_cellseg.model.train import TrainConfig, loss_fn, train  # noqa: E402
 from napari_cellseg.model.unet import PAPER_CHANNELS, UNet, UNetConfig  # noqa: E402
+from napari_cellseg.progress import Progress, drain  # noqa: E402
 
 
 def test_targets_rule_on_two_touching_cells():
@@ -118,7 +113,7 @@ def test_progress_per_tile(tiny_model):
     model, _ = tiny_model
     steps = list(_drain(iter_probabilities(model, np.zeros((100, 100), np.float32), tile=48,
                                            overlap=8, batch_size=1, device="cpu")))
-    assert steps[-1][0] == steps[-1][1] == len(steps) == 9
+    assert steps == [Progress(i, 9, "tiles") for i in range(1, 10)]
 
 
 def _drain(gen):
@@ -129,12 +124,30 @@ def _drain(gen):
             return
 
 
-def test_choose_device():
-    assert choose_device("cpu").type == "cpu"
-    assert choose_device("auto").type in ("cpu", "cuda", "mps")
-    if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA"):
-            choose_device("cuda")
+def test_choose_device(monkeypatch):
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None:
+        monkeypatch.setattr(mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert choose_device("auto") == torch.device("cuda")
+    assert choose_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device("auto") == torch.device("cpu")
+    assert choose_device("CPU") == torch.device("cpu")
+    assert choose_device(torch.device("cuda")) == torch.device("cuda")  # a device is taken as it is
+    with pytest.raises(RuntimeError, match="no CUDA GPU; use 'cpu' or 'auto'"):
+        choose_device("cuda")
+    if mps is not None:
+        monkeypatch.setattr(mps, "is_available", lambda: True)
+        assert choose_device("auto") == torch.device("mps")
+        monkeypatch.setattr(mps, "is_available", lambda: False)
+        with pytest.raises(RuntimeError, match="'mps' requested but it is not available"):
+            choose_device("mps")
+
+
+def _records(gen) -> list[dict]:
+    """The per-epoch records of a training generator."""
+    return [p.info for p in gen if p.unit == "epochs"]
 
 
 def test_a_few_training_steps_lower_the_loss():
@@ -143,7 +156,7 @@ def test_a_few_training_steps_lower_the_loss():
     torch.manual_seed(0)
     model = UNet(UNetConfig(channels=(4, 8, 16), dropout=0.0))
     cfg = TrainConfig(epochs=6, steps_per_epoch=5, batch=4, patch=48, margin=4, lr=1e-2, device="cpu")
-    history = list(train(model, [ex], [], cfg))
+    history = _records(train(model, [ex], [], cfg))
     assert len(history) == 6
     assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
 
@@ -157,7 +170,7 @@ def test_weight_average_is_what_the_caller_gets_and_training_continues_from_raw(
         model = UNet(UNetConfig(channels=(4, 8, 16), dropout=0.0))
         cfg = TrainConfig(epochs=2, steps_per_epoch=3, batch=2, patch=48, margin=4, lr=1e-2,
                           device="cpu", precision="fp32", ema=ema)
-        list(train(model, [ex], [], cfg, checkpoint=ckpt))
+        drain(train(model, [ex], [], cfg, checkpoint=ckpt))
         return model
 
     plain = run(0.0)
@@ -181,10 +194,10 @@ def test_bfloat16_training_runs_and_lowers_the_loss():
     model = UNet(UNetConfig(channels=(4, 8, 16), dropout=0.0))
     cfg = TrainConfig(epochs=6, steps_per_epoch=5, batch=4, patch=48, margin=4, lr=1e-2,
                       device="cpu", precision="bf16")
-    history = list(train(model, [ex], [], cfg))
+    history = _records(train(model, [ex], [], cfg))
     assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
     with pytest.raises(ValueError, match="precision"):
-        list(train(model, [ex], [], TrainConfig(epochs=1, precision="fp16", device="cpu")))
+        next(train(model, [ex], [], TrainConfig(epochs=1, precision="fp16", device="cpu")))
 
 
 def test_losses():

@@ -163,7 +163,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="right-hand strip of each image kept for validation; 0: train on every "
                         "pixel, no validation (the last epoch is saved)")
     p.add_argument("--synthetic", type=int, default=16, help="synthetic whole-cell images mixed in")
-    p.add_argument("--pixel-size", type=float, default=None, help="µm per pixel of the images")
+    p.add_argument("--pixel-size", type=float, default=None,
+                   help="µm per pixel of the images (default: the --init model's, else 0.5)")
     p.add_argument("--channel", type=int, default=None)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
@@ -171,75 +172,41 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .model.train import (
-        TrainConfig,
-        load_pairs,
-        new_model,
-        save_trained,
-        split_pair,
-        synthetic_examples,
-        train,
-    )
+    from .io import load_pairs
+    from .model.train import TrainConfig
+    from .progress import drain
+    from .workflows.training import iter_train, model_paths
 
-    out = args.out if args.out.suffix == ".safetensors" else args.out.with_suffix(".safetensors")
+    out = model_paths(args.out)[0]
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if not 0 <= args.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     cfg = TrainConfig(epochs=args.epochs, patch=args.patch, batch=args.batch, lr=args.lr,
                       steps_per_epoch=args.steps_per_epoch, loss=args.loss, seed=args.seed,
                       class_weights=tuple(float(w) for w in args.class_weights.split(",")),
                       device=args.device, threads=args.threads, precision=args.precision, ema=args.ema,
                       contact_weight=args.contact_weight, seed_target=args.seed_target)
-    if not 0 <= args.val_fraction < 1:
-        raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     pairs = load_pairs(args.images, args.masks, args.channel)
-    train_ex, val_ex = [], []
-    for stem, image, labels in pairs:
-        t, v = split_pair(image, labels, args.val_fraction, name=stem, seed_target=cfg.seed_target)
-        train_ex.append(t)
-        if v is not None:
-            val_ex.append(v)
-    synth = synthetic_examples(args.synthetic, seed=args.seed) if args.synthetic else []
-    channels = [int(c) for c in args.channels.split(",")]
-    model, info = new_model(channels, init=args.init)
-    if args.pixel_size:
-        info.pixel_size = args.pixel_size
-    # Saved with the weights: a benchmark must know whether its strips were trained on.
-    info.extra["val_fraction"] = args.val_fraction
-    held_out = (f"validating on the right {args.val_fraction:.0%} of each" if val_ex
-                else "every pixel trained on, no validation")
-    print(f"training on {len(train_ex)} images (+{len(synth)} synthetic), {held_out}; "
-          f"{cfg.epochs} epochs x {cfg.steps_per_epoch} steps x batch {cfg.batch}")
-    validate = _ap_validator(val_ex, info) if val_ex else None
-    best = out.with_name(out.stem + ".best.safetensors")
-    def progress(step: int, total: int) -> None:
-        if sys.stderr.isatty():  # a live bar in a terminal, nothing in logs
-            bar = "#" * int(30 * step / total)
-            print(f"\r  [{bar:<30s}] step {step}/{total}", end="", file=sys.stderr, flush=True)
+    live = sys.stderr.isatty()  # a live bar in a terminal, nothing in logs
 
-    gen = train(model, train_ex, val_ex, cfg, synth, validate=validate, on_step=progress,
-                checkpoint=out.with_suffix(".ckpt"), resume=args.resume)
-    history = []
-    for rec in gen:
-        history.append(rec)
-        if sys.stderr.isatty():
+    def show(p) -> None:
+        if p.unit == "steps":
+            if live:
+                bar = "#" * int(30 * p.done / max(p.total, 1))
+                print(f"\r  [{bar:<30s}] step {p.done}/{p.total}", end="", file=sys.stderr, flush=True)
+            return
+        if live and p.info is not None:
             print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
-        extra = "".join(f"  {k} {rec[k]:.3f}" for k in ("val_loss", "val_mAP") if k in rec)
-        print(f"epoch {rec['epoch']:3d}/{cfg.epochs}  loss {rec['train_loss']:.4f}{extra}  "
-              f"{rec['seconds']:.0f}s{'  *' if rec['best'] else ''}", flush=True)
-        if rec["best"] and val_ex:  # without validation there is no best epoch to keep
-            save_trained(best, model, info, history, cfg, overwrite=True)
-    save_trained(out, model, info, history, cfg, overwrite=True)
-    print(f"saved {out}" + (f" (best epoch by validation: {best})" if val_ex else ""))
+        print(p.message, flush=True)
+
+    result = drain(iter_train(
+        pairs, out, init=args.init, config=cfg, val_fraction=args.val_fraction,
+        synthetic=args.synthetic, pixel_size=args.pixel_size,
+        channels=[int(c) for c in args.channels.split(",")], resume=args.resume,
+        overwrite=args.overwrite), show)
+    print(f"saved {result.path}" + (f" (best epoch by validation: {result.best})" if result.best else ""))
     return 0
-
-
-def _ap_validator(val_examples, info):
-    """Validation AP after seeds and watershed, when the pipeline is importable."""
-    try:
-        from .pipeline import validation_scores
-    except ImportError:  # the seeds / cells stages are optional for training
-        return None
-    return lambda model: validation_scores(model, info, val_examples)
 
 
 def _add_noise_sweep(sub: argparse._SubParsersAction) -> None:

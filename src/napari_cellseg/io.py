@@ -177,3 +177,26 @@ def list_images(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise NotADirectoryError(f"not a folder: {folder}")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def load_pairs(
+    images: str | Path, masks: str | Path, channel: int | None = None
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Image / mask pairs from two folders, matched by name (``x_img.png`` with
+    ``x_masks.png``, ``x.tif`` with ``x_labels.tif`` ...): ``(stem, image, labels)``
+    sorted by stem. A file without a partner is an error that names it."""
+    img_files = {pair_stem(p): p for p in list_images(images)}
+    mask_files = {pair_stem(p): p for p in list_images(masks)}
+    if Path(images).resolve() == Path(masks).resolve():
+        # One folder holding both: images are the files that are not masks.
+        img_files = {pair_stem(p): p for p in list_images(images)
+                     if not p.stem.endswith(("_masks", "_mask", "_labels"))}
+        mask_files = {pair_stem(p): p for p in list_images(masks)
+                      if p.stem.endswith(("_masks", "_mask", "_labels"))}
+    missing = sorted(set(img_files) ^ set(mask_files))
+    if missing:
+        raise ValueError(f"images and masks do not pair up; without a partner: {missing}")
+    if not img_files:
+        raise ValueError(f"no images found in {images}")
+    return [(stem, read_image(img_files[stem], channel), read_labels(mask_files[stem]))
+            for stem in sorted(img_files)]

@@ -74,3 +74,18 @@ def resolve_model_path(model: str | Path | None) -> Path:
     )
 
 
+
+
+def user_model_path(name: str, folder: str | Path | None = None) -> Path:
+    """Where a model saved under ``name`` goes: ``<folder>/<name>.safetensors``, the
+    folder defaulting to :func:`user_model_dir` (so that the model lists show it).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is empty or holds a path separator.
+    """
+    name = (name or "").strip()
+    if not name or any(c in name for c in "/\\:"):
+        raise ValueError(f"invalid model name {name!r}: use letters, digits, '-' or '_'")
+    return Path(folder or user_model_dir()) / f"{name}{WEIGHTS_SUFFIX}"

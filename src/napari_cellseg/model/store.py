@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,3 +110,60 @@ def load_model(model: str | Path | None = None, device: str | torch.device = "cp
         raise ValueError(f"the weights in {path} do not match the architecture "
                          f"{info.config}: {str(err).splitlines()[0]}") from err
     return net.to(device).eval(), info
+
+
+def resolve_model(model=None) -> tuple[UNet, ModelInfo]:
+    """Any way of naming a model -> ``(UNet, ModelInfo)``: the one place that tells them apart.
+
+    Parameters
+    ----------
+    model : None, str, Path or (UNet, ModelInfo)
+        None: the shipped default model; a name (shipped or saved in the user folder) or
+        a weight file; a loaded pair, returned as it is.
+
+    Returns
+    -------
+    (UNet, ModelInfo)
+        A file's model is loaded once (kept while the file is unchanged, for the last
+        few files) on the CPU in eval mode, so that repeated predictions reuse it and its
+        fused inference copy. It is shared: do not train or modify it; use
+        :func:`load_model` for a private copy. The ModelInfo is a fresh copy each call.
+
+    Raises
+    ------
+    TypeError
+        A UNet without its ModelInfo, or anything else that names no model.
+    FileNotFoundError, ValueError
+        As :func:`load_model`.
+    """
+    if isinstance(model, tuple):
+        if len(model) == 2 and isinstance(model[0], UNet) and isinstance(model[1], ModelInfo):
+            return model
+        raise TypeError(f"a loaded model is a (UNet, ModelInfo) pair, got a tuple of "
+                        f"{[type(m).__name__ for m in model]}")
+    if isinstance(model, UNet):
+        raise TypeError("pass a loaded model with its ModelInfo, as (net, info) from load_model()")
+    if model is not None and not isinstance(model, (str, Path)):
+        raise TypeError(f"model must be None, a name, a path or a (UNet, ModelInfo) pair, "
+                        f"got {type(model).__name__}")
+    import copy
+
+    path = resolve_model_path(model).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    with _LOADED_LOCK:
+        hit = _LOADED.pop(key, None)
+    if hit is None:
+        hit = load_model(path, device="cpu")
+    with _LOADED_LOCK:
+        _LOADED[key] = hit  # most recently used last
+        for old in list(_LOADED)[:-_LOADED_MAX]:
+            del _LOADED[old]
+    net, info = hit
+    return net, copy.deepcopy(info)
+
+
+# (path, mtime, size) -> (UNet, ModelInfo): the last few models loaded by resolve_model
+_LOADED: dict[tuple, tuple[UNet, ModelInfo]] = {}
+_LOADED_MAX = 4
+_LOADED_LOCK = threading.Lock()

@@ -1,8 +1,11 @@
-"""Training and fine-tuning the 3-class UNet on image / instance-mask pairs.
+"""The training loop and its loss: train or fine-tune the 3-class UNet on examples.
 
-The loop is a generator: it yields one record per epoch (losses, validation scores)
-and returns the history, so the CLI prints it, the viewer shows it from a worker and
-the tests drain it. Per-step progress goes to a plain callback.
+:func:`train` is a generator in the project's progress protocol (``progress.py``): it
+yields a :class:`~napari_cellseg.progress.Progress` after every optimisation step and
+one per epoch (whose ``info`` is the epoch's record: losses, validation scores) and
+returns the :class:`TrainState`. A consumer cancels by no longer iterating. Examples,
+splits and patches are ``data.py``'s; the whole workflow (validation by AP, best epoch,
+the saved model's units) is ``workflows/training.py``'s.
 """
 
 from __future__ import annotations
@@ -18,17 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.preprocess import percentile_normalize
+from ..progress import Progress
+from .data import Example, PatchSampler
 from .inference import choose_device, cpu_bf16
 from .store import ModelInfo, save_model
-from .targets import (
-    BACKGROUND,
-    CONTACT,
-    contact_lines,
-    encode_soft_seeds,
-    make_targets,
-    target_probabilities,
-)
+from .targets import CONTACT, target_probabilities
 from .unet import UNet, UNetConfig
 
 logger = logging.getLogger(__name__)
@@ -57,146 +54,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class Example:
-    """One training image: normalised intensities, class targets, instance labels."""
-
-    image: np.ndarray  # (M, N) float32, percentile-normalised
-    target: np.ndarray  # (M, N) uint8 training code (targets.py): class index, CONTACT or SOFT + seed share
-    labels: np.ndarray | None = None  # (M, N) int instance labels (for validation)
-    name: str = ""
-
-
-def make_example(
-    image: np.ndarray,
-    labels: np.ndarray,
-    nucleus_labels: np.ndarray | None = None,
-    name: str = "",
-    normalize: tuple[float, float] = (1.0, 99.8),
-    seed_target: str = "hard",
-) -> Example:
-    """Normalise an image and build its 3-class target, with the background between two
-    cells marked ``CONTACT`` (the loss counts it as background, weighted). ``seed_target``
-    "soft": graded seeds where no nucleus labels are given (``targets.encode_soft_seeds``)."""
-    if seed_target not in ("hard", "soft"):
-        raise ValueError(f"seed_target must be 'hard' or 'soft', got {seed_target!r}")
-    image = np.asarray(image)
-    labels = np.asarray(labels)
-    if image.shape != labels.shape:
-        raise ValueError(f"{name or 'image'}: image shape {image.shape} differs from its "
-                         f"mask shape {labels.shape}")
-    target = make_targets(labels, nucleus_labels)
-    target[contact_lines(labels) & (target == BACKGROUND)] = CONTACT
-    if seed_target == "soft" and nucleus_labels is None:
-        target = encode_soft_seeds(target, labels)
-    return Example(percentile_normalize(image, *normalize), target, labels.astype(np.int32), name)
-
-
-def split_pair(
-    image: np.ndarray, labels: np.ndarray, fraction: float = 0.2, name: str = "", **example_kwargs
-) -> tuple[Example, Example | None]:
-    """Examples of the left part of an image (training) and of the right ``fraction`` of
-    its columns (validation), as the dense-tissue paper holds out a right-hand strip;
-    ``fraction`` 0: the whole image for training and no validation part (None).
-
-    Each part is normalised on its own, as a held-out image would be, so that the
-    validation AP printed while training is the figure ``benchmarks/accuracy_dense.py``
-    reports for the same strips. ``example_kwargs`` go to :func:`make_example`.
-    """
-    if not 0 <= fraction < 1:
-        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
-    if fraction == 0:
-        return make_example(image, labels, name=name, **example_kwargs), None
-    image, labels = np.asarray(image), np.asarray(labels)
-    cut = round(image.shape[1] * (1 - fraction))
-    left = make_example(image[:, :cut], labels[:, :cut], name=name, **example_kwargs)
-    right = make_example(image[:, cut:], labels[:, cut:], name=f"{name}_val", **example_kwargs)
-    return left, right
-
-
-def synthetic_examples(n: int, seed: int = 0, size: int = 256) -> list[Example]:
-    """Whole-cell synthetic images (both stains, a range of cell sizes) as examples."""
-    from ..core.synthetic import make_whole_cell_image
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        scene = make_whole_cell_image(
-            seed=int(rng.integers(1 << 31)),
-            shape=(size, size),
-            cell_radius=float(rng.uniform(5.5, 10.0)),
-            density=float(rng.uniform(0.45, 0.95)),
-            stain="membrane" if i % 2 == 0 else "cytoplasm",
-            noise_scale=float(rng.uniform(0.02, 0.1)),
-        )
-        out.append(make_example(scene.image, scene.labels, scene.nucleus_labels, f"synthetic{i}"))
-    return out
-
-
-def _augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """90-degree rotations, flips, gain / offset / gamma jitter and extra noise.
-
-    No arbitrary-angle rotation: the dense-tissue paper found it hurts.
-    """
-    k = int(rng.integers(4))
-    x, y = np.rot90(x, k), np.rot90(y, k)
-    if rng.random() < 0.5:
-        x, y = x[:, ::-1], y[:, ::-1]
-    gamma = float(np.exp(rng.uniform(-0.3, 0.3)))
-    x = np.clip(x, 0, None) ** gamma
-    x = x * rng.uniform(0.7, 1.3) + rng.uniform(-0.05, 0.05)
-    if rng.random() < 0.3:
-        x = x + rng.normal(0, rng.uniform(0.01, 0.06), size=x.shape)
-    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
-
-
-class PatchSampler:
-    """Random patches from a set of examples (real and synthetic)."""
-
-    def __init__(
-        self,
-        real: Sequence[Example],
-        synthetic: Sequence[Example] = (),
-        patch: int = 176,
-        synthetic_fraction: float = 0.2,
-    ):
-        self.real = [e for e in real if min(e.image.shape) >= 8]
-        self.synthetic = list(synthetic)
-        if not self.real and not self.synthetic:
-            raise ValueError("no training images")
-        self.patch = patch
-        self.synthetic_fraction = synthetic_fraction if self.synthetic else 0.0
-        if not self.real:
-            self.synthetic_fraction = 1.0
-        # Pick real images in proportion to their area.
-        areas = np.array([e.image.size for e in self.real], dtype=float)
-        self.weights = areas / areas.sum() if len(areas) else areas
-
-    def _crop(self, rng: np.random.Generator, e: Example) -> tuple[np.ndarray, np.ndarray]:
-        p = self.patch
-        h, w = e.image.shape
-        x = np.zeros((p, p), np.float32)
-        y = np.full((p, p), BACKGROUND, np.uint8)
-        r0 = int(rng.integers(0, max(h - p, 0) + 1))
-        c0 = int(rng.integers(0, max(w - p, 0) + 1))
-        ph, pw = min(p, h), min(p, w)
-        x[:ph, :pw] = e.image[r0 : r0 + ph, c0 : c0 + pw]
-        y[:ph, :pw] = e.target[r0 : r0 + ph, c0 : c0 + pw]
-        return x, y
-
-    def sample(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
-        for _ in range(n):
-            if rng.random() < self.synthetic_fraction:
-                e = self.synthetic[int(rng.integers(len(self.synthetic)))]
-            else:
-                e = self.real[int(rng.choice(len(self.real), p=self.weights))]
-            x, y = _augment(rng, *self._crop(rng, e))
-            xs.append(x)
-            ys.append(y)
-        return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys).astype(np.int64))
 
 
 def loss_fn(
@@ -248,31 +105,46 @@ def train(
     config: TrainConfig | None = None,
     synthetic: Sequence[Example] = (),
     validate: Callable[[UNet], dict[str, float]] | None = None,
-    on_step: Callable[[int, int], None] | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
-    should_stop: Callable[[], bool] | None = None,
-) -> Generator[dict, None, TrainState]:
-    """Train ``model`` in place; yield one record per epoch, return the final state.
+) -> Generator[Progress, None, TrainState]:
+    """Train ``model`` in place, yielding progress; return the final state.
 
     Parameters
     ----------
     model : UNet
     train_examples, val_examples : sequences of Example
+        ``val_examples`` give the validation loss (fixed tiles of ``config.patch``).
     config : TrainConfig
     synthetic : sequence of Example
         Synthetic images mixed in at ``config.synthetic_fraction``.
     validate : callable, optional
         ``validate(model) -> dict`` run after each epoch (e.g. AP after segmentation);
         its ``"score"`` entry, else minus the validation loss, picks the best epoch.
-    on_step : callable, optional
-        ``on_step(step, steps_per_epoch)`` after each optimisation step.
     checkpoint : path, optional
         Where the training state is saved after every epoch (``.ckpt``), for resuming.
     resume : bool
         Continue from ``checkpoint`` when it exists.
-    should_stop : callable, optional
-        Polled between steps; True ends training after the current step.
+
+    Yields
+    ------
+    Progress
+        After each optimisation step ``Progress(step, steps_per_epoch, "steps")``; after
+        each epoch ``Progress(epoch, epochs, "epochs", info=record)``, the record holding
+        ``epoch``, ``train_loss``, ``lr``, ``val_loss`` (with validation examples), what
+        ``validate`` returned, ``seconds`` and ``best``. Between epochs the model holds the
+        weights the record describes (the moving average with ``config.ema``) in eval mode.
+
+    Returns
+    -------
+    TrainState
+        Epochs run, their records and the best score.
+
+    Notes
+    -----
+    Closing the generator (a cancelled worker) stops training at once and leaves the
+    model in eval mode; no yield happens inside a grad-mode or autocast context, so the
+    thread's grad mode is never left changed.
     """
     cfg = config or TrainConfig()
     device = choose_device(cfg.device)
@@ -308,60 +180,75 @@ def train(
         torch.manual_seed(cfg.seed + state.epoch)
         logger.info("resumed from %s at epoch %d", ckpt, state.epoch)
     val_batches = _validation_batches(val_examples, cfg.patch)
+    steps = cfg.steps_per_epoch
 
-    while state.epoch < cfg.epochs:
-        t0 = time.perf_counter()
-        torch.set_grad_enabled(True)  # grad mode is per thread; a worker thread may inherit it off
-        model.train()
-        losses = []
-        for step in range(cfg.steps_per_epoch):
-            x, y = sampler.sample(rng, cfg.batch)
-            x, y = x.to(device).to(memory_format=torch.channels_last), y.to(device)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y, weights, cfg.loss, cfg.margin, cfg.contact_weight)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training diverged at epoch {state.epoch + 1}, "
-                                         f"step {step + 1} (loss {loss.item()}); lower the learning rate")
-            loss.backward()
-            opt.step()
+    try:
+        while state.epoch < cfg.epochs:
+            t0 = time.perf_counter()
+            epoch = state.epoch + 1
+            model.train()
+            losses = []
+            for step in range(steps):
+                losses.append(_step(model, opt, sampler, rng, weights, cfg, device, bf16, epoch, step))
+                if ema is not None:
+                    ema.update_parameters(model)
+                yield Progress(step + 1, steps, "steps",
+                               message=f"epoch {epoch}/{cfg.epochs}, step {step + 1}/{steps}")
+            sched.step()
+            state.epoch = epoch
+            record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"]}
+            raw = None
             if ema is not None:
-                ema.update_parameters(model)
-            losses.append(loss.item())
-            if on_step:
-                on_step(step + 1, cfg.steps_per_epoch)
-            if should_stop and should_stop():
-                break
-        sched.step()
-        state.epoch += 1
-        record = {"epoch": state.epoch, "train_loss": float(np.mean(losses)),
-                  "lr": opt.param_groups[0]["lr"]}
-        raw = None
-        if ema is not None:
-            # Between epochs the caller sees (validates, saves) the averaged weights;
-            # training resumes from the raw ones.
-            raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            model.load_state_dict(ema.module.state_dict())
+                # Between epochs the caller sees (validates, saves) the averaged weights;
+                # training resumes from the raw ones.
+                raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.load_state_dict(ema.module.state_dict())
+            model.eval()
+            if val_batches:
+                record["val_loss"] = _validation_loss(model, val_batches, weights, cfg, device)
+            if validate is not None:
+                record.update(validate(model))
+            record["seconds"] = time.perf_counter() - t0
+            score = record.get("score", -record.get("val_loss", record["train_loss"]))
+            record["best"] = score > state.best_score
+            if record["best"]:
+                state.best_score = score
+            state.history.append(record)
+            if ckpt:
+                _save_checkpoint(ckpt, model.state_dict() if raw is None else raw, opt, sched, state, ema)
+            yield Progress(epoch, cfg.epochs, "epochs", message=epoch_line(record, cfg.epochs), info=record)
+            if raw is not None and state.epoch < cfg.epochs:
+                model.load_state_dict(raw)
+    finally:
+        # Cancelled mid-epoch or finished: the model is left for inference, not training.
         model.eval()
-        if val_batches:
-            record["val_loss"] = _validation_loss(model, val_batches, weights, cfg, device)
-        if validate is not None:
-            record.update(validate(model))
-        record["seconds"] = time.perf_counter() - t0
-        score = record.get("score", -record.get("val_loss", record["train_loss"]))
-        record["best"] = score > state.best_score
-        if record["best"]:
-            state.best_score = score
-        state.history.append(record)
-        if ckpt:
-            _save_checkpoint(ckpt, model.state_dict() if raw is None else raw, opt, sched, state, ema)
-        yield record
-        if should_stop and should_stop():
-            break
-        if raw is not None and state.epoch < cfg.epochs:
-            model.load_state_dict(raw)
     return state
+
+
+def _step(model, opt, sampler, rng, weights, cfg: TrainConfig, device, bf16: bool, epoch: int, step: int) -> float:
+    """One optimisation step on a fresh batch; returns its loss. Grad mode is switched on
+    here and only here (it is per thread, and a worker thread may inherit it off)."""
+    x, y = sampler.sample(rng, cfg.batch)
+    x, y = x.to(device).to(memory_format=torch.channels_last), y.to(device)
+    opt.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y, weights, cfg.loss, cfg.margin, cfg.contact_weight)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training diverged at epoch {epoch}, step {step + 1} "
+                                     f"(loss {loss.item()}); lower the learning rate")
+        loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """One line for an epoch's record: ``epoch   3/10  loss 0.2301  val_loss 0.180  val_mAP
+    0.512  37s  *`` (the star: best so far)."""
+    extra = "".join(f"  {k} {record[k]:.3f}" for k in ("val_loss", "val_mAP") if k in record)
+    return (f"epoch {record['epoch']:3d}/{epochs}  loss {record['train_loss']:.4f}{extra}  "
+            f"{record['seconds']:.0f}s{'  *' if record['best'] else ''}")
 
 
 def _use_bf16(precision: str, device: torch.device) -> bool:
@@ -430,86 +317,3 @@ def save_trained(path: str | Path, model: UNet, info: ModelInfo, history: list[d
     return save_model(path, model, info, overwrite=overwrite)
 
 
-def load_pairs(
-    images: str | Path, masks: str | Path, channel: int | None = None
-) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Image / mask pairs from two folders, matched by name (``x_img.png`` with
-    ``x_masks.png``, ``x.tif`` with ``x_labels.tif`` ...). A file without a partner is
-    an error that names it."""
-    from ..io import list_images, pair_stem, read_image, read_labels
-
-    img_files = {pair_stem(p): p for p in list_images(images)}
-    mask_files = {pair_stem(p): p for p in list_images(masks)}
-    if Path(images).resolve() == Path(masks).resolve():
-        # One folder holding both: images are the files that are not masks.
-        img_files = {pair_stem(p): p for p in list_images(images)
-                     if not p.stem.endswith(("_masks", "_mask", "_labels"))}
-        mask_files = {pair_stem(p): p for p in list_images(masks)
-                      if p.stem.endswith(("_masks", "_mask", "_labels"))}
-    missing = sorted(set(img_files) ^ set(mask_files))
-    if missing:
-        raise ValueError(f"images and masks do not pair up; without a partner: {missing}")
-    if not img_files:
-        raise ValueError(f"no images found in {images}")
-    out = []
-    for stem in sorted(img_files):
-        out.append((stem, read_image(img_files[stem], channel), read_labels(mask_files[stem])))
-    return out
-
-
-def iter_finetune(
-    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
-    name: str,
-    init: str | Path | None = None,
-    config: TrainConfig | None = None,
-    val_fraction: float = 0.2,
-    folder: str | Path | None = None,
-    overwrite: bool = False,
-    should_stop: Callable[[], bool] | None = None,
-) -> Generator[dict, None, Path]:
-    """Fine-tune (or train from scratch) on image / label pairs and save a named model.
-
-    Yields one record per epoch (train loss, validation loss and AP on the held-out
-    right-hand strip of each image); returns the saved model's path, which the Predict
-    and Segment widgets then list. The model is saved as ``<folder>/<name>.safetensors``
-    (default folder: the user model folder), never over an existing one unless asked.
-    """
-    from .registry import WEIGHTS_SUFFIX, user_model_dir
-
-    if not name or any(c in name for c in "/\\:"):
-        raise ValueError(f"invalid model name {name!r}: use letters, digits, '-' or '_'")
-    path = Path(folder or user_model_dir()) / f"{name}{WEIGHTS_SUFFIX}"
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"a model named {name!r} exists at {path}; choose another name")
-    if not pairs:
-        raise ValueError("no training images")
-    model, info = new_model(init=init) if init is not None else new_model()
-    info.extra["val_fraction"] = val_fraction  # as `napari-cellseg train` records it
-    cfg = config or TrainConfig(epochs=10, steps_per_epoch=20, batch=8, lr=3e-4 if init else 1e-3)
-    train_ex, val_ex = [], []
-    for i, (image, labels) in enumerate(pairs):
-        labels = np.asarray(labels)
-        if labels.max() == 0:
-            raise ValueError(f"training pair {i + 1} has no labelled cell")
-        image = np.asarray(image)
-        kwargs = {"name": f"pair{i + 1}", "seed_target": cfg.seed_target}
-        # An image under 64 px is too small to give up a strip: all of it is trained on.
-        t, v = split_pair(image, labels, val_fraction if min(image.shape[:2]) >= 64 else 0, **kwargs)
-        train_ex.append(t)
-        if v is not None:
-            val_ex.append(v)
-    patch = min(cfg.patch, *(min(e.image.shape) for e in train_ex))
-    patch = max(patch - patch % model.config.divisor, model.config.divisor * 2)
-    cfg = TrainConfig(**{**cfg.to_dict(), "patch": patch, "margin": min(cfg.margin, patch // 8)})
-
-    def validate(m):
-        from ..pipeline import validation_scores
-
-        return validation_scores(m, info, val_ex) if val_ex else {}
-
-    history = []
-    gen = train(model, train_ex, val_ex, cfg, validate=validate, should_stop=should_stop)
-    for record in gen:
-        history.append(record)
-        yield record
-    return save_trained(path, model, info, history, cfg, overwrite=overwrite)

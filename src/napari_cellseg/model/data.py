@@ -1,0 +1,203 @@
+"""Training examples: normalised images with their class targets, train / validation
+splits, synthetic images to mix in, augmentation and random patches.
+
+Everything a training run reads goes through here; the loop itself (``train.py``) only
+asks a :class:`PatchSampler` for batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..core.preprocess import percentile_normalize
+from .targets import BACKGROUND, CONTACT, contact_lines, encode_soft_seeds, make_targets
+
+
+@dataclass
+class Example:
+    """One training image: normalised intensities, class targets, instance labels."""
+
+    image: np.ndarray  # (M, N) float32, percentile-normalised
+    target: np.ndarray  # (M, N) uint8 training code (targets.py): class index, CONTACT or SOFT + seed share
+    labels: np.ndarray | None = None  # (M, N) int instance labels (for validation)
+    name: str = ""
+
+
+def make_example(
+    image: np.ndarray,
+    labels: np.ndarray,
+    nucleus_labels: np.ndarray | None = None,
+    name: str = "",
+    normalize: tuple[float, float] = (1.0, 99.8),
+    seed_target: str = "hard",
+) -> Example:
+    """Normalise an image and build its 3-class target, with the background between two
+    cells marked ``CONTACT`` (the loss counts it as background, weighted). ``seed_target``
+    "soft": graded seeds where no nucleus labels are given (``targets.encode_soft_seeds``).
+
+    Raises
+    ------
+    ValueError
+        ``seed_target`` is not "hard" or "soft", or image and labels differ in shape.
+    """
+    if seed_target not in ("hard", "soft"):
+        raise ValueError(f"seed_target must be 'hard' or 'soft', got {seed_target!r}")
+    image = np.asarray(image)
+    labels = np.asarray(labels)
+    if image.shape != labels.shape:
+        raise ValueError(f"{name or 'image'}: image shape {image.shape} differs from its "
+                         f"mask shape {labels.shape}")
+    target = make_targets(labels, nucleus_labels)
+    target[contact_lines(labels) & (target == BACKGROUND)] = CONTACT
+    if seed_target == "soft" and nucleus_labels is None:
+        target = encode_soft_seeds(target, labels)
+    return Example(percentile_normalize(image, *normalize), target, labels.astype(np.int32), name)
+
+
+def split_pair(
+    image: np.ndarray, labels: np.ndarray, fraction: float = 0.2, name: str = "", **example_kwargs
+) -> tuple[Example, Example | None]:
+    """Examples of the left part of an image (training) and of the right ``fraction`` of
+    its columns (validation), as the dense-tissue paper holds out a right-hand strip;
+    ``fraction`` 0: the whole image for training and no validation part (None).
+
+    Each part is normalised on its own, as a held-out image would be, so that the
+    validation AP printed while training is the figure ``benchmarks/accuracy_dense.py``
+    reports for the same strips. ``example_kwargs`` go to :func:`make_example`.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    if fraction == 0:
+        return make_example(image, labels, name=name, **example_kwargs), None
+    image, labels = np.asarray(image), np.asarray(labels)
+    cut = round(image.shape[1] * (1 - fraction))
+    left = make_example(image[:, :cut], labels[:, :cut], name=name, **example_kwargs)
+    right = make_example(image[:, cut:], labels[:, cut:], name=f"{name}_val", **example_kwargs)
+    return left, right
+
+
+def synthetic_examples(n: int, seed: int = 0, size: int = 256) -> list[Example]:
+    """Whole-cell synthetic images (both stains, a range of cell sizes) as examples."""
+    from ..core.synthetic import make_whole_cell_image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        scene = make_whole_cell_image(
+            seed=int(rng.integers(1 << 31)),
+            shape=(size, size),
+            cell_radius=float(rng.uniform(5.5, 10.0)),
+            density=float(rng.uniform(0.45, 0.95)),
+            stain="membrane" if i % 2 == 0 else "cytoplasm",
+            noise_scale=float(rng.uniform(0.02, 0.1)),
+        )
+        out.append(make_example(scene.image, scene.labels, scene.nucleus_labels, f"synthetic{i}"))
+    return out
+
+
+def median_cell_diameter(labels: Sequence[np.ndarray]) -> float:
+    """Median equivalent diameter (px) of the labelled cells of one or more label images.
+
+    The equivalent diameter of a cell is that of the disc of its area. Cells cut by an
+    image edge are left out (their area is only part of the cell), unless no other cell
+    is left.
+
+    Parameters
+    ----------
+    labels : sequence of (M, N) int ndarray
+        Instance label images, 0 the background.
+
+    Returns
+    -------
+    float
+        The median diameter in pixels.
+
+    Raises
+    ------
+    ValueError
+        No labelled cell in any image.
+    """
+    inner, every = [], []
+    for lab in labels:
+        lab = np.asarray(lab)
+        if lab.ndim != 2:
+            raise ValueError(f"expected 2-D label images, got shape {lab.shape}")
+        areas = np.bincount(lab.ravel().astype(np.int64))
+        present = np.flatnonzero(areas)
+        present = present[present > 0]
+        edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+        every.append(areas[present])
+        inner.append(areas[np.setdiff1d(present, edge)])
+    areas = np.concatenate(inner) if sum(len(a) for a in inner) else np.concatenate(every or [[]])
+    if len(areas) == 0:
+        raise ValueError("no labelled cell to measure a diameter from")
+    return float(np.median(np.sqrt(4.0 * areas / np.pi)))
+
+
+def augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """90-degree rotations, flips, gain / offset / gamma jitter and extra noise.
+
+    No arbitrary-angle rotation: the dense-tissue paper found it hurts.
+    """
+    k = int(rng.integers(4))
+    x, y = np.rot90(x, k), np.rot90(y, k)
+    if rng.random() < 0.5:
+        x, y = x[:, ::-1], y[:, ::-1]
+    gamma = float(np.exp(rng.uniform(-0.3, 0.3)))
+    x = np.clip(x, 0, None) ** gamma
+    x = x * rng.uniform(0.7, 1.3) + rng.uniform(-0.05, 0.05)
+    if rng.random() < 0.3:
+        x = x + rng.normal(0, rng.uniform(0.01, 0.06), size=x.shape)
+    return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
+
+
+class PatchSampler:
+    """Random patches from a set of examples (real and synthetic)."""
+
+    def __init__(
+        self,
+        real: Sequence[Example],
+        synthetic: Sequence[Example] = (),
+        patch: int = 176,
+        synthetic_fraction: float = 0.2,
+    ):
+        self.real = [e for e in real if min(e.image.shape) >= 8]
+        self.synthetic = list(synthetic)
+        if not self.real and not self.synthetic:
+            raise ValueError("no training images")
+        self.patch = patch
+        self.synthetic_fraction = synthetic_fraction if self.synthetic else 0.0
+        if not self.real:
+            self.synthetic_fraction = 1.0
+        # Pick real images in proportion to their area.
+        areas = np.array([e.image.size for e in self.real], dtype=float)
+        self.weights = areas / areas.sum() if len(areas) else areas
+
+    def _crop(self, rng: np.random.Generator, e: Example) -> tuple[np.ndarray, np.ndarray]:
+        p = self.patch
+        h, w = e.image.shape
+        x = np.zeros((p, p), np.float32)
+        y = np.full((p, p), BACKGROUND, np.uint8)
+        r0 = int(rng.integers(0, max(h - p, 0) + 1))
+        c0 = int(rng.integers(0, max(w - p, 0) + 1))
+        ph, pw = min(p, h), min(p, w)
+        x[:ph, :pw] = e.image[r0 : r0 + ph, c0 : c0 + pw]
+        y[:ph, :pw] = e.target[r0 : r0 + ph, c0 : c0 + pw]
+        return x, y
+
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` augmented patches: images (n, 1, P, P) float32, codes (n, P, P) int64."""
+        xs, ys = [], []
+        for _ in range(n):
+            if rng.random() < self.synthetic_fraction:
+                e = self.synthetic[int(rng.integers(len(self.synthetic)))]
+            else:
+                e = self.real[int(rng.choice(len(self.real), p=self.weights))]
+            x, y = augment(rng, *self._crop(rng, e))
+            xs.append(x)
+            ys.append(y)
+        return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys).astype(np.int64))

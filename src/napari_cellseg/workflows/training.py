@@ -1,0 +1,235 @@
+"""Training a model from image / label pairs: the one workflow behind both the
+``napari-cellseg train`` command and the Train widget.
+
+It splits off validation strips, mixes in synthetic images, fits the patch to small
+images, validates by AP after segmentation, keeps the best epoch beside the last,
+checkpoints and resumes, and records in the saved model what inference needs to use it
+at the right scale: the pixel size and the measured median cell diameter of the
+training labels (the minimum cell area and the LoG scales derive from it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ..core.params import Grid, SegmentParams
+from ..model.data import Example, median_cell_diameter, split_pair, synthetic_examples
+from ..model.store import WEIGHTS_SUFFIX, ModelInfo
+from ..model.train import TrainConfig, new_model, save_trained, train
+from ..progress import Progress
+
+logger = logging.getLogger(__name__)
+
+MIN_SPLIT_SIDE = 64  # an image smaller than this gives up no validation strip
+DEFAULT_PIXEL_SIZE = 0.5  # µm, when neither the user nor the initial model gives one
+# Segmentation defaults in µm that describe the initial model's cells, not the new ones.
+_SIZE_DEFAULTS = ("cell_diameter", "min_cell_area", "seed_diameter")
+
+
+class TrainResult(NamedTuple):
+    """What a training run leaves: the saved model (last epoch), the best epoch's file
+    (None without validation), every epoch's record and the saved ModelInfo."""
+
+    path: Path
+    best: Path | None
+    history: list[dict]
+    info: ModelInfo
+
+
+def model_paths(out: str | Path) -> tuple[Path, Path, Path]:
+    """The files of a run saving to ``out``: the model, its best epoch
+    (``<out>.best.safetensors``) and its checkpoint (``<out>.ckpt``)."""
+    out = Path(out)
+    if out.suffix != WEIGHTS_SUFFIX:
+        out = out.with_name(out.name + WEIGHTS_SUFFIX)
+    stem = out.name[: -len(WEIGHTS_SUFFIX)]
+    return out, out.with_name(f"{stem}.best{WEIGHTS_SUFFIX}"), out.with_name(f"{stem}.ckpt")
+
+
+def iter_train(
+    pairs: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    out: str | Path,
+    *,
+    init: str | Path | None = None,
+    config: TrainConfig | None = None,
+    val_fraction: float = 0.2,
+    synthetic: int = 0,
+    pixel_size: float | None = None,
+    channels: Sequence[int] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Generator[Progress, None, TrainResult]:
+    """Train (or fine-tune) a model on image / label pairs and save it to ``out``.
+
+    Parameters
+    ----------
+    pairs : sequence of (name, (M, N) ndarray, (M, N) int ndarray)
+        Images and their instance labels; each needs at least one labelled cell.
+    out : path
+        The model file (``.safetensors`` is appended when missing). The best epoch by
+        validation AP goes beside it (``<out>.best.safetensors``), the training state to
+        ``<out>.ckpt`` after every epoch.
+    init : str or path, optional
+        A model name or file to fine-tune; None: a new network (``channels`` wide).
+    config : TrainConfig, optional
+        Its ``patch`` shrinks to fit images smaller than it.
+    val_fraction : float
+        The right-hand strip of each image kept for validation, in [0, 1); 0 (or an image
+        under 64 px) trains on every pixel. With no validation the last epoch is saved
+        and there is no best file.
+    synthetic : int
+        Synthetic whole-cell images mixed in (``config.synthetic_fraction`` of patches).
+    pixel_size : float, optional
+        µm per pixel of the images; default the initial model's (the images are used at
+        their own scale), else 0.5.
+    resume : bool
+        Continue from ``<out>.ckpt`` when it exists.
+    overwrite : bool
+        Replace an existing ``out``.
+
+    Yields
+    ------
+    Progress
+        First ``Progress(0, epochs, "epochs")`` whose message describes the run; then
+        :func:`~napari_cellseg.model.train.train`'s per-step and per-epoch progress.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    FileExistsError
+        ``out`` exists and ``overwrite`` is False.
+    ValueError
+        No pairs, a pair without a labelled cell, shapes that differ, or
+        ``val_fraction`` outside [0, 1).
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
+        raise ValueError(f"pixel_size must be a finite number of µm > 0, got {pixel_size}")
+    out, best, ckpt = model_paths(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; choose another name or allow overwriting")
+    if not pairs:
+        raise ValueError("no training images")
+    cfg = config or TrainConfig()
+    train_ex, val_ex, all_labels = [], [], []
+    for name, image, labels in pairs:
+        image, labels = np.asarray(image), np.asarray(labels)
+        if labels.max(initial=0) == 0:
+            raise ValueError(f"training pair {name!r} has no labelled cell")
+        fraction = val_fraction if min(image.shape[:2]) >= MIN_SPLIT_SIDE else 0
+        t, v = split_pair(image, labels, fraction, name=name, seed_target=cfg.seed_target)
+        train_ex.append(t)
+        if v is not None:
+            val_ex.append(v)
+        all_labels.append(labels)
+    model, info = new_model(channels, init=init)
+    cfg = _fit_patch(cfg, train_ex, model.config.divisor)
+    _record_units(info, all_labels, pixel_size)
+    info.extra["val_fraction"] = val_fraction  # a benchmark must know whether its strips were trained on
+    synth = synthetic_examples(synthetic, seed=cfg.seed) if synthetic else []
+
+    if not val_ex:
+        held_out = "every pixel trained on, no validation"
+    elif len(val_ex) == len(train_ex):
+        held_out = f"validating on the right {val_fraction:.0%} of each"
+    else:
+        held_out = (f"validating on the right {val_fraction:.0%} of {len(val_ex)} "
+                    f"(the others are under {MIN_SPLIT_SIDE} px)")
+    yield Progress(0, cfg.epochs, "epochs", message=(
+        f"training on {len(train_ex)} images (+{len(synth)} synthetic), {held_out}; "
+        f"{cfg.epochs} epochs x {cfg.steps_per_epoch} steps x batch {cfg.batch}; "
+        f"median cell diameter {info.cell_diameter_um:.1f} µm at {info.pixel_size:g} µm/px"))
+
+    def validate(m):
+        return validation_scores(m, info, val_ex)
+
+    gen = train(model, train_ex, val_ex, cfg, synth, validate=validate if val_ex else None,
+                checkpoint=ckpt, resume=resume)
+    history: list[dict] = []
+    try:
+        while True:
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                state = stop.value
+                break
+            if p.info is not None:
+                history.append(p.info)
+                if p.info["best"] and val_ex:  # without validation there is no best epoch to keep
+                    save_trained(best, model, info, history, cfg, overwrite=True)
+            yield p
+    finally:
+        gen.close()  # cancelled: the loop stops now and leaves the model in eval mode
+    save_trained(out, model, info, state.history, cfg, overwrite=True)
+    return TrainResult(out, best if val_ex else None, state.history, info)
+
+
+def _fit_patch(cfg: TrainConfig, examples: Sequence[Example], divisor: int) -> TrainConfig:
+    """The config with its patch no larger than the smallest training image (a multiple
+    of the network's divisor, at least two), and a margin that leaves the patch a
+    loss-bearing centre."""
+    patch = min(cfg.patch, *(min(e.image.shape) for e in examples))
+    patch = max(patch - patch % divisor, divisor * 2)
+    if patch >= cfg.patch:
+        return cfg
+    return TrainConfig(**{**cfg.to_dict(), "patch": patch, "margin": min(cfg.margin, patch // 8)})
+
+
+def _record_units(info: ModelInfo, labels: Sequence[np.ndarray], pixel_size: float | None) -> None:
+    """Set the pixel size (the user's, else the initial model's, else 0.5 µm) and the
+    training labels' median cell diameter in µm; drop size defaults inherited from an
+    initial model, which describe its cells and not these."""
+    info.pixel_size = float(pixel_size or info.pixel_size or DEFAULT_PIXEL_SIZE)
+    diameter_px = median_cell_diameter(labels)
+    info.cell_diameter_um = diameter_px * info.pixel_size
+    info.extra["cell_diameter_px"] = diameter_px
+    defaults = info.extra.get("segment_defaults")
+    if defaults:
+        info.extra["segment_defaults"] = {k: v for k, v in defaults.items() if k not in _SIZE_DEFAULTS}
+
+
+def validation_scores(model, info: ModelInfo, examples: Sequence[Example],
+                      params: SegmentParams | None = None) -> dict[str, float]:
+    """AP at IoU 0.5 after seeds and watershed on normalised validation examples (picks
+    the best epoch while training).
+
+    Parameters
+    ----------
+    model : UNet
+        Scored on the device it is on; its fused inference copy is built once for all
+        the examples (``inference_copy`` caches it until the weights change).
+    info : ModelInfo
+        Pixel size and cell diameter of the examples' grid; ``segment_defaults`` from its
+        metadata unless ``params`` are given.
+    examples : sequence of Example
+        With ``labels``.
+
+    Returns
+    -------
+    dict
+        ``val_mAP`` and ``score`` (the same value), the mean AP over the examples.
+    """
+    from ..core.metrics import evaluate
+    from ..model.inference import predict_probabilities
+    from ..pipeline import Prediction
+
+    if params is None:  # the model's tuned defaults when it has them, else the library's
+        params = SegmentParams.from_mapping(info.extra.get("segment_defaults"))
+    grid = Grid(info.pixel_size or DEFAULT_PIXEL_SIZE, info.cell_diameter_um)
+    device = next(model.parameters()).device
+    aps = []
+    for e in examples:
+        probs = predict_probabilities(model, e.image, normalize=None, device=device)
+        cells, _ = Prediction(e.image, probs, e.image, grid, params).segment_grid()
+        aps.append(evaluate(e.labels, cells).ap)
+    score = float(np.mean(aps))
+    return {"val_mAP": score, "score": score}
