@@ -108,9 +108,26 @@ def test_local_threshold_restores_count_under_gradient():
 
 
 def test_relabel_is_exact_on_a_tiny_array():
+    from napari_cellseg.core.labels import compact, relabel
+
     labels = np.array([[0, 5, 5, 0], [9, 9, 9, 0], [0, 0, 2, 0]])
-    out = classic.relabel_sequential_by_size(labels, min_size=2)
+    out = relabel(labels, min_size=2)
     np.testing.assert_array_equal(out, [[0, 1, 1, 0], [2, 2, 2, 0], [0, 0, 0, 0]])
+    assert out.dtype == np.int32
+    # keep drops by id; ids and areas of what is left come back.
+    keep = np.ones(10, bool)
+    keep[5] = False
+    out, ids, areas = compact(labels, keep=keep)
+    np.testing.assert_array_equal(out, [[0, 0, 0, 0], [2, 2, 2, 0], [0, 0, 1, 0]])
+    np.testing.assert_array_equal(ids, [2, 9])
+    np.testing.assert_array_equal(areas, [1, 3])
+    # Huge sparse ids take the sort-based path with the same answer.
+    huge = np.where(labels > 0, labels + 2**40, 0)
+    out, ids, areas = compact(huge, min_size=2, dtype=np.int64)
+    np.testing.assert_array_equal(out, [[0, 1, 1, 0], [2, 2, 2, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(ids, [5 + 2**40, 9 + 2**40])
+    with pytest.raises(ValueError, match=">= 0"):
+        relabel(np.array([[0, -1]]))
 
 
 def test_otsu_method_finds_the_cells():

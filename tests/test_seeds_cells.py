@@ -16,6 +16,7 @@ from napari_cellseg.core import seeds as seeds_mod
 from napari_cellseg.core import synthetic as syn
 from napari_cellseg.core.metrics import evaluate
 from napari_cellseg.model.targets import make_targets
+from napari_cellseg.core.params import Grid
 from napari_cellseg.pipeline import Prediction, SegmentParams
 
 PIXEL = 0.5  # µm per pixel of the synthetic scenes
@@ -37,7 +38,7 @@ def scene_prediction(seed=0, zoom=1, shape=(160, 160)):
         probs = ndi.zoom(probs, (1, zoom, zoom), order=1, grid_mode=True, mode="grid-constant")
         probs = np.clip(probs, 0, 1) / np.clip(probs, 0, 1).sum(0)
     image = np.kron(scene.image, np.ones((zoom, zoom), np.float32))
-    pred = Prediction(image, probs, image, PIXEL / zoom, cell_diameter_um=2 * RADIUS_PX * PIXEL)
+    pred = Prediction(image, probs, image, Grid(PIXEL / zoom, 2 * RADIUS_PX * PIXEL))
     return pred, labels
 
 
@@ -131,13 +132,13 @@ def test_pixel_size_scales_physical_parameters():
         assert abs(int(a.max()) - int(b.max())) <= 1
         # Same cells, half the pixel size: four times the pixel area.
         assert np.bincount(b.ravel())[1:].mean() == pytest.approx(4 * np.bincount(a.ravel())[1:].mean(), rel=0.1)
-    assert fine.min_area_px(fine.defaults) == pytest.approx(4 * coarse.min_area_px(coarse.defaults), rel=0.05)
+    assert fine.grid.min_area_px(fine.defaults) == pytest.approx(4 * coarse.grid.min_area_px(coarse.defaults), rel=0.05)
 
 
 def test_no_cells_gives_no_cells():
     probs = np.zeros((3, 64, 64), np.float32)
     probs[2] = 1.0
-    pred = Prediction(np.zeros((64, 64), np.float32), probs, np.zeros((64, 64), np.float32), 0.5)
+    pred = Prediction(np.zeros((64, 64), np.float32), probs, np.zeros((64, 64), np.float32), Grid(0.5))
     assert pred.segment().max() == 0
     assert pred.stages()["cells"].max() == 0
 
@@ -146,8 +147,8 @@ def test_basin_graph_matches_pixel_watershed():
     pred, _labels = scene_prediction(7)
     p = pred.defaults
     cells_fast, seeds = pred.segment_grid(p)
-    fg = pred.foreground(p, int(seeds.max()))
-    reference = cells_mod.seeded_watershed(pred.landscape(p), seeds, fg, pred.min_area_px(p))
+    fg, _ = pred.cell_stage.foreground(p, int(seeds.max()))
+    reference = cells_mod.seeded_watershed(pred.cell_stage.landscape(p), seeds, fg, pred.grid.min_area_px(p))
     r = evaluate(reference, cells_fast, iou=0.8)
     assert r.ap >= 0.95
 
@@ -179,7 +180,7 @@ def test_seed_hierarchy_in_parts_cuts_like_one(monkeypatch):
     # Components share no hierarchy: built in parts of a few hundred pixels, every cut
     # groups the same pixels as one hierarchy over the whole mask.
     pred, _labels = scene_prediction(4)
-    smoothed = pred.smoothed_seed_probability
+    smoothed = pred.seed_stage.smoothed
     whole = seeds_mod.probability_splitter(smoothed)
     assert len(whole.parts) == 1
     monkeypatch.setattr(seeds_mod, "PART_PIXELS", 300)
@@ -213,7 +214,7 @@ def test_unknown_parameter_is_an_error():
 def test_drop_dim_cells_exact():
     labels = np.array([[1, 1, 0, 2, 2], [1, 1, 0, 2, 2], [0, 0, 0, 3, 3]])
     image = np.array([[0.5, 0.5, 0.0, 0.02, 0.02], [0.5, 0.5, 0.0, 0.06, 0.06], [0, 0, 0, 0.3, 0.3]])
-    out = cells_mod.drop_dim_cells(labels, image, 0.05)
+    out = cells_mod.filter_cells(labels, 0, image, 0.05)
     # cell 2 averages 0.04 < 0.05: dropped; cells 1 and 3 renumbered 1 and 2
     np.testing.assert_array_equal(out, [[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 0, 2, 2]])
 
@@ -221,12 +222,82 @@ def test_drop_dim_cells_exact():
 @pytest.mark.parametrize("split", ["shape", "probability"])
 def test_detect_seeds_one_shot_matches_the_cached_path(split):
     pred, labels = scene_prediction(8)
-    one_shot = seeds_mod.detect_seeds(pred.seed_probability, PIXEL, pred._seed_diameter(pred.defaults),
-                                      sensitivity=60, h_um=3.0, split=split, h_probability=0.15)
-    assert one_shot.max() == pred.seeds(pred.params(sensitivity=60, h=3.0, seed_split=split)).max()
+    one_shot = seeds_mod.detect_seeds(pred.seed_probability, PIXEL, cell_diameter_um=pred.grid.cell_diameter,
+                                      sensitivity=60, h=3.0, seed_split=split, h_probability=0.15)
+    # One implementation: the same labels as the cached path, pixel for pixel.
+    np.testing.assert_array_equal(one_shot, pred.seeds(pred.params(sensitivity=60, h=3.0, seed_split=split)))
     assert abs(int(one_shot.max()) - int(labels.max())) <= 0.05 * labels.max()
 
 
 def test_background_rule_picks_the_area_closest_to_expected():
     # 10 seeds x 100 px expected = 1000 px: 900 is closer than 1500.
     assert cells_mod.choose_background_threshold(np.array([0.3, 0.6]), np.array([1500, 900]), 10, 100.0) == 0.6
+
+
+def test_paper_background_rule_through_the_prediction():
+    pred, labels = scene_prediction(9)
+    p = pred.params(background="otsu3")
+    cells, seeds = pred.segment_grid(p)
+    n = int(seeds.max())
+    # Worked out by hand from the stage's inputs: of the two 3-level Otsu thresholds of
+    # the landscape, the one whose area above is closest to n typical cells.
+    land = cells_mod.cell_landscape(pred.cell_probability)
+    levels = cells_mod.background_thresholds(land)
+    areas = np.array([np.count_nonzero(land > t) for t in levels])
+    expected = levels[int(np.argmin(np.abs(areas - n * pred.grid.cell_area_px(p))))]
+    assert pred.cell_stage.threshold(p, n) == expected
+    assert not np.any(cells[land <= expected])  # no cell pixel below the threshold
+    assert evaluate(labels, cells).ap >= 0.9
+
+
+def test_intensity_weight_multiplies_the_paper_transform():
+    pred, labels = scene_prediction(10)
+    p = pred.params(intensity_weight=1.0)
+    expected = cells_mod.cell_landscape(pred.cell_probability, pred.grid_image, 1.0)
+    np.testing.assert_array_equal(pred.cell_stage.landscape(p), expected)
+    assert not np.array_equal(expected, pred.cell_stage.landscape(pred.defaults))
+    assert evaluate(labels, pred.segment(intensity_weight=1.0)).ap >= 0.85
+
+
+def test_warm_stages_build_nothing_on_a_slider_move(monkeypatch):
+    pred, _ = scene_prediction(11)
+    moves = [{"seed_split": "shape", "sensitivity": s, "h": h} for s in (0, 40, 60, 100) for h in (0.5, 3.0)]
+    moves += [{"sensitivity": s, "h_probability": h} for s in (20, 90) for h in (0.05, 0.5)]
+    cold = [scene_prediction(11)[0].segment(**m) for m in moves]  # each from scratch
+    shape = pred.params(seed_split="shape")
+    assert not pred.is_warm(shape)
+    pred.warm(shape)
+    assert pred.is_warm(shape) and pred.is_warm()  # the default split is warmed too
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a hierarchy was built on a slider move")
+
+    monkeypatch.setattr(seeds_mod, "SeedSplitter", no_build)
+    monkeypatch.setattr(cells_mod, "BasinGraph", no_build)
+    for m, expected in zip(moves, cold, strict=True):
+        np.testing.assert_array_equal(pred.segment(**m), expected)
+    assert not pred.is_warm({"intensity_weight": 0.5})  # another landscape: would build
+
+
+def test_params_from_saved_mappings_and_grid_units():
+    p = SegmentParams.from_mapping({"sensitivity": 80, "from_a_future_version": 1})
+    assert p.sensitivity == 80 and p == SegmentParams(sensitivity=80)
+    with pytest.raises(TypeError, match="unknown"):
+        p.updated(sensitivty=3)
+    assert p.updated(h=None) == p  # None keeps a value
+    grid = Grid(pixel_size=0.25, cell_diameter=10.0)
+    assert grid.px(2.0) == 8.0
+    assert grid.h_px(SegmentParams(h=1.5)) == 6.0
+    assert grid.seed_diameter_px(SegmentParams()) == (10.0, 26.0)  # 0.25 and 0.65 of 40 px
+    assert grid.seed_diameter_px(SegmentParams(seed_diameter=(1, 2))) == (4.0, 8.0)
+    assert grid.cell_area_px(SegmentParams()) == pytest.approx(np.pi * 20**2)
+    assert grid.min_area_px(SegmentParams()) == round(0.2 * np.pi * 20**2)
+    assert grid.min_area_px(SegmentParams(min_cell_area=3.0)) == 48
+    assert grid.cell_area_px(SegmentParams(cell_diameter=5.0)) == pytest.approx(np.pi * 10**2)
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="pixel_size"):
+            Grid(bad)
+    with pytest.raises(ValueError, match="sensitivity"):
+        SegmentParams(sensitivity=101)
+    with pytest.raises(ValueError, match="seed_diameter"):
+        SegmentParams(seed_diameter=(2.0, 0.0))

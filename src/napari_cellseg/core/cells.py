@@ -21,7 +21,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-from .classic import relabel_sequential_by_size
+from .labels import relabel
+from .params import Grid, SegmentParams
+from .preprocess import percentile_normalize
 
 
 def cell_landscape(
@@ -80,7 +82,7 @@ def seeded_watershed(
     markers[~foreground & (markers == 0)] = bg_id
     labels = watershed(-landscape, markers)
     labels[labels == bg_id] = 0
-    return relabel_sequential_by_size(labels, min_size)
+    return relabel(labels, min_size)
 
 
 def basin_adjacency(
@@ -207,22 +209,106 @@ def filter_cells(
     easily taken for cells.
     """
     labels = np.asarray(labels)
-    n = int(labels.max()) if labels.size else 0
-    if n == 0:
-        return np.zeros(labels.shape, dtype=np.int32)
-    flat = labels.ravel()
-    area = np.bincount(flat, minlength=n + 1)
-    keep = area >= max(int(min_size), 1)
-    if min_intensity > 0 and normalized_image is not None:
+    keep = None
+    if min_intensity > 0 and normalized_image is not None and labels.size and labels.max() > 0:
+        flat = labels.ravel()
+        n = int(flat.max())
+        area = np.bincount(flat, minlength=n + 1)
         total = np.bincount(flat, weights=np.asarray(normalized_image, dtype=np.float64).ravel(),
                             minlength=n + 1)
-        keep &= total >= min_intensity * area
-    keep[0] = False
-    lut = np.zeros(n + 1, dtype=np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
+        keep = total >= min_intensity * area
+    return relabel(labels, min_size, keep)
 
 
-def drop_dim_cells(labels: np.ndarray, normalized_image: np.ndarray, min_intensity: float) -> np.ndarray:
-    """:func:`filter_cells` by intensity alone."""
-    return filter_cells(labels, 0, normalized_image, min_intensity)
+class CellStage:
+    """Step 3 for one prediction: the background rule chosen by the parameters and the
+    seeded watershed, with the caches that make a new seed set cost milliseconds.
+
+    Parameters
+    ----------
+    cell_probability : (M, N) ndarray
+        Seed + cytoplasm probability on the model grid.
+    image : (M, N) ndarray
+        The preprocessed image on the same grid (the paper's intensity transform and the
+        dim-cell filter read it).
+    grid : Grid
+
+    Notes
+    -----
+    Caches, each filled on first use: per intensity weight the landscape's
+    :class:`BasinGraph` and its 3-level Otsu thresholds with the area above each; per
+    (weight, rule, threshold) the foreground mask and its count per basin; the
+    percentile-normalised image.
+    """
+
+    def __init__(self, cell_probability: np.ndarray, image: np.ndarray, grid: Grid):
+        self.cell_probability = np.asarray(cell_probability, dtype=np.float32)
+        self.image = np.asarray(image)
+        if self.cell_probability.shape != self.image.shape:
+            raise ValueError(f"cell probability {self.cell_probability.shape} and image "
+                             f"{self.image.shape} differ in shape")
+        self.grid = grid
+        self._graphs: dict[float, BasinGraph] = {}  # intensity weight -> basins of its landscape
+        self._otsu: dict[float, tuple[np.ndarray, np.ndarray]] = {}  # weight -> (thresholds, area above)
+        self._foregrounds: dict[tuple[float, str, float], tuple[np.ndarray, np.ndarray]] = {}
+        self._normalized: np.ndarray | None = None
+
+    def graph(self, p: SegmentParams) -> BasinGraph:
+        """The basin graph of ``p``'s landscape (built on first use)."""
+        iw = float(p.intensity_weight)
+        if iw not in self._graphs:
+            land = cell_landscape(self.cell_probability, self.image, iw)
+            self._graphs[iw] = BasinGraph(land)
+        return self._graphs[iw]
+
+    def landscape(self, p: SegmentParams) -> np.ndarray:
+        return self.graph(p).landscape
+
+    def is_warm(self, p: SegmentParams) -> bool:
+        """True when :meth:`segment` with ``p`` builds no basin graph."""
+        return float(p.intensity_weight) in self._graphs
+
+    def warm(self, p: SegmentParams) -> None:
+        self.graph(p)
+
+    def threshold(self, p: SegmentParams, n_seeds: int) -> float:
+        """The foreground threshold: ``cell_threshold`` on the cell probability, or the
+        paper's rule (the 3-level Otsu threshold of the landscape whose foreground area is
+        closest to ``n_seeds`` typical cells)."""
+        if p.background == "probability":
+            return float(p.cell_threshold)
+        iw = float(p.intensity_weight)
+        if iw not in self._otsu:
+            land = self.landscape(p)
+            levels = background_thresholds(land)
+            self._otsu[iw] = (levels, np.array([np.count_nonzero(land > t) for t in levels]))
+        levels, areas = self._otsu[iw]
+        return choose_background_threshold(levels, areas, n_seeds, self.grid.cell_area_px(p))
+
+    def foreground(self, p: SegmentParams, n_seeds: int) -> tuple[np.ndarray, np.ndarray]:
+        """The foreground mask and its count per basin, cached per rule and threshold
+        (the 3-level Otsu rule only ever picks one of two thresholds)."""
+        t = self.threshold(p, n_seeds)
+        key = (float(p.intensity_weight), p.background, t)
+        if key not in self._foregrounds:
+            graph = self.graph(p)
+            values = self.cell_probability if p.background == "probability" else graph.landscape
+            mask = values > t
+            self._foregrounds[key] = (mask, graph.foreground_counts(mask))
+        return self._foregrounds[key]
+
+    @property
+    def normalized_image(self) -> np.ndarray:
+        """The image with its 1st and 99.8th percentiles mapped to 0 and 1."""
+        if self._normalized is None:
+            self._normalized = percentile_normalize(self.image)
+        return self._normalized
+
+    def segment(self, seeds: np.ndarray, p: SegmentParams) -> np.ndarray:
+        """Cell labels (M, N) int32, consecutive: one cell per seed that survives the
+        size and intensity filters."""
+        mask, counts = self.foreground(p, int(seeds.max()) if seeds.size else 0)
+        return self.graph(p).segment(
+            seeds, mask, self.grid.min_area_px(p), fg_counts=counts,
+            normalized_image=self.normalized_image if p.min_intensity > 0 else None,
+            min_intensity=p.min_intensity)

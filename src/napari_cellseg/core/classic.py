@@ -12,6 +12,8 @@ from skimage.feature import peak_local_max
 from skimage.morphology import disk
 from skimage.segmentation import watershed
 
+from .labels import relabel
+
 logger = logging.getLogger(__name__)
 
 SMOOTH_SIGMA = 2.0
@@ -54,36 +56,6 @@ def smooth(image: np.ndarray, sigma: float = SMOOTH_SIGMA) -> np.ndarray:
         return image.copy()
     # 'nearest' keeps a constant image constant up to the border.
     return ndi.gaussian_filter(image, sigma, mode="nearest")
-
-
-def relabel_sequential_by_size(labels: np.ndarray, min_size: int = 0) -> np.ndarray:
-    """Drop objects smaller than ``min_size`` pixels and renumber the rest 1..K.
-
-    Vectorised: one ``bincount`` and a look-up table, no loop over labels. Ids keep
-    their order.
-
-    Parameters
-    ----------
-    labels : (M, N) ndarray of int
-        0 is background.
-    min_size : int
-        Smallest object kept, in pixels.
-
-    Returns
-    -------
-    relabelled : (M, N) ndarray of int32
-    """
-    labels = np.asarray(labels)
-    if labels.size == 0 or labels.max() <= 0:
-        return np.zeros(labels.shape, dtype=np.int32)
-    if labels.min() < 0:
-        raise ValueError("labels must be >= 0")
-    area = np.bincount(labels.ravel())
-    keep = area >= max(int(min_size), 1)
-    keep[0] = False
-    lut = np.zeros(len(area), dtype=np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
 
 
 def local_background(image: np.ndarray, radius: float) -> np.ndarray:
@@ -229,7 +201,7 @@ def segment_classic(
         labels = split_touching(mask, smoothed, split, min_distance, marker_sigma=sigma * 1.5)
     else:
         labels, _ = ndi.label(mask)
-    return relabel_sequential_by_size(labels, min_size)
+    return relabel(labels, min_size)
 
 
 def cell_sizes(labels: np.ndarray) -> np.ndarray:

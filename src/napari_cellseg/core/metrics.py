@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
+from .labels import compact
+
 IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
 SM_K = 0.6
 
@@ -40,32 +42,6 @@ def _check_pair(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return gt, pred
 
 
-def _compact(labels: np.ndarray, min_size: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Map ids to 0..K (0 = background), dropping objects below ``min_size`` px.
-
-    Returns the compact image, the original id of each compact id 1..K and the areas.
-    """
-    flat = labels.ravel()
-    if flat.size == 0 or flat.max() == 0:
-        return np.zeros(labels.shape, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    top = int(flat.max())
-    if top < 4 * flat.size + 1024:
-        area = np.bincount(flat, minlength=top + 1)
-        ids = np.flatnonzero(area)
-        ids = ids[ids > 0]
-        area = area[ids]
-        lut = np.zeros(top + 1, dtype=np.int64)
-        keep = area >= max(min_size, 1)
-        ids, area = ids[keep], area[keep]
-        lut[ids] = np.arange(1, len(ids) + 1)
-        return lut[labels], ids.astype(np.int64), area.astype(np.int64)
-    # Sparse huge ids: sort-based.
-    ids, inverse, area = np.unique(flat, return_inverse=True, return_counts=True)
-    keep = (area >= max(min_size, 1)) & (ids > 0)
-    new = np.where(keep, np.cumsum(keep), 0)
-    return new[inverse].reshape(labels.shape), ids[keep].astype(np.int64), area[keep]
-
-
 def contingency(gt_c: np.ndarray, pred_c: np.ndarray, n_gt: int, n_pred: int) -> np.ndarray:
     """Pixel counts of every (gt, pred) pair, background included: (n_gt+1, n_pred+1).
 
@@ -78,8 +54,8 @@ def contingency(gt_c: np.ndarray, pred_c: np.ndarray, n_gt: int, n_pred: int) ->
 def iou_matrix(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """IoU of every pair of objects: (n_gt, n_pred), ids in increasing order."""
     gt, pred = _check_pair(gt, pred)
-    g, _, ga = _compact(gt)
-    p, _, pa = _compact(pred)
+    g, _, ga = compact(gt, dtype=np.int64)
+    p, _, pa = compact(pred, dtype=np.int64)
     inter = contingency(g, p, len(ga), len(pa))[1:, 1:]
     return inter / (ga[:, None] + pa[None, :] - inter)
 
@@ -221,8 +197,8 @@ def evaluate(
     if not 0 < iou <= 1:
         raise ValueError(f"iou must be in (0, 1], got {iou}")
     gt, pred = _check_pair(gt, pred)
-    g, g_ids, g_area = _compact(gt, min_size)
-    p, p_ids, p_area = _compact(pred, min_size)
+    g, g_ids, g_area = compact(gt, min_size, dtype=np.int64)
+    p, p_ids, p_area = compact(pred, min_size, dtype=np.int64)
     n_g, n_p = len(g_ids), len(p_ids)
     table = contingency(g, p, n_g, n_p)
     inter = table[1:, 1:]

@@ -25,14 +25,22 @@ machinery, built once for every sensitivity.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from scipy import ndimage as ndi
 
+from .params import (  # noqa: F401  (re-exported: the seed controls' defaults)
+    DEFAULT_CELL_DIAMETER_UM,
+    DEFAULT_H_PROBABILITY,
+    DEFAULT_H_UM,
+    DEFAULT_SENSITIVITY,
+    SPLIT_METHODS,
+    Grid,
+    SegmentParams,
+)
+
 N_THRESHOLDS = 5
-DEFAULT_SENSITIVITY = 60.0
-DEFAULT_H_UM = 3.0
-DEFAULT_H_PROBABILITY = 0.15
-SPLIT_METHODS = ("probability", "shape")
 # Pixels whose smoothed seed probability is at or below this never hold a seed, whatever
 # the sensitivity (it also bounds the size of the probability hierarchy).
 MIN_SEED_FLOOR = 0.1
@@ -248,47 +256,117 @@ def seed_mask(response: np.ndarray, thresholds: np.ndarray, sensitivity: float) 
     return np.asarray(response) > thresholds[sensitivity_level(sensitivity, len(thresholds))]
 
 
+class SeedStage:
+    """Step 2 for one seed-probability map: the split method chosen by the parameters,
+    and every cache that makes a new h or sensitivity cost milliseconds.
+
+    Parameters
+    ----------
+    seed_probability : (M, N) ndarray
+        The UNet's seed probability on the model grid.
+    grid : Grid
+        That grid's pixel size and the model's typical cell diameter (µm).
+
+    Notes
+    -----
+    Caches, each filled on first use: the smoothed seed probability; per LoG scale set
+    (seed diameters in px) the LoG response and its Otsu levels; per split the watershed
+    hierarchies (one for the probability split, serving every sensitivity; one per Otsu
+    level for the shape split). :meth:`warm` fills them ahead (in a worker), and
+    :meth:`is_warm` says whether :meth:`seeds` would build anything.
+    """
+
+    def __init__(self, seed_probability: np.ndarray, grid: Grid):
+        self.seed_probability = np.asarray(seed_probability, dtype=np.float32)
+        if self.seed_probability.ndim != 2:
+            raise ValueError(f"seed_probability must be 2-D, got shape {self.seed_probability.shape}")
+        self.grid = grid
+        self._smoothed: np.ndarray | None = None
+        self._log: dict[tuple[float, float], tuple[np.ndarray, np.ndarray]] = {}  # Ø px -> (response, levels)
+        self._hierarchies: dict[tuple, SeedSplitter] = {}  # _hierarchy_key -> hierarchy
+
+    @property
+    def smoothed(self) -> np.ndarray:
+        """The seed probability smoothed by :data:`SEED_SMOOTHING_UM`."""
+        if self._smoothed is None:
+            self._smoothed = smooth_seed_probability(self.seed_probability, self.grid.pixel_size)
+        return self._smoothed
+
+    def _log_entry(self, p: SegmentParams) -> tuple[np.ndarray, np.ndarray]:
+        key = self.grid.seed_diameter_px(p)
+        if key not in self._log:
+            response = log_enhance(self.seed_probability, seed_scales(key))
+            self._log[key] = (response, otsu_levels(response))
+        return self._log[key]
+
+    def enhancement(self, p: SegmentParams) -> tuple[str, np.ndarray]:
+        """(kind, map) the seeds are picked from: the smoothed seed probability, or the
+        LoG response for the paper's shape split."""
+        if p.seed_split == "probability":
+            return "smoothed seed probability", self.smoothed
+        return "LoG response", self._log_entry(p)[0]
+
+    def mask(self, p: SegmentParams) -> np.ndarray:
+        """Pixels that may hold a seed at this sensitivity."""
+        if p.seed_split == "probability":
+            return self.smoothed > sensitivity_floor(p.sensitivity)
+        response, levels = self._log_entry(p)
+        return seed_mask(response, levels, p.sensitivity)
+
+    def _hierarchy_key(self, p: SegmentParams) -> tuple:
+        if p.seed_split == "probability":
+            return ("probability",)
+        return ("shape", self.grid.seed_diameter_px(p), sensitivity_level(p.sensitivity))
+
+    def _hierarchy(self, p: SegmentParams) -> SeedSplitter:
+        key = self._hierarchy_key(p)
+        if key not in self._hierarchies:
+            if p.seed_split == "probability":
+                self._hierarchies[key] = probability_splitter(self.smoothed)
+            else:
+                self._hierarchies[key] = SeedSplitter(self.mask(p))
+        return self._hierarchies[key]
+
+    def is_warm(self, p: SegmentParams) -> bool:
+        """True when :meth:`seeds` with ``p`` builds no hierarchy (milliseconds)."""
+        return self._hierarchy_key(p) in self._hierarchies
+
+    def warm(self, p: SegmentParams) -> None:
+        """Build what ``p`` needs at every sensitivity, and the default split's hierarchy."""
+        self._hierarchy(replace(p, seed_split="probability"))
+        if p.seed_split == "shape":
+            for s in np.linspace(100, 0, N_THRESHOLDS):
+                self._hierarchy(replace(p, sensitivity=float(s)))
+
+    def seeds(self, p: SegmentParams) -> np.ndarray:
+        """Seed labels (M, N) int32, consecutive."""
+        if p.seed_split == "probability":
+            return self._hierarchy(p).cut(p.h_probability, sensitivity_floor(p.sensitivity), core=True)
+        return self._hierarchy(p).cut(self.grid.h_px(p))
+
+
 def detect_seeds(
     seed_probability: np.ndarray,
     pixel_size: float,
-    seed_diameter_um: tuple[float, float] = (2.0, 5.0),
-    sensitivity: float = DEFAULT_SENSITIVITY,
-    h_um: float = DEFAULT_H_UM,
-    min_seed_px: int = 2,
-    split: str = "shape",
-    h_probability: float = DEFAULT_H_PROBABILITY,
+    params: SegmentParams | None = None,
+    cell_diameter_um: float = DEFAULT_CELL_DIAMETER_UM,
+    **overrides,
 ) -> np.ndarray:
-    """All of step 2 at once (no caching): seed labels (M, N) int32.
+    """All of step 2 at once: seed labels (M, N) int32, as :class:`SeedStage` gives them.
 
     Parameters
     ----------
     seed_probability : (M, N) ndarray
     pixel_size : float
         µm per pixel.
-    seed_diameter_um : (float, float)
-        Smallest and largest seed diameter in µm (the LoG scales).
-    sensitivity : float
-        0-100; see :func:`sensitivity_level`.
-    h_um : float
-        h of the extended h-maxima in µm (shape split).
-    min_seed_px : int
-        Seeds smaller than this many pixels are dropped.
-    split : str
-        ``"shape"`` (the paper's: LoG, multi-level Otsu, distance watershed) or
-        ``"probability"`` (maxima of the seed probability deeper than ``h_probability``,
-        above the floor set by ``sensitivity``).
+    params : SegmentParams, optional
+        Default: ``SegmentParams()`` (the probability split).
+    cell_diameter_um : float
+        Typical cell diameter (µm); the shape split's LoG scales derive from it unless
+        ``seed_diameter`` is given.
+    **overrides
+        Parameters of :class:`SegmentParams` (``seed_split``, ``sensitivity``, ``h`` in
+        µm, ``h_probability``, ``seed_diameter`` in µm ...).
     """
-    if pixel_size <= 0:
-        raise ValueError(f"pixel_size must be > 0 µm, got {pixel_size}")
-    from .classic import relabel_sequential_by_size
-
-    if split == "probability":
-        smoothed = smooth_seed_probability(seed_probability, pixel_size)
-        labels = probability_splitter(smoothed).cut(h_probability, sensitivity_floor(sensitivity), core=True)
-        return relabel_sequential_by_size(labels, min_seed_px)
-    if split != "shape":
-        raise ValueError(f"split must be one of {SPLIT_METHODS}, got {split!r}")
-    response = log_enhance(seed_probability, seed_scales(tuple(d / pixel_size for d in seed_diameter_um)))
-    mask = seed_mask(response, otsu_levels(response), sensitivity)
-    labels = SeedSplitter(mask).cut(h_um / pixel_size)
-    return relabel_sequential_by_size(labels, min_seed_px)
+    p = (params or SegmentParams()).updated(**overrides)
+    return SeedStage(seed_probability, Grid(pixel_size, cell_diameter_um)).seeds(p)
