@@ -25,7 +25,7 @@ def frame() -> tuple[np.ndarray, np.ndarray | None, str]:
     from _data import DENSE
 
     if DENSE.is_dir():
-        from napari_cellseg.model.train import load_pairs
+        from napari_cellseg.io import load_pairs
 
         stem, image, labels = load_pairs(DENSE, DENSE)[0]
         return image, labels, f"dense T-cell frame {stem}"
