@@ -74,60 +74,31 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .core.metrics import evaluate, mean_scores
-    from .io import check_can_write, pair_stem, read_labels
+    from .io import check_can_write
+    from .workflows.evaluation import SHOWN_COLUMNS, evaluate_folders
 
     for f in (args.json, args.csv):
         if f is not None:
             check_can_write(f, args.overwrite)
-    gt = {pair_stem(p): p for p in _label_files(args.gt)}
-    pred = {pair_stem(p): p for p in _label_files(args.pred)}
-    alone_gt = sorted(set(gt) - set(pred))
-    alone_pred = sorted(set(pred) - set(gt))
-    for stem in alone_gt:
-        print(f"warning: {gt[stem].name} has no prediction in {args.pred}", file=sys.stderr)
-    for stem in alone_pred:
-        print(f"warning: {pred[stem].name} has no ground truth in {args.gt}", file=sys.stderr)
-    common = sorted(set(gt) & set(pred))
-    if not common:
-        raise ValueError(f"no ground-truth / prediction pairs between {args.gt} and {args.pred}")
-    rows, results = [], []
-    for stem in common:
-        g, p = read_labels(gt[stem]), read_labels(pred[stem])
-        if g.shape != p.shape:
-            raise ValueError(f"shapes differ: {gt[stem]} is {g.shape}, {pred[stem]} is {p.shape}")
-        r = evaluate(g, p, iou=args.iou, min_size=args.min_size)
-        results.append(r)
-        rows.append({"image": stem, **{k: v for k, v in r.summary().items() if k != "ap_by_threshold"}})
-    df = pd.DataFrame(rows)
-    cols = ["image", "n_true", "n_pred", "tp", "fp", "fn", "ap", "ap_50_95", "precision",
-            "recall", "ari", "dice", "sm"]
+    report = evaluate_folders(args.gt, args.pred, iou=args.iou, min_size=args.min_size)
+    for path in report.unpaired_gt:
+        print(f"warning: {path.name} has no prediction in {args.pred}", file=sys.stderr)
+    for path in report.unpaired_pred:
+        print(f"warning: {path.name} has no ground truth in {args.gt}", file=sys.stderr)
+    df = report.table()
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    means = mean_scores(results)
-    print(f"mean over {len(results)} images (IoU {args.iou}): mAP {means['mAP']:.3f}  "
+        print(df[list(SHOWN_COLUMNS)].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    means = report.means()
+    print(f"mean over {len(df)} images (IoU {args.iou}): mAP {means['mAP']:.3f}  "
           f"AP50:95 {means['ap_50_95']:.3f}  ARI {means['ari']:.3f}  SM {means['sm']:.3f}")
-    if alone_gt or alone_pred:
-        print(f"unpaired files: {len(alone_gt)} ground truth, {len(alone_pred)} predictions "
-              "(listed above, not scored)")
+    if report.unpaired_gt or report.unpaired_pred:
+        print(f"unpaired files: {len(report.unpaired_gt)} ground truth, {len(report.unpaired_pred)} "
+              "predictions (listed above, not scored)")
     if args.csv:
         df.to_csv(args.csv, index=False)
     if args.json:
-        payload = {"iou": args.iou, "min_size": args.min_size, **means,
-                   "images": {row["image"]: r.summary() for row, r in zip(rows, results, strict=True)},
-                   "unpaired_gt": alone_gt, "unpaired_pred": alone_pred}
-        args.json.write_text(json.dumps(payload, indent=2))
+        args.json.write_text(json.dumps(report.to_dict(), indent=2))
     return 0
-
-
-def _label_files(folder: Path) -> list[Path]:
-    """Label images in a folder. Where some names end in _masks / _mask / _labels (a folder
-    that also holds the raw images), only those count."""
-    from .io import list_images
-
-    files = list_images(folder)
-    tagged = [p for p in files if p.stem.endswith(("_masks", "_mask", "_labels"))]
-    return tagged or files
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

@@ -10,7 +10,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-LABEL_SUFFIXES = ("_masks", "_mask", "_labels", "_img")
+LABEL_TAGS = ("_masks", "_mask", "_labels")  # a file name ending so (before the extension) holds labels
+LABEL_SUFFIXES = (*LABEL_TAGS, "_img")  # removed to pair an image with its labels
 
 
 def _read_raw(path: Path) -> np.ndarray:
@@ -190,9 +191,9 @@ def load_pairs(
     if Path(images).resolve() == Path(masks).resolve():
         # One folder holding both: images are the files that are not masks.
         img_files = {pair_stem(p): p for p in list_images(images)
-                     if not p.stem.endswith(("_masks", "_mask", "_labels"))}
+                     if not p.stem.endswith(LABEL_TAGS)}
         mask_files = {pair_stem(p): p for p in list_images(masks)
-                      if p.stem.endswith(("_masks", "_mask", "_labels"))}
+                      if p.stem.endswith(LABEL_TAGS)}
     missing = sorted(set(img_files) ^ set(mask_files))
     if missing:
         raise ValueError(f"images and masks do not pair up; without a partner: {missing}")
