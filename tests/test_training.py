@@ -1,0 +1,180 @@
+"""The training workflow: progress per step, cancel, units recorded in the saved model,
+the fused inference copy's cache, and resolving a model argument."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_cellseg.core import synthetic as syn  # noqa: E402
+from napari_cellseg.model import inference  # noqa: E402
+from napari_cellseg.model.data import make_example, median_cell_diameter  # noqa: E402
+from napari_cellseg.model.store import ModelInfo, load_model, resolve_model, save_model  # noqa: E402
+from napari_cellseg.model.train import TrainConfig, train  # noqa: E402
+from napari_cellseg.model.unet import UNet, UNetConfig  # noqa: E402
+from napari_cellseg.progress import Progress, drain  # noqa: E402
+from napari_cellseg.workflows.training import iter_train, model_paths  # noqa: E402
+
+TINY = (4, 8, 16)
+
+
+def _tiny_config(**kw) -> TrainConfig:
+    return TrainConfig(**{"epochs": 2, "steps_per_epoch": 3, "batch": 2, "patch": 48, "margin": 4,
+                          "lr": 1e-2, "device": "cpu", "precision": "fp32", **kw})
+
+
+def _pairs(n=2, shape=(96, 96), radius=7.0):
+    out = []
+    for i in range(n):
+        s = syn.make_whole_cell_image(seed=i, shape=shape, cell_radius=radius, stain="membrane")
+        out.append((f"img{i}", s.image, s.labels))
+    return out
+
+
+def test_median_cell_diameter_leaves_out_cells_cut_by_the_edge():
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:4, 2:4] = 1  # area 4
+    labels[2:8, 10:16] = 2  # area 36
+    labels[10:18, 2:10] = 3  # area 64
+    labels[0:10, 25:30] = 4  # area 50, cut by two edges: left out
+    assert median_cell_diameter([labels]) == pytest.approx(np.sqrt(4 * 36 / np.pi))
+    # Over several images the cells are pooled; with only edge cells, they count.
+    edge_only = np.zeros((5, 5), np.int32)
+    edge_only[:, :2] = 1  # area 10
+    assert median_cell_diameter([edge_only]) == pytest.approx(np.sqrt(40 / np.pi))
+    # labels[:, :9] keeps cell 1 whole and cuts cell 3: pooled areas 4, 36, 64 and 4.
+    pooled = np.median(np.sqrt(4 * np.array([4, 36, 64, 4]) / np.pi))
+    assert median_cell_diameter([labels, labels[:, :9]]) == pytest.approx(pooled)
+    with pytest.raises(ValueError, match="no labelled cell"):
+        median_cell_diameter([np.zeros((4, 4), np.int32)])
+
+
+def test_train_yields_every_step_then_the_epoch():
+    scene = syn.make_whole_cell_image(seed=5, shape=(96, 96), cell_radius=8)
+    ex = make_example(scene.image, scene.labels, scene.nucleus_labels)
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(channels=TINY, dropout=0.0))
+    steps = list(train(model, [ex], [], _tiny_config()))
+    assert [(p.done, p.total, p.unit) for p in steps] == [
+        (1, 3, "steps"), (2, 3, "steps"), (3, 3, "steps"), (1, 2, "epochs"),
+        (1, 3, "steps"), (2, 3, "steps"), (3, 3, "steps"), (2, 2, "epochs")]
+    assert steps[1].message == "epoch 1/2, step 2/3" and steps[1].info is None
+    assert steps[3].info["epoch"] == 1 and steps[3].message.startswith("epoch   1/2  loss ")
+    assert not model.training
+
+
+def test_closing_training_cancels_within_an_epoch(tmp_path):
+    out = tmp_path / "cancelled.safetensors"
+    gen = iter_train(_pairs(), out, config=_tiny_config(epochs=5, steps_per_epoch=10), channels=TINY)
+    seen = []
+    for p in gen:
+        seen.append(p)
+        if p.unit == "steps" and p.done == 3:
+            break
+    gen.close()
+    assert [p.unit for p in seen] == ["epochs", "steps", "steps", "steps"]  # the plan, then 3 steps
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    _, best, ckpt = model_paths(out)
+    assert not out.exists() and not best.exists() and not ckpt.exists()  # no epoch ended: nothing written
+
+
+def test_closing_the_loop_leaves_the_model_for_inference():
+    scene = syn.make_whole_cell_image(seed=5, shape=(96, 96), cell_radius=8)
+    model = UNet(UNetConfig(channels=TINY, dropout=0.0))
+    gen = train(model, [make_example(scene.image, scene.labels)], [], _tiny_config())
+    next(gen)
+    assert model.training
+    gen.close()
+    assert not model.training and torch.is_grad_enabled()
+
+
+def test_workflow_small_images_patch_and_units(tmp_path):
+    """Images under 64 px give no validation strip, the patch shrinks to them, and the
+    saved model records the pixel size and the labels' median diameter in µm."""
+    pairs = _pairs(2, shape=(48, 56))
+    result = drain(iter_train(pairs, tmp_path / "small", config=_tiny_config(patch=176, margin=8),
+                              channels=TINY, pixel_size=0.25))
+    assert result.path == tmp_path / "small.safetensors" and result.best is None
+    info = load_model(result.path)[1]
+    assert info.extra["train_config"]["patch"] == 48 and info.extra["train_config"]["margin"] == 6
+    assert info.extra["epochs_run"] == 2 and "val_mAP" not in info.extra["history_tail"][-1]
+    d_px = median_cell_diameter([lab for _, _, lab in pairs])
+    assert info.pixel_size == 0.25
+    assert info.cell_diameter_um == pytest.approx(d_px * 0.25)
+    assert info.extra["val_fraction"] == 0.2
+    # From scratch without a pixel size: 0.5 µm.
+    scratch = drain(iter_train(pairs, tmp_path / "scratch", config=_tiny_config(epochs=1), channels=TINY))
+    assert scratch.info.pixel_size == 0.5 and scratch.info.cell_diameter_um == pytest.approx(d_px * 0.5)
+    with pytest.raises(FileExistsError, match="exists"):
+        next(iter_train(pairs, tmp_path / "small", config=_tiny_config()))
+    with pytest.raises(ValueError, match="no labelled cell"):
+        next(iter_train([("empty", pairs[0][1], np.zeros_like(pairs[0][2]))], tmp_path / "e"))
+
+
+def test_fine_tuning_keeps_the_initial_pixel_size_and_drops_its_size_defaults(tmp_path, tiny_model):
+    net, info = tiny_model
+    info.pixel_size = 0.3
+    info.extra["segment_defaults"] = {"min_intensity": 0.1, "cell_diameter": 6.0, "min_cell_area": 5.0}
+    init = save_model(tmp_path / "init", net, info)
+    pairs = _pairs(1)
+    result = drain(iter_train(pairs, tmp_path / "tuned", init=init, config=_tiny_config(epochs=1)))
+    assert result.info.pixel_size == 0.3
+    assert result.info.cell_diameter_um == pytest.approx(median_cell_diameter([pairs[0][2]]) * 0.3)
+    assert result.info.extra["segment_defaults"] == {"min_intensity": 0.1}
+
+
+def test_validation_fuses_the_network_once_per_epoch(tmp_path, monkeypatch):
+    fused = []
+    real = inference._fuse
+    monkeypatch.setattr(inference, "_fuse", lambda m, d: fused.append(m) or real(m, d))
+    result = drain(iter_train(_pairs(3), tmp_path / "m", config=_tiny_config(), channels=TINY))
+    assert result.best == tmp_path / "m.best.safetensors" and result.best.exists()
+    assert "val_mAP" in result.history[-1]
+    assert len(fused) == 2  # 2 epochs x 3 validation strips: one fused copy per epoch
+
+
+def test_fused_copy_is_cached_and_rebuilt_when_the_weights_change(tiny_model):
+    model, _ = tiny_model
+    x = torch.rand(1, 1, 32, 32)
+    first = inference.inference_copy(model, "cpu")
+    assert inference.inference_copy(model, torch.device("cpu")) is first
+    with torch.inference_mode():
+        torch.testing.assert_close(first(x), model(x), atol=1e-5, rtol=1e-4)
+    # An optimiser step changes the weights in place: a new copy, with the new weights.
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(x).sum().backward()
+    opt.step()
+    model.eval()
+    second = inference.inference_copy(model, "cpu")
+    assert second is not first
+    with torch.inference_mode():
+        torch.testing.assert_close(second(x), model(x), atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(first(x), model(x), atol=1e-3)
+    # A state loaded in place is a change too; another model has its own copy.
+    other = UNet(model.config).eval()
+    assert inference.inference_copy(other, "cpu") is not second
+    model.load_state_dict(other.state_dict())
+    assert inference.inference_copy(model, "cpu") is not second
+    assert inference.inference_copy(model, "cpu") is inference.inference_copy(model, "cpu")
+
+
+def test_resolve_model(tmp_path, tiny_model):
+    pair = tiny_model
+    assert resolve_model(pair) is pair
+    with pytest.raises(TypeError, match="ModelInfo"):
+        resolve_model(pair[0])
+    with pytest.raises(TypeError, match="pair"):
+        resolve_model((pair[0], {}))
+    with pytest.raises(TypeError, match="int"):
+        resolve_model(3)
+    with pytest.raises(FileNotFoundError, match="no model"):
+        resolve_model("no-such-model")
+    path = save_model(tmp_path / "m", *pair)
+    net, info = resolve_model(path)
+    again, info2 = resolve_model(str(path))
+    assert again is net and info2 is not info  # loaded once; each caller its own info
+    assert isinstance(info, ModelInfo) and not net.training
+    save_model(path, UNet(pair[0].config), ModelInfo(config=pair[0].config), overwrite=True)
+    assert resolve_model(path)[0] is not net  # the file changed: loaded again
+    assert resolve_model(None)[1].pixel_size == 0.5  # the shipped model
