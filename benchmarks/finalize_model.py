@@ -20,8 +20,8 @@ def main() -> None:
                     help="a segmentation default (a SegmentParams field), e.g. sensitivity=60")
     args = ap.parse_args()
 
-    from napari_cellseg.model.store import load_model, save_model
     from napari_cellseg.core.params import SegmentParams
+    from napari_cellseg.model.store import load_model, save_model
 
     net, info = load_model(args.model)
     defaults = {}

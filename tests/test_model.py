@@ -7,9 +7,9 @@ torch = pytest.importorskip("torch")
 
 from napari_cellseg.core import synthetic as syn  # noqa: E402
 from napari_cellseg.model import targets  # noqa: E402
+from napari_cellseg.model.data import PatchSampler, make_example, split_pair  # noqa: E402
 from napari_cellseg.model.inference import choose_device, predict_probabilities  # noqa: E402
 from napari_cellseg.model.store import ModelInfo, load_model, save_model  # noqa: E402
-from napari_cellseg.model.data import PatchSampler, make_example, split_pair  # noqa: E402
 from napari_cellseg.model.train import TrainConfig, loss_fn, train  # noqa: E402
 from napari_cellseg.model.unet import PAPER_CHANNELS, UNet, UNetConfig  # noqa: E402
 from napari_cellseg.progress import Progress, drain  # noqa: E402
