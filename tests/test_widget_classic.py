@@ -9,22 +9,49 @@ pytestmark = pytest.mark.gui
 
 
 def test_classic_widget_live_sliders(make_napari_viewer, qtbot):
-    from napari_cellseg._widgets.classic import LAYER_NAME, ClassicWidget
+    from napari_cellseg._widgets._inputs import CLASSIC_LAYER
+    from napari_cellseg._widgets.classic import ClassicWidget
 
     viewer = make_napari_viewer()
     viewer.add_image(syn.make_image()[0], name="lesson")
     widget = ClassicWidget(viewer)
     viewer.window.add_dock_widget(widget)
     layer = widget.run()
-    assert layer.name == LAYER_NAME and layer.data.max() == 8
+    assert layer.name == CLASSIC_LAYER and layer.data.max() == 8
     assert layer.metadata["parameters"]["threshold"] == pytest.approx(0.5)
-    # Moving a slider re-segments live, in the same layer.
+    # Moving a slider re-segments live (once it pauses), in the same layer.
     widget._threshold.value = float(syn.make_image()[0].max()) + 0.01
-    assert viewer.layers[LAYER_NAME].data.max() == 0
+    qtbot.waitUntil(lambda: viewer.layers[CLASSIC_LAYER].data.max() == 0, timeout=5000)
     widget._threshold.value = 0.5
-    assert viewer.layers[LAYER_NAME].data.max() == 8
-    assert [lyr.name for lyr in viewer.layers].count(LAYER_NAME) == 1
+    qtbot.waitUntil(lambda: viewer.layers[CLASSIC_LAYER].data.max() == 8, timeout=5000)
+    assert [lyr.name for lyr in viewer.layers].count(CLASSIC_LAYER) == 1
     assert "8 cells" in widget._status.value
+
+
+def test_classic_widget_debounces_slider_ticks(make_napari_viewer, qtbot, monkeypatch):
+    from napari_cellseg._widgets._inputs import CLASSIC_LAYER
+    from napari_cellseg._widgets.classic import ClassicWidget
+    from napari_cellseg.core import classic
+
+    viewer = make_napari_viewer()
+    viewer.add_image(syn.make_image()[0], name="lesson")
+    widget = ClassicWidget(viewer)
+    calls = []
+    original = classic.segment_classic
+
+    def counted(image, **params):
+        calls.append(params)
+        return original(image, **params)
+
+    monkeypatch.setattr(classic, "segment_classic", counted)
+    for value in (0.2, 0.3, 0.4, 0.5, 0.6):  # a drag: five ticks in a row
+        widget._threshold.value = value
+    widget._sigma.value = 1.5
+    qtbot.waitUntil(lambda: len(calls) >= 1, timeout=5000)
+    qtbot.wait(300)  # longer than the debounce: no late second run
+    assert len(calls) == 1
+    assert calls[0]["threshold"] == pytest.approx(0.6) and calls[0]["sigma"] == pytest.approx(1.5)
+    assert viewer.layers[CLASSIC_LAYER].metadata["parameters"] == calls[0]
 
 
 def test_classic_widget_on_rgb_and_stack(make_napari_viewer):

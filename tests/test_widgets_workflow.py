@@ -1,7 +1,9 @@
-"""The napari workflow in a real viewer under Xvfb: one click, live sliders, a
-responsive viewer while the model runs, Cancel, export, compare, batch, fine-tuning."""
+"""The napari workflow in a real viewer under Xvfb: every manifest widget docks, one
+click, live sliders that build nothing on the GUI thread, a responsive viewer while the
+model runs, Cancel, export, compare, batch, fine-tuning."""
 
 import json
+import threading
 
 import numpy as np
 import pandas as pd
@@ -33,40 +35,166 @@ def wait_done(qtbot, runner):
     qtbot.waitUntil(lambda: runner.worker is None, timeout=WAIT_MS)
 
 
-def test_one_click_then_h_slider(make_napari_viewer, qtbot, tissue):
-    from napari_cellseg._widgets.segment_cells import CELLS_LAYER, SegmentCellsWidget
+def test_every_manifest_widget_docks_through_the_plugin_manager(make_napari_viewer):
+    from npe2 import PluginManager
 
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer()  # discovers the installed plugins
+    manifest = PluginManager.instance().get_manifest("napari-cellseg")
+    names = [w.display_name for w in manifest.contributions.widgets]
+    assert len(names) == 9
+    for name in names:
+        dock, widget = viewer.window.add_plugin_dock_widget("napari-cellseg", name)
+        assert dock.widget() is not None and widget is not None, name
+    assert len(viewer.window.dock_widgets) == 9
+
+
+@pytest.fixture
+def build_log(monkeypatch):
+    """Every seed hierarchy / basin graph built from now on, with the thread that built it."""
+    from napari_cellseg.core import cells, seeds
+
+    log = []
+    for module, name in ((seeds, "SeedSplitter"), (cells, "BasinGraph")):
+        original = getattr(module, name)
+
+        def recorded(*args, _original=original, _name=name, **kwargs):
+            log.append((_name, threading.current_thread()))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, recorded)
+    return log
+
+
+def refuse_builds(monkeypatch):
+    """From now on, building a seed hierarchy or a basin graph is an error."""
+    from napari_cellseg.core import cells, seeds
+
+    def refuse(*_, **__):
+        raise AssertionError("a hierarchy was built where none should be")
+
+    monkeypatch.setattr(seeds, "SeedSplitter", refuse)
+    monkeypatch.setattr(cells, "BasinGraph", refuse)
+
+
+def segmented(qtbot, tissue, viewer):
+    """A SegmentCellsWidget that has segmented the tissue crop."""
+    from napari_cellseg._widgets.segment_cells import SegmentCellsWidget
+
     viewer.add_image(tissue[0], name="tissue", metadata={"pixel_size_um": 0.5})
     widget = SegmentCellsWidget(viewer)
     viewer.window.add_dock_widget(widget)
     assert widget._pixel_size.value == 0.5
     widget.run()
     wait_done(qtbot, widget._runner)
+    return widget
+
+
+def test_one_click_then_h_slider_builds_nothing(make_napari_viewer, qtbot, tissue, monkeypatch):
+    from napari_cellseg._widgets._inputs import CELLS_LAYER
+    from napari_cellseg.core.metrics import evaluate
+
+    viewer = make_napari_viewer()
+    widget = segmented(qtbot, tissue, viewer)
+    pred = widget.predictions[0]
     cells = viewer.layers[CELLS_LAYER]
-    n_default = int(cells.data.max())
-    assert n_default > 50  # the synthetic tissue has ~300 cells in this crop
-    # The sliders start at the shipped model's tuned defaults.
-    defaults = widget.predictions[0].defaults
+    # The sliders start at the shipped model's tuned defaults, and the layer is the
+    # pipeline's own segmentation with them.
+    defaults = pred.defaults
     assert cells.metadata["parameters"]["sensitivity"] == defaults.sensitivity
     assert widget._seeds.h_probability.value == defaults.h_probability
     assert widget._seeds.split.value == defaults.seed_split
     assert widget._seeds.h.native.isHidden() == (defaults.seed_split != "shape")
+    np.testing.assert_array_equal(cells.data, pred.segment(**cells.metadata["parameters"]))
+    n_true = len(np.unique(tissue[1])) - 1
+    assert evaluate(tissue[1], cells.data).ap >= 0.8  # most of the true cells, one for one
+    n_default = int(cells.data.max())
+    assert abs(n_default - n_true) <= 0.1 * n_true, (n_default, n_true)
     before = cells.data.copy()
+    # The slider path: the prediction worker built the hierarchies; nothing is built now.
+    refuse_builds(monkeypatch)
     widget._seeds.sensitivity.value = 10  # seeds only where the seed probability > 0.9
     widget._seeds.h_probability.value = 0.5
     qtbot.waitUntil(lambda: viewer.layers[CELLS_LAYER].metadata["parameters"]["h_probability"] == 0.5,
                     timeout=5000)
-    assert viewer.layers[CELLS_LAYER].metadata["parameters"]["sensitivity"] == 10
-    assert 0 < viewer.layers[CELLS_LAYER].data.max() < n_default
+    assert widget._live.worker is None  # no worker was needed
+    params = viewer.layers[CELLS_LAYER].metadata["parameters"]
+    assert params["sensitivity"] == 10
+    expected = pred.segment(**params)
+    np.testing.assert_array_equal(viewer.layers[CELLS_LAYER].data, expected)
+    assert 0 < expected.max() < n_default
     assert not np.array_equal(viewer.layers[CELLS_LAYER].data, before)
     assert [layer.name for layer in viewer.layers].count(CELLS_LAYER) == 1
+    assert widget._runner.status.value == f"{int(expected.max())} cells"
+
+
+def test_shape_split_is_built_in_a_worker(make_napari_viewer, qtbot, tissue, build_log):
+    from napari_cellseg._widgets._inputs import CELLS_LAYER
+
+    viewer = make_napari_viewer()
+    widget = segmented(qtbot, tissue, viewer)
+    pred = widget.predictions[0]
+    assert build_log and all(t is not threading.main_thread() for _, t in build_log)  # the prediction worker
+    built_by_prediction = len(build_log)
+    assert widget._seeds.split.value == "probability"
+    widget._seeds.split.value = "shape"  # the paper's split: hierarchies not built yet
+    qtbot.waitUntil(lambda: viewer.layers[CELLS_LAYER].metadata["parameters"]["seed_split"] == "shape",
+                    timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: widget._live.worker is None, timeout=WAIT_MS)
+    shape_builds = build_log[built_by_prediction:]
+    assert shape_builds and all(t is not threading.main_thread() for _, t in shape_builds)
+    params = viewer.layers[CELLS_LAYER].metadata["parameters"]
+    np.testing.assert_array_equal(viewer.layers[CELLS_LAYER].data, pred.segment(**params))
+    # Now warm: an h move is answered at once, on the GUI thread, building nothing.
+    n_builds = len(build_log)
+    widget._seeds.h.value = 1.0
+    qtbot.waitUntil(lambda: viewer.layers[CELLS_LAYER].metadata["parameters"]["h"] == 1.0, timeout=5000)
+    assert len(build_log) == n_builds
+    np.testing.assert_array_equal(viewer.layers[CELLS_LAYER].data, pred.segment(**{**params, "h": 1.0}))
+
+
+def test_stack_slider_resegments_the_plane_in_view(make_napari_viewer, qtbot, tissue):
+    from napari_cellseg._widgets._inputs import CELLS_LAYER
+    from napari_cellseg._widgets.segment_cells import SegmentCellsWidget
+
+    viewer = make_napari_viewer()
+    image = tissue[0]
+    stack = np.stack([image[:128, :128], image[128:256, 128:256], np.zeros((128, 128), image.dtype)])
+    viewer.add_image(stack, name="stack")
+    widget = SegmentCellsWidget(viewer)
+    widget._pixel_size.value = 0.5
+    widget.run()
+    wait_done(qtbot, widget._runner)
+    preds = widget.predictions
+    cells = viewer.layers[CELLS_LAYER]
+    assert cells.data.shape == (3, 128, 128) and widget.stale_planes == set()
+    for i in range(3):  # every plane segmented in the worker
+        np.testing.assert_array_equal(cells.data[i], preds[i].segment())
+    assert cells.data[2].max() == 0
+    viewer.dims.set_current_step(0, 0)
+    first, second = cells.data[0].copy(), cells.data[1].copy()
+    widget._seeds.sensitivity.value = 20
+    qtbot.waitUntil(lambda: viewer.layers[CELLS_LAYER].metadata["parameters"]["sensitivity"] == 20,
+                    timeout=5000)
+    params = widget.params()
+    np.testing.assert_array_equal(cells.data[0], preds[0].segment(**params))
+    assert not np.array_equal(cells.data[0], first)
+    np.testing.assert_array_equal(cells.data[1], second)  # not re-segmented yet
+    assert widget.stale_planes == {1, 2}
+    assert cells.metadata["stale_planes"] == [1, 2]
+    assert widget._runner.status.value == f"{int(cells.data[0].max())} cells in plane 1 of 3 planes"
+    viewer.dims.set_current_step(0, 1)  # the user moves to plane 2: it follows the sliders
+    qtbot.waitUntil(lambda: 1 not in widget.stale_planes, timeout=5000)
+    np.testing.assert_array_equal(cells.data[1], preds[1].segment(**params))
+    assert not np.array_equal(cells.data[1], second)
+    assert widget.stale_planes == {2}
+    assert viewer.layers[CELLS_LAYER].metadata["parameters"] == params
 
 
 def test_viewer_stays_responsive_and_cancel_stops(make_napari_viewer, qtbot):
     from qtpy.QtCore import QTimer
 
-    from napari_cellseg._widgets.segment_cells import CELLS_LAYER, SegmentCellsWidget
+    from napari_cellseg._widgets._inputs import CELLS_LAYER
+    from napari_cellseg._widgets.segment_cells import SegmentCellsWidget
 
     viewer = make_napari_viewer()
     big = np.random.default_rng(0).random((2048, 2048)).astype(np.float32)
@@ -105,23 +233,8 @@ def test_worker_error_is_a_notification(make_napari_viewer, qtbot):
     assert "failed" in widget._runner.status.value
 
 
-def test_stack_is_segmented_plane_by_plane(make_napari_viewer, qtbot, tissue):
-    from napari_cellseg._widgets.segment_cells import CELLS_LAYER, SegmentCellsWidget
-
-    viewer = make_napari_viewer()
-    image = tissue[0][:128, :128]
-    viewer.add_image(np.stack([image, np.zeros_like(image)]), name="stack")
-    widget = SegmentCellsWidget(viewer)
-    widget._pixel_size.value = 0.5
-    widget.run()
-    wait_done(qtbot, widget._runner)
-    cells = viewer.layers[CELLS_LAYER].data
-    assert cells.shape == (2, 128, 128)
-    assert cells[0].max() > 10 and cells[1].max() == 0
-    assert "2 planes" in widget._runner.status.value
-
-
-def test_stage_widgets_predict_seeds_cells(make_napari_viewer, qtbot, tissue):
+def test_stage_widgets_predict_seeds_cells(make_napari_viewer, qtbot, tissue, build_log):
+    from napari_cellseg._widgets._inputs import CELLS_LAYER, PREDICTION_KEY, SEEDS_LAYER
     from napari_cellseg._widgets.predict import PredictWidget
     from napari_cellseg._widgets.seeds_cells import CellsWidget, SeedsWidget
 
@@ -132,22 +245,41 @@ def test_stage_widgets_predict_seeds_cells(make_napari_viewer, qtbot, tissue):
     wait_done(qtbot, predict._runner)
     for name in ("seed probability", "cytoplasm probability", "background probability"):
         assert viewer.layers[name].data.shape == tissue[0].shape
+    pred = viewer.layers["seed probability"].metadata[PREDICTION_KEY]
+    assert pred.is_warm() and build_log and all(t is not threading.main_thread() for _, t in build_log)
     seeds = SeedsWidget(viewer)
     viewer.window.add_dock_widget(seeds)
     assert seeds._source.value.name == "seed probability"
-    n_seeds = int(seeds.run().data.max())
+    n_builds = len(build_log)
+    seed_layer = seeds.run()  # warm: drawn at once
+    seed_params = seed_layer.metadata["parameters"]
+    np.testing.assert_array_equal(seed_layer.data, pred.seeds_input(**seed_params))
     cells_widget = CellsWidget(viewer)
     cells = cells_widget.run()
-    assert cells.metadata["parameters"]["cell_threshold"] == pytest.approx(seeds._source.value.metadata[
-        "prediction"].defaults.cell_threshold)
-    assert cells.data.max() == n_seeds or cells.data.max() <= n_seeds  # one cell per seed at most
-    assert cells.metadata["parameters"]["sensitivity"] == seeds._seeds.sensitivity.value
-    seeds._seeds.split.value = "shape"  # the paper's split, h in µm
+    assert len(build_log) == n_builds  # neither stage built anything
+    params = cells.metadata["parameters"]
+    assert params["cell_threshold"] == pytest.approx(pred.defaults.cell_threshold)
+    assert params["sensitivity"] == seeds._seeds.sensitivity.value == seed_params["sensitivity"]
+    np.testing.assert_array_equal(cells.data, pred.segment(**params))
+    assert 0 < cells.data.max() <= seed_layer.data.max()  # one cell per seed at most
+    assert cells_widget._status.value == f"{int(cells.data.max())} cells"
+    seeds._seeds.split.value = "shape"  # the paper's split, h in µm: built in a worker
     assert not seeds._seeds.h.native.isHidden() and seeds._seeds.h_probability.native.isHidden()
     seeds._seeds.h.value = 0.0  # live: the seeds layer follows
-    qtbot.waitUntil(lambda: viewer.layers["seeds"].metadata["parameters"]["h"] == 0.0
-                    and viewer.layers["seeds"].metadata["parameters"]["seed_split"] == "shape", timeout=5000)
+    qtbot.waitUntil(lambda: viewer.layers[SEEDS_LAYER].metadata["parameters"]["h"] == 0.0
+                    and viewer.layers[SEEDS_LAYER].metadata["parameters"]["seed_split"] == "shape",
+                    timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: seeds._updater.worker is None, timeout=WAIT_MS)
+    assert len(build_log) > n_builds
+    assert all(t is not threading.main_thread() for _, t in build_log)
+    shape_params = viewer.layers[SEEDS_LAYER].metadata["parameters"]
+    np.testing.assert_array_equal(viewer.layers[SEEDS_LAYER].data, pred.seeds_input(**shape_params))
     assert "LoG response" in viewer.layers
+    # The Cells stage follows the seeds layer's parameters, and is warm now.
+    cells = cells_widget.run()
+    np.testing.assert_array_equal(cells.data, pred.segment(**cells.metadata["parameters"]))
+    assert cells.metadata["parameters"]["seed_split"] == "shape"
+    assert [layer.name for layer in viewer.layers].count(CELLS_LAYER) == 1
 
 
 def test_compare_shows_expected_ap(make_napari_viewer):
@@ -210,6 +342,8 @@ def test_export_reads_back_and_refuses_overwrite(make_napari_viewer, tmp_path, t
 
 def test_batch_writes_what_the_cli_writes(make_napari_viewer, qtbot, tmp_path, tissue):
     from napari_cellseg._widgets.batch import BatchWidget
+    from napari_cellseg.io import read_image
+    from napari_cellseg.pipeline import predict
 
     inp = tmp_path / "in"
     inp.mkdir()
@@ -221,11 +355,20 @@ def test_batch_writes_what_the_cli_writes(make_napari_viewer, qtbot, tmp_path, t
     widget._output.value = tmp_path / "out"
     widget.run()
     wait_done(qtbot, widget._runner)
-    assert len(widget.results) == 2
+    assert [(p.name, n) for p, n in widget.results] == [
+        (f"img{i}.tif", int(tifffile.imread(tmp_path / "out" / f"img{i}_masks.tif").max())) for i in range(2)]
+    params = widget.params()
     for i in range(2):
-        assert tifffile.imread(tmp_path / "out" / f"img{i}_masks.tif").max() > 5
-        assert (tmp_path / "out" / f"img{i}_cells.csv").exists()
-        assert json.loads((tmp_path / "out" / f"img{i}_params.json").read_text())["method"] == "unet"
+        expected = predict(read_image(inp / f"img{i}.tif")).segment(**params)
+        masks = tifffile.imread(tmp_path / "out" / f"img{i}_masks.tif")
+        np.testing.assert_array_equal(masks, expected)
+        assert len(pd.read_csv(tmp_path / "out" / f"img{i}_cells.csv")) == expected.max() > 0
+        record = json.loads((tmp_path / "out" / f"img{i}_params.json").read_text())
+        assert record["method"] == "unet" and record["cells"] == expected.max()
+    assert widget._runner.status.value.startswith("2 images")
+    widget.run()  # the outputs exist now: refused before any work, as a notification
+    wait_done(qtbot, widget._runner)
+    assert "already exist" in widget._runner.status.value
 
 
 def test_fine_tune_in_viewer_adds_a_model(make_napari_viewer, qtbot, tissue, user_models):

@@ -23,7 +23,7 @@ def show_layer(
     metadata = dict(metadata or {})
     if name in viewer.layers:
         layer = viewer.layers[name]
-        if layer._type_string == kind:
+        if type(layer).__name__.lower() == kind:  # napari.layers.Labels <-> "labels"
             layer.data = data
             layer.metadata.update(metadata)
             for key, value in kwargs.items():
@@ -55,13 +55,18 @@ def image_plane(layer, viewer=None) -> np.ndarray:
     """
     data = one_channel(layer)
     if data.ndim > 2:
-        lead = data.ndim - 2
-        index = [0] * lead
-        if viewer is not None:
-            point = layer.world_to_data(viewer.dims.point[-layer.ndim:])
-            index = [int(np.clip(round(float(p)), 0, n - 1)) for p, n in zip(point[:lead], data.shape[:lead], strict=False)]
-        data = data[tuple(index)]
+        data = data[plane_index(layer, viewer, data.shape[:-2])]
     return data
+
+
+def plane_index(layer, viewer, lead_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The index, into a layer's leading (non-image) axes of shape ``lead_shape``, of the
+    plane the viewer shows now (zeros without a viewer)."""
+    if viewer is None or not lead_shape:
+        return (0,) * len(lead_shape)
+    point = layer.world_to_data(viewer.dims.point[-layer.ndim:])
+    lead = point[len(point) - 2 - len(lead_shape) : len(point) - 2]
+    return tuple(int(np.clip(round(float(p)), 0, n - 1)) for p, n in zip(lead, lead_shape, strict=True))
 
 
 def pixel_size_of(layer) -> float | None:

@@ -1,18 +1,29 @@
 """Background work for the widgets: a worker with a progress bar, Cancel and errors
-shown as napari notifications (never only logged)."""
+shown as napari notifications (never only logged), and the live re-segmentation that
+stays on the GUI thread only while it is cheap."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from typing import Any
 
 from magicgui.widgets import Label, ProgressBar, PushButton
+
+from ..progress import Progress
+
+
+def _notify_error(title: str, err: Exception) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(f"{title} failed: {err}")
 
 
 class Runner:
     """Run a progress generator in a napari ``thread_worker``; the viewer stays live.
 
-    The generator yields ``(done, total)`` and returns the result, which goes to
-    ``on_done`` in the main thread.
+    The generator yields :class:`~napari_cellseg.progress.Progress` records (the bar
+    follows ``done / total``, the status line says what is done) and returns the
+    result, which goes to ``on_done`` in the main thread.
     """
 
     def __init__(self, run_text: str, title: str):
@@ -40,7 +51,7 @@ class Runner:
             raise RuntimeError(f"{self.title} is already running; wait or press Cancel")
         # Errors go to _on_error (a notification), not re-raised into the event loop.
         worker = create_worker(generator, *args, _start_thread=False, _ignore_errors=True, **kwargs)
-        worker.yielded.connect(on_yield or self._on_progress)
+        worker.yielded.connect(on_yield or self.show_progress)
         worker.returned.connect(on_done)
         worker.errored.connect(self._on_error)
         worker.aborted.connect(self._on_aborted)
@@ -59,20 +70,18 @@ class Runner:
             self.status.value = f"{self.title}: cancelling…"
             self.worker.quit()
 
-    def _on_progress(self, step) -> None:
-        if isinstance(step, tuple) and len(step) == 2:
-            done, total = step
-            self.progress.max = max(int(total), 1)
-            self.progress.value = int(done)
-            self.status.value = f"{self.title}: {done} / {total}"
-        elif isinstance(step, str):
-            self.status.value = step
+    def show_progress(self, step: Progress) -> None:
+        """The bar from ``done / total``; the status in words ("3 / 12 tiles"), or as a
+        percentage when the record names no unit."""
+        total = max(int(step.total), 1)
+        self.progress.max = total
+        self.progress.value = min(int(step.done), total)
+        text = step.text() if (step.message or step.unit) else f"{100 * step.done // total} %"
+        self.status.value = f"{self.title}: {text}"
 
     def _on_error(self, err: Exception) -> None:
-        from napari.utils.notifications import show_error
-
         self.status.value = f"{self.title} failed: {err}"
-        show_error(f"{self.title} failed: {err}")
+        _notify_error(self.title, err)
 
     def _on_aborted(self) -> None:
         self.status.value = f"{self.title}: cancelled"
@@ -82,3 +91,83 @@ class Runner:
         self.cancel_button.enabled = False
         self.progress.visible = False
         self.worker = None
+
+
+class LiveUpdate:
+    """Re-segmentation from a cached Prediction that never builds on the GUI thread.
+
+    When the prediction's hierarchies for the parameters are built
+    (``Prediction.is_warm``), the work runs at once on the GUI thread (milliseconds);
+    otherwise ``prediction.warm(params)`` and the work run in their own worker, one at a
+    time, and the result is shown when it returns. A request made while a worker runs
+    supersedes it: its result is dropped and the latest request runs next.
+    """
+
+    def __init__(self, title: str, status: Label | None = None):
+        self.title = title
+        self.status = status
+        self.worker = None
+        self._generation = 0
+        self._pending: tuple | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def request(self, prediction, params, work: Callable[[], Any], on_result: Callable[[Any], None]) -> bool:
+        """Run ``work()`` and pass its value to ``on_result``; True when that happened
+        now (on the GUI thread), False when it was left to a worker."""
+        self._generation += 1
+        if prediction.is_warm(params):
+            self._pending = None
+            on_result(work())
+            return True
+        if self.busy:
+            self._pending = (prediction, params, work, on_result)
+        else:
+            self._start(prediction, params, work, on_result)
+        return False
+
+    def drop(self) -> None:
+        """Forget what was asked for: a running worker's result and a pending request."""
+        self._generation += 1
+        self._pending = None
+
+    def _start(self, prediction, params, work, on_result) -> None:
+        from napari.qt.threading import create_worker
+
+        generation = self._generation
+
+        def build_then_work():
+            prediction.warm(params)
+            return work()
+
+        def returned(value) -> None:
+            if generation == self._generation:  # nothing was asked for since
+                on_result(value)
+
+        worker = create_worker(build_then_work, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(returned)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        if self.status is not None:
+            self.status.value = f"{self.title}: building the hierarchies for these settings…"
+        worker.start()
+
+    def _on_error(self, err: Exception) -> None:
+        self._pending = None
+        if self.status is not None:
+            self.status.value = f"{self.title} failed: {err}"
+        _notify_error(self.title, err)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._generation += 1
+            prediction, params, work, on_result = pending
+            if prediction.is_warm(params):
+                on_result(work())
+            else:
+                self._start(prediction, params, work, on_result)

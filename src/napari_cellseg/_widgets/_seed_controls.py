@@ -5,21 +5,21 @@ from __future__ import annotations
 
 from magicgui.widgets import ComboBox, FloatSlider, Slider
 
-from ..core import seeds as seeds_mod
+from ..core.params import DEFAULT_H_PROBABILITY, DEFAULT_H_UM, DEFAULT_SENSITIVITY, SPLIT_METHODS
 
 
 class SeedControls:
     """Widgets and the parameters they set; only the h of the chosen split is shown."""
 
     def __init__(self):
-        self.split = ComboBox(value="probability", choices=seeds_mod.SPLIT_METHODS, label="Seed split",
+        self.split = ComboBox(value="probability", choices=SPLIT_METHODS, label="Seed split",
                               tooltip="probability: maxima of the seed probability (default, best "
                                       "measured); shape: the paper's LoG + distance watershed")
-        self.sensitivity = Slider(value=int(seeds_mod.DEFAULT_SENSITIVITY), min=0, max=100, step=5,
+        self.sensitivity = Slider(value=int(DEFAULT_SENSITIVITY), min=0, max=100, step=5,
                                   label="Sensitivity", tooltip="higher: more seeds, fainter cells")
-        self.h = FloatSlider(value=seeds_mod.DEFAULT_H_UM, min=0.0, max=10.0, step=0.25, label="h (µm)",
+        self.h = FloatSlider(value=DEFAULT_H_UM, min=0.0, max=10.0, step=0.25, label="h (µm)",
                              tooltip="shape split: higher merges more seeds")
-        self.h_probability = FloatSlider(value=seeds_mod.DEFAULT_H_PROBABILITY, min=0.0, max=1.0, step=0.05,
+        self.h_probability = FloatSlider(value=DEFAULT_H_PROBABILITY, min=0.0, max=1.0, step=0.05,
                                          label="h (probability)",
                                          tooltip="probability split: the dip between two seeds that keeps "
                                                  "them apart; higher merges more seeds")

@@ -5,18 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-)
+from magicgui.widgets import CheckBox, Container, FileEdit, FloatSpinBox
 
 from ..io import list_images
+from ._inputs import CELLS_LAYER, chosen_model, model_combo
 from ._runner import Runner
 from ._seed_controls import SeedControls
-from .segment_cells import CELLS_LAYER, model_choices
 
 if TYPE_CHECKING:
     import napari
@@ -30,10 +24,7 @@ class BatchWidget(Container):
         self._viewer = viewer
         self._input = FileEdit(mode="d", label="Images folder")
         self._output = FileEdit(mode="d", label="Output folder")
-        self._model = ComboBox(choices=model_choices, label="Model")
-        from ..model.registry import on_model_saved
-
-        on_model_saved(self._model.reset_choices)  # a model trained in the viewer shows up
+        self._model = model_combo()  # a model trained in the viewer shows up
         self._pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01, label="Pixel size (µm)")
         self._seeds = SeedControls()
         self._from_layer = CheckBox(value=True, text="Use the 'cells' layer's parameters")
@@ -59,7 +50,7 @@ class BatchWidget(Container):
             raise ValueError(f"no TIFF / PNG images in {self._input.value}")
         return self._runner.start(
             iter_segment_files, images, Path(self._output.value), "unet", self.params(),
-            pixel_size=float(self._pixel_size.value) or None, model=self._model.value,
+            pixel_size=float(self._pixel_size.value) or None, model=chosen_model(self._model),
             overwrite=bool(self._overwrite.value), on_done=self._on_done)
 
     def _on_done(self, results) -> None:

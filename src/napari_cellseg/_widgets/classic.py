@@ -1,4 +1,4 @@
-"""Classic segmentation widget: image layer -> labels layer, live sliders."""
+"""Classic segmentation widget: image layer -> labels layer, live (debounced) sliders."""
 
 from __future__ import annotations
 
@@ -17,12 +17,11 @@ from magicgui.widgets import (
 )
 
 from ..core import classic
+from ._inputs import CLASSIC_LAYER
 from ._layers import image_plane, show_layer
 
 if TYPE_CHECKING:
     import napari
-
-LAYER_NAME = "classic cells"
 
 
 class ClassicWidget(Container):
@@ -44,6 +43,10 @@ class ClassicWidget(Container):
                      self._split, self._live, self._run_button, self._status])
         self._image.changed.connect(self._on_image)
         self._run_button.changed.connect(self.run)
+        from superqt.utils import qdebounced
+
+        # Dragging a slider re-segments once it pauses, not on every tick.
+        self._debounced_run = qdebounced(self.run, timeout=40)
         for w in (self._sigma, self._threshold, self._min_size, self._method, self._split):
             w.changed.connect(self._on_param)
         self._on_image()
@@ -61,7 +64,7 @@ class ClassicWidget(Container):
 
     def _on_param(self, *_) -> None:
         if self._live.value and self._image.value is not None:
-            self.run()
+            self._debounced_run()
 
     def params(self) -> dict:
         return {
@@ -77,5 +80,5 @@ class ClassicWidget(Container):
         params = self.params()
         labels = classic.segment_classic(image, **params)
         self._status.value = f"{int(labels.max())} cells"
-        return show_layer(self._viewer, labels, LAYER_NAME, "labels",
+        return show_layer(self._viewer, labels, CLASSIC_LAYER, "labels",
                           metadata={"stage": "classic", "parameters": params, "source": layer.name})

@@ -20,8 +20,7 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from ..core.measure import cell_table
-from ..io import check_can_write, write_labels
+from ..io import write_results
 from ._layers import image_plane, pixel_size_of
 
 if TYPE_CHECKING:
@@ -65,8 +64,8 @@ class ExportWidget(Container):
         return f"{layer.metadata.get('source', layer.name)}_{layer.name}".replace(" ", "_")
 
     def export(self, *_) -> list[Path]:
-        """Write the files; returns their paths. Refuses, before writing anything, when
-        one exists and "Replace existing files" is off."""
+        """Write the files (:func:`napari_cellseg.io.write_results`); returns their paths.
+        Refuses, before writing anything, when one exists and "Replace existing files" is off."""
         layer = self._labels.value
         if layer is None:
             raise ValueError("choose a labels layer to export")
@@ -76,13 +75,6 @@ class ExportWidget(Container):
         labels = np.asarray(layer.data)
         if labels.ndim != 2:
             raise ValueError(f"labels of shape {labels.shape}: export one plane at a time (2-D)")
-        base = self._base()
-        targets = {"labels": folder / f"{base}_masks{self._format.value}",
-                   "table": folder / f"{base}_cells.csv", "params": folder / f"{base}_params.json"}
-        existing = [str(p) for p in targets.values() if p.exists()]
-        if existing and not self._overwrite.value:
-            raise FileExistsError(f"not exported: {', '.join(existing)} already exist(s); tick "
-                                  "'Replace existing files' or choose another name")
         image = None
         if self._image.value is not None:
             image = image_plane(self._image.value, self._viewer)
@@ -90,15 +82,13 @@ class ExportWidget(Container):
                 raise ValueError(f"image {self._image.value.name!r} {image.shape} and labels "
                                  f"{labels.shape} differ in shape")
         pixel_size = float(self._pixel_size.value) or None
-        overwrite = bool(self._overwrite.value)
-        write_labels(targets["labels"], labels, overwrite=overwrite)
-        cell_table(labels, image, pixel_size).to_csv(check_can_write(targets["table"], overwrite), index=False)
         record = {"labels_layer": layer.name, "image_layer": getattr(self._image.value, "name", None),
-                  "pixel_size_um": pixel_size, "cells": int(labels.max()),
+                  "pixel_size_um": pixel_size,
                   "metadata": {k: v for k, v in layer.metadata.items() if _is_jsonable(v)}}
-        check_can_write(targets["params"], overwrite).write_text(json.dumps(record, indent=2))
-        self._status.value = f"wrote {len(targets)} files to {folder}"
-        return list(targets.values())
+        paths = write_results(folder, self._base(), labels, image, pixel_size, record,
+                              labels_format=self._format.value, overwrite=bool(self._overwrite.value))
+        self._status.value = f"wrote {len(paths)} files to {folder}"
+        return list(paths.values())
 
 
 def _is_jsonable(value) -> bool:

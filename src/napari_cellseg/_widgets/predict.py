@@ -1,4 +1,6 @@
-"""Preprocess + Predict (UNet) stage: probability maps as layers, in a worker."""
+"""Preprocess + Predict (UNet) stage: probability maps as layers, in a worker that also
+builds the seed hierarchy and basin graph for the model's defaults (so the Seeds and
+Cells widgets start live)."""
 
 from __future__ import annotations
 
@@ -6,28 +8,12 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import Container, FloatSpinBox
 
+from ._inputs import PREDICTION_KEY, PREPROCESSED_LAYER, PROBABILITY_LAYERS, ModelInputs
 from ._layers import image_plane, show_layer
 from ._runner import Runner
-from .segment_cells import ModelInputs
 
 if TYPE_CHECKING:
     import napari
-
-PREDICTION_KEY = "prediction"
-PROBABILITY_LAYERS = {
-    "seed probability": ("magenta", True),
-    "cytoplasm probability": ("green", True),
-    "background probability": ("gray", False),
-}
-
-
-def prediction_of(layer):
-    """The cached Prediction behind a probability layer, or a clear error."""
-    pred = None if layer is None else layer.metadata.get(PREDICTION_KEY)
-    if pred is None:
-        raise ValueError("choose a probability layer made by the Predict widget "
-                         "(e.g. 'seed probability'); run Predict first")
-    return pred
 
 
 class PredictWidget(Container):
@@ -50,26 +36,23 @@ class PredictWidget(Container):
         from ..pipeline import iter_predict
 
         image = image_plane(self._image.value, self._viewer)
+        # warm={}: the hierarchies for the model's own defaults, built in the worker.
         return self._runner.start(
-            iter_predict, image, float(self._pixel_size.value) or None, self._model.value,
-            self._device.value, tophat_um=float(self._tophat.value) or None,
+            iter_predict, image, self._inputs.pixel_size_um, self._inputs.model_name,
+            self._device.value, tophat_um=float(self._tophat.value) or None, warm={},
             on_done=self._on_done)
 
     def _on_done(self, prediction) -> None:
         self.prediction = prediction
         meta = {"stage": "predict", "model": self._model.value,
-                "pixel_size_um": float(self._pixel_size.value) or None,
+                "pixel_size_um": self._inputs.pixel_size_um,
                 "tophat_um": float(self._tophat.value) or None}
         if self._tophat.value or self._pixel_size.value:
-            show_layer(self._viewer, prediction.to_input(prediction.grid_image), "preprocessed",
+            show_layer(self._viewer, prediction.to_input(prediction.grid_image), PREPROCESSED_LAYER,
                        "image", metadata=meta, visible=False)
-        maps = {"seed probability": prediction.seed_probability,
-                "cytoplasm probability": prediction.cytoplasm_probability,
-                "background probability": prediction.background_probability}
-        for name, data in maps.items():
-            colour, visible = PROBABILITY_LAYERS[name]
-            layer = show_layer(self._viewer, prediction.to_input(data), name, "image", metadata=meta,
-                               colormap=colour, blending="additive", contrast_limits=(0.0, 1.0),
-                               visible=visible)
+        for name, (attribute, colour, visible) in PROBABILITY_LAYERS.items():
+            data = prediction.to_input(getattr(prediction, attribute))
+            layer = show_layer(self._viewer, data, name, "image", metadata=meta, colormap=colour,
+                               blending="additive", contrast_limits=(0.0, 1.0), visible=visible)
             layer.metadata[PREDICTION_KEY] = prediction
         self._runner.status.value = "probability maps ready"

@@ -1,4 +1,8 @@
-"""Seeds and Cells stages: live re-segmentation from a cached prediction."""
+"""Seeds and Cells stages: live re-segmentation from a cached prediction.
+
+A parameter move re-runs the stage at once when the prediction's hierarchies for it are
+built (milliseconds), else builds them and re-runs in a worker: never on the GUI thread.
+"""
 
 from __future__ import annotations
 
@@ -14,28 +18,35 @@ from magicgui.widgets import (
     create_widget,
 )
 
+from ._inputs import (
+    CELLS_LAYER,
+    PREDICTION_KEY,
+    SEED_PROBABILITY_LAYER,
+    SEEDS_LAYER,
+    prediction_of,
+)
 from ._layers import show_layer
+from ._runner import LiveUpdate
 from ._seed_controls import SeedControls
-from .predict import prediction_of
 
 if TYPE_CHECKING:
     import napari
-
-SEEDS_LAYER = "seeds"
-CELLS_LAYER = "cells"
 
 
 class _LiveStage(Container):
     """A stage that re-runs from the cached prediction whenever a parameter moves."""
 
-    def __init__(self, viewer: napari.viewer.Viewer, controls: list):
+    layer_name: str  # the layer the stage draws
+
+    def __init__(self, viewer: napari.viewer.Viewer, controls: list, title: str):
         super().__init__()
         self._viewer = viewer
         self._source = create_widget(label="Prediction", annotation="napari.layers.Image")
-        if "seed probability" in viewer.layers:
-            self._source.value = viewer.layers["seed probability"]
+        if SEED_PROBABILITY_LAYER in viewer.layers:
+            self._source.value = viewer.layers[SEED_PROBABILITY_LAYER]
         self._live = CheckBox(value=True, text="Update live")
         self._status = Label(value="")
+        self._updater = LiveUpdate(title, self._status)
         self.extend([self._source, *controls, self._live, self._status])
         from superqt.utils import qdebounced
 
@@ -48,7 +59,7 @@ class _LiveStage(Container):
     def _use_model_defaults(self, *_) -> None:
         """Start the controls at the model's tuned defaults."""
         layer = self._source.value
-        pred = None if layer is None else layer.metadata.get("prediction")
+        pred = None if layer is None else layer.metadata.get(PREDICTION_KEY)
         if pred is not None:
             self._show_defaults(pred.defaults)
 
@@ -60,8 +71,15 @@ class _LiveStage(Container):
             self._debounced()
 
     def _update_if_ready(self) -> None:
-        if self._source.value is not None and self._source.value.metadata.get("prediction") is not None:
+        if self._source.value is not None and self._source.value.metadata.get(PREDICTION_KEY) is not None:
             self.run()
+
+    def _request(self, pred, params: dict, work, show):
+        """``show(work())`` now when the hierarchies are built, else after a worker built
+        them; returns the stage's layer when shown now, else None."""
+        if self._updater.request(pred, pred.params(**params), work, show):
+            return self._viewer.layers[self.layer_name]
+        return None
 
 
 class SeedsWidget(_LiveStage):
@@ -72,7 +90,7 @@ class SeedsWidget(_LiveStage):
         self._dmin = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.5, label="Seed Ø min (µm)",
                                   tooltip="0: from the model's cell diameter")
         self._dmax = FloatSpinBox(value=0.0, min=0.0, max=200.0, step=0.5, label="Seed Ø max (µm)")
-        super().__init__(viewer, [*self._seeds.widgets, self._dmin, self._dmax])
+        super().__init__(viewer, [*self._seeds.widgets, self._dmin, self._dmax], "Seeds")
 
     def _show_defaults(self, defaults) -> None:
         self._seeds.set_defaults(defaults)
@@ -83,17 +101,25 @@ class SeedsWidget(_LiveStage):
             p["seed_diameter"] = (float(self._dmin.value), float(self._dmax.value))
         return p
 
+    layer_name = SEEDS_LAYER
+
     def run(self, *_):
+        """Seeds (and the map they were found in) as layers; the seeds layer when shown now."""
         pred = prediction_of(self._source.value)
-        params = pred.params(**self.params())
-        seeds = pred.to_input(pred.seeds(params), order=0)
-        name, enhancement = pred.seed_enhancement(params)
-        show_layer(self._viewer, pred.to_input(enhancement), name, "image", metadata={"stage": "seeds"},
-                   visible=False)
-        layer = show_layer(self._viewer, seeds, SEEDS_LAYER, "labels",
-                           metadata={"stage": "seeds", "parameters": self.params()})
-        self._status.value = f"{int(seeds.max())} seeds"
-        return layer
+        params = self.params()
+
+        def work():
+            kind, enhancement = pred.seed_enhancement(pred.params(**params))
+            return pred.seeds_input(**params), kind, pred.to_input(enhancement)
+
+        def show(result) -> None:
+            seeds, kind, enhancement = result
+            show_layer(self._viewer, enhancement, kind, "image", metadata={"stage": "seeds"}, visible=False)
+            show_layer(self._viewer, seeds, SEEDS_LAYER, "labels",
+                       metadata={"stage": "seeds", "parameters": params})
+            self._status.value = f"{int(seeds.max())} seeds"
+
+        return self._request(pred, params, work, show)
 
 
 class CellsWidget(_LiveStage):
@@ -109,7 +135,7 @@ class CellsWidget(_LiveStage):
                                       tooltip="0: cell probability alone; 1: × the paper's image transform")
         self._min_area = FloatSpinBox(value=0.0, min=0.0, max=10000.0, step=1.0, label="Min cell area (µm²)",
                                       tooltip="0: a fifth of a typical cell")
-        super().__init__(viewer, [self._background, self._threshold, self._intensity, self._min_area])
+        super().__init__(viewer, [self._background, self._threshold, self._intensity, self._min_area], "Cells")
 
     def _show_defaults(self, defaults) -> None:
         with self._background.changed.blocked(), self._threshold.changed.blocked():
@@ -127,11 +153,15 @@ class CellsWidget(_LiveStage):
             p["min_cell_area"] = float(self._min_area.value)
         return p
 
+    layer_name = CELLS_LAYER
+
     def run(self, *_):
+        """Cells as a layer; the layer when shown now, else None (a worker shows it)."""
         pred = prediction_of(self._source.value)
         params = self.params()
-        cells = pred.segment(**params)
-        layer = show_layer(self._viewer, cells, CELLS_LAYER, "labels",
-                           metadata={"stage": "cells", "parameters": params})
-        self._status.value = f"{int(cells.max())} cells"
-        return layer
+
+        def show(cells) -> None:
+            show_layer(self._viewer, cells, CELLS_LAYER, "labels", metadata={"stage": "cells", "parameters": params})
+            self._status.value = f"{int(cells.max())} cells"
+
+        return self._request(pred, params, lambda: pred.segment(**params), show)

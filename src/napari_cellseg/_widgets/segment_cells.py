@@ -1,72 +1,43 @@
 """Segment cells: the one-click path (image -> cells with the shipped model), then
-h / sensitivity sliders that re-segment live from the cached prediction."""
+h / sensitivity sliders that re-segment live from the cached prediction.
+
+Nothing heavy runs on the GUI thread: the prediction worker also builds the seed
+hierarchy and basin graph for the current settings; a slider move re-segments at once
+when those are built (milliseconds), else in its own worker (e.g. after switching to the
+shape split). On a stack only the plane in view is re-segmented; the others are marked
+stale and re-segmented when the user moves to them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, create_widget
+from magicgui.widgets import Container, FloatSpinBox
 
-from ._layers import one_channel, pixel_size_of, show_layer
-from ._runner import Runner
+from ..progress import Progress
+from ._inputs import CELLS_LAYER, ModelInputs, image_data
+from ._layers import plane_index, show_layer
+from ._runner import LiveUpdate, Runner
 from ._seed_controls import SeedControls
 
 if TYPE_CHECKING:
     import napari
 
-CELLS_LAYER = "cells"
-SEEDS_LAYER = "seeds"
 
+def predict_and_segment(stack: np.ndarray, pixel_size, model, device, params: dict
+                        ) -> Generator[Progress, None, tuple[list, list[np.ndarray], dict]]:
+    """Predict every plane, build the hierarchies for ``params`` and segment every plane
+    with them, all in the worker; returns (predictions, cells per plane, params)."""
+    from ..pipeline import iter_predict_planes
 
-def model_choices(*_) -> list[str]:
-    from ..model.registry import available_models
-
-    return list(available_models()) or ["(no model)"]
-
-
-def image_data(layer) -> np.ndarray:
-    """A layer's pixels as one channel: 2-D, or (planes, M, N) for a stack."""
-    data = one_channel(layer)
-    while data.ndim > 3 and data.shape[0] == 1:
-        data = data[0]
-    if data.ndim not in (2, 3):
-        raise ValueError(f"layer {layer.name!r} has shape {data.shape}: napari-cellseg segments "
-                         "2-D images and (planes, M, N) stacks plane by plane")
-    return data
-
-
-class ModelInputs:
-    """The inputs every model-running widget shares: image, pixel size, model, device.
-
-    The pixel size fills itself from the image layer's metadata or scale; the model
-    list refreshes when a model is saved (e.g. by the Train widget).
-    """
-
-    def __init__(self):
-        from ..model.registry import on_model_saved
-
-        self.image = create_widget(label="Image", annotation="napari.layers.Image")
-        self.pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01,
-                                       label="Pixel size (µm)", tooltip="0: the model's own")
-        self.model = ComboBox(choices=model_choices, label="Model")
-        self.device = ComboBox(value="auto", choices=("auto", "cpu", "cuda", "mps"), label="Device")
-        on_model_saved(self.model.reset_choices)
-        self.image.changed.connect(self._on_image)
-        self._on_image()
-
-    @property
-    def widgets(self) -> list:
-        return [self.image, self.pixel_size, self.model, self.device]
-
-    @property
-    def pixel_size_um(self) -> float | None:
-        return float(self.pixel_size.value) or None
-
-    def _on_image(self, *_) -> None:
-        size = pixel_size_of(self.image.value)
-        if size:
-            self.pixel_size.value = size
+    predictions = yield from iter_predict_planes(stack, pixel_size, model, device, warm=params)
+    cells = []
+    for i, pred in enumerate(predictions):
+        cells.append(pred.segment(**params))
+        yield Progress(i + 1, len(predictions), "planes", message="segmenting")
+    return predictions, cells, params
 
 
 class SegmentCellsWidget(Container):
@@ -79,12 +50,15 @@ class SegmentCellsWidget(Container):
         self._image, self._pixel_size = self._inputs.image, self._inputs.pixel_size
         self._model, self._device = self._inputs.model, self._inputs.device
         self._runner = Runner("Segment cells", "Segmentation")
+        self._live = LiveUpdate("Re-segmentation", self._runner.status)
         self._seeds = SeedControls()
         self._min_area = FloatSpinBox(value=0.0, min=0.0, max=10000.0, step=1.0,
                                       label="Min cell area (µm²)", tooltip="0: a fifth of a typical cell")
         self.extend([*self._inputs.widgets, *self._runner.widgets,
                      *self._seeds.widgets, self._min_area])
         self.predictions: list = []
+        self._cells: np.ndarray | None = None  # (planes, M, N) labels shown
+        self._segmented_with: list[dict | None] = []  # per plane: the parameters of its labels
         self._touched = False  # has the user moved a slider?
         self._runner.run_button.changed.connect(self.run)
         from superqt.utils import qdebounced
@@ -93,10 +67,15 @@ class SegmentCellsWidget(Container):
         self._debounced_update = qdebounced(self.update_cells, timeout=40)
         for signal in (*self._seeds.changed, self._min_area.changed):
             signal.connect(self._on_param)
+        viewer.dims.events.current_step.connect(self._on_plane)
 
     def _on_param(self, *_) -> None:
         self._touched = True
         if self.predictions:
+            self._debounced_update()
+
+    def _on_plane(self, *_) -> None:
+        if len(self.predictions) > 1 and self.current_plane() in self.stale_planes:
             self._debounced_update()
 
     def params(self) -> dict:
@@ -105,38 +84,75 @@ class SegmentCellsWidget(Container):
             p["min_cell_area"] = float(self._min_area.value)
         return p
 
+    @property
+    def stale_planes(self) -> set[int]:
+        """Planes whose labels were made with other parameters than the current ones."""
+        params = self.params()
+        return {i for i, used in enumerate(self._segmented_with) if used != params}
+
+    def current_plane(self) -> int:
+        """The plane of the stack in view (0 for a 2-D image)."""
+        if len(self.predictions) < 2 or CELLS_LAYER not in self._viewer.layers:
+            return 0
+        layer = self._viewer.layers[CELLS_LAYER]
+        if layer.ndim != 3:
+            return 0
+        return plane_index(layer, self._viewer, (len(self.predictions),))[0]
+
     def run(self, *_):
         """Start the prediction in a worker; cells appear when it returns."""
-        from ..pipeline import iter_predict_planes
+        from functools import partial
 
         data = image_data(self._image.value)
-        model = self._model.value
-        if model == "(no model)":
-            raise ValueError("no model is installed: train one (Train widget) or reinstall the package")
-        pixel_size = float(self._pixel_size.value) or None
-        self._source = self._image.value.name
-        self._stack = data.ndim == 3
-        return self._runner.start(iter_predict_planes, data, pixel_size, model, self._device.value,
-                                  on_done=self._on_predicted)
+        model = self._inputs.model_name
+        # Untouched sliders: the model's own tuned defaults ({} = the model's defaults).
+        params = self.params() if self._touched else {}
+        on_done = partial(self._on_predicted, source=self._image.value.name, stack=data.ndim == 3)
+        return self._runner.start(predict_and_segment, data, self._inputs.pixel_size_um, model,
+                                  self._device.value, params, on_done=on_done)
 
-    def _on_predicted(self, predictions) -> None:
-        self.predictions = predictions
+    def _on_predicted(self, result, source: str, stack: bool) -> None:
+        predictions, cells, params = result
+        self._live.drop()  # a re-segmentation still running belongs to the old prediction
+        self.predictions, self._source, self._stack = predictions, source, stack
         if predictions and not self._touched:
             # The model's own tuned defaults, the first time only: later runs keep the
             # user's settings.
             self._seeds.set_defaults(predictions[0].defaults)
-        self.update_cells()
+        if not params:  # what the worker segmented with, in the widget's terms
+            params = {k: getattr(predictions[0].defaults, k) for k in self.params()}
+        self._cells = np.stack(cells)
+        self._segmented_with = [params] * len(cells)
+        self._show()
+        if self.stale_planes:  # the sliders moved while the model ran
+            self.update_cells()
 
-    def update_cells(self, *_):
-        """Re-segment from the cached predictions with the current sliders."""
+    def update_cells(self, *_) -> None:
+        """Re-segment the plane in view with the current sliders, from the cache."""
         if not self.predictions:
-            return None
-        params = self.params()
-        cells = [p.segment(**params) for p in self.predictions]
-        data = np.stack(cells) if self._stack else cells[0]
-        meta = {"stage": "cells", "parameters": params, "source": self._source,
-                "model": self._model.value, "pixel_size_um": float(self._pixel_size.value) or None}
-        layer = show_layer(self._viewer, data, CELLS_LAYER, "labels", metadata=meta)
-        n = int(sum(int(c.max()) for c in cells))
-        self._runner.status.value = f"{n} cells" + (f" in {len(cells)} planes" if self._stack else "")
+            return
+        plane, params = self.current_plane(), self.params()
+        if plane not in self.stale_planes:
+            return
+        pred = self.predictions[plane]
+
+        def shown(cells: np.ndarray) -> None:
+            if params == self.params():  # else the sliders moved on: a newer request follows
+                self._cells[plane] = cells
+                self._segmented_with[plane] = params
+                self._show()
+
+        self._live.request(pred, pred.params(**params), lambda: pred.segment(**params), shown)
+
+    def _show(self):
+        data = self._cells if self._stack else self._cells[0]
+        layer = show_layer(self._viewer, data, CELLS_LAYER, "labels")
+        plane = self.current_plane()
+        layer.metadata.update({
+            "stage": "cells", "parameters": self._segmented_with[plane], "source": self._source,
+            "model": self._model.value, "pixel_size_um": self._inputs.pixel_size_um,
+            "stale_planes": sorted(self.stale_planes)})
+        n = int(self._cells[plane].max())
+        self._runner.status.value = (f"{n} cells" + (f" in plane {plane + 1} of {len(self._cells)} planes"
+                                                     if self._stack else ""))
         return layer

@@ -1,0 +1,122 @@
+"""What the widgets share: layer names (the viewer's vocabulary lives here, not in the
+pipeline), the model inputs, and how a widget finds the prediction behind a layer.
+
+No widget module imports another widget module; they all import from here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import ComboBox, FloatSpinBox, create_widget
+
+from ._layers import one_channel, pixel_size_of
+
+# Layer names. A re-run replaces the layer of its name (``show_layer``).
+CELLS_LAYER = "cells"
+SEEDS_LAYER = "seeds"
+CLASSIC_LAYER = "classic cells"
+PREPROCESSED_LAYER = "preprocessed"
+SEED_PROBABILITY_LAYER = "seed probability"
+CYTOPLASM_PROBABILITY_LAYER = "cytoplasm probability"
+BACKGROUND_PROBABILITY_LAYER = "background probability"
+
+# The Predict widget's maps: layer name -> (Prediction attribute, colour map, visible).
+PROBABILITY_LAYERS = {
+    SEED_PROBABILITY_LAYER: ("seed_probability", "magenta", True),
+    CYTOPLASM_PROBABILITY_LAYER: ("cytoplasm_probability", "green", True),
+    BACKGROUND_PROBABILITY_LAYER: ("background_probability", "gray", False),
+}
+
+# Display names of the keys of ``Prediction.stages()``; the seed enhancement is named by
+# its kind (``Prediction.seed_enhancement``: "smoothed seed probability" or "LoG response").
+STAGE_LAYERS = {
+    "preprocessed": PREPROCESSED_LAYER,
+    "seed_probability": SEED_PROBABILITY_LAYER,
+    "cytoplasm_probability": CYTOPLASM_PROBABILITY_LAYER,
+    "background_probability": BACKGROUND_PROBABILITY_LAYER,
+    "seed_enhancement": None,
+    "seed_mask": "seed mask",
+    "seeds": SEEDS_LAYER,
+    "cells": CELLS_LAYER,
+}
+
+# The metadata key under which a probability layer holds its cached Prediction.
+PREDICTION_KEY = "prediction"
+NO_MODEL = "(no model)"
+
+
+def model_choices(*_) -> list[str]:
+    """Names of the installed and saved models, for a ComboBox."""
+    from ..model.registry import available_models
+
+    return list(available_models()) or [NO_MODEL]
+
+
+def model_combo(label: str = "Model") -> ComboBox:
+    """A model list that refreshes itself when a model is saved (e.g. by the Train widget)."""
+    from ..model.registry import on_model_saved
+
+    combo = ComboBox(choices=model_choices, label=label)
+    on_model_saved(combo.reset_choices)
+    return combo
+
+
+def chosen_model(combo: ComboBox) -> str:
+    """The model name of a :func:`model_combo`, or a clear error when none is installed."""
+    if combo.value in (None, NO_MODEL):
+        raise ValueError("no model is installed: train one (Train widget) or reinstall the package")
+    return combo.value
+
+
+def image_data(layer) -> np.ndarray:
+    """A layer's pixels as one channel: 2-D, or (planes, M, N) for a stack."""
+    data = one_channel(layer)
+    while data.ndim > 3 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim not in (2, 3):
+        raise ValueError(f"layer {layer.name!r} has shape {data.shape}: napari-cellseg segments "
+                         "2-D images and (planes, M, N) stacks plane by plane")
+    return data
+
+
+def prediction_of(layer):
+    """The cached Prediction behind a probability layer, or a clear error."""
+    pred = None if layer is None else layer.metadata.get(PREDICTION_KEY)
+    if pred is None:
+        raise ValueError(f"choose a probability layer made by the Predict widget "
+                         f"(e.g. {SEED_PROBABILITY_LAYER!r}); run Predict first")
+    return pred
+
+
+class ModelInputs:
+    """The inputs every model-running widget shares: image, pixel size, model, device.
+
+    The pixel size fills itself from the image layer's metadata or scale; the model
+    list refreshes when a model is saved.
+    """
+
+    def __init__(self):
+        self.image = create_widget(label="Image", annotation="napari.layers.Image")
+        self.pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01,
+                                       label="Pixel size (µm)", tooltip="0: the model's own")
+        self.model = model_combo()
+        self.device = ComboBox(value="auto", choices=("auto", "cpu", "cuda", "mps"), label="Device")
+        self.image.changed.connect(self._on_image)
+        self._on_image()
+
+    @property
+    def widgets(self) -> list:
+        return [self.image, self.pixel_size, self.model, self.device]
+
+    @property
+    def pixel_size_um(self) -> float | None:
+        return float(self.pixel_size.value) or None
+
+    @property
+    def model_name(self) -> str:
+        return chosen_model(self.model)
+
+    def _on_image(self, *_) -> None:
+        size = pixel_size_of(self.image.value)
+        if size:
+            self.pixel_size.value = size
