@@ -199,3 +199,46 @@ def test_cli_unet_seed_options_reach_the_segmentation(tmp_path):
                    "--h-probability", "0.3", "--sensitivity", "70") == 0
     assert tifffile.imread(tmp_path / "b" / "tissue_masks.tif").max() == pred.segment(
         h_probability=0.3, sensitivity=70).max()
+
+
+def test_write_results_checks_every_target_first(tmp_path):
+    labels = np.zeros((12, 12), np.int32)
+    labels[1:4, 1:4] = 1
+    labels[6:10, 6:10] = 2
+    image = labels.astype(np.float32) * 2
+    paths = io.write_results(tmp_path, "a", labels, image, 0.5, {"method": "test", "h": (1, 2)})
+    assert {k: p.name for k, p in paths.items()} == {"labels": "a_masks.tif", "table": "a_cells.csv",
+                                                     "params": "a_params.json"}
+    np.testing.assert_array_equal(tifffile.imread(paths["labels"]), labels)
+    table = pd.read_csv(paths["table"])
+    assert list(table["area_px"]) == [9, 16] and list(table["mean_intensity"]) == [2.0, 4.0]
+    assert json.loads(paths["params"].read_text()) == {"method": "test", "h": [1, 2], "cells": 2}
+    # Only the params file of "b" exists: nothing of "b" is written, the error names it.
+    (tmp_path / "b_params.json").write_text("keep")
+    with pytest.raises(FileExistsError, match=r"b_params\.json already exists"):
+        io.write_results(tmp_path, "b", labels)
+    assert not (tmp_path / "b_masks.tif").exists() and not (tmp_path / "b_cells.csv").exists()
+    assert (tmp_path / "b_params.json").read_text() == "keep"
+    io.write_results(tmp_path, "b", labels, overwrite=True, labels_format=".png")
+    assert json.loads((tmp_path / "b_params.json").read_text()) == {"cells": 2}
+    with pytest.raises(ValueError, match="differ in shape"):
+        io.write_results(tmp_path, "c", labels, image[:5])
+
+
+def test_segment_files_yields_progress_per_file_and_refuses_before_work(lesson_tif, tmp_path):
+    from napari_cellseg.batch import iter_segment_files
+    from napari_cellseg.progress import Progress, drain
+
+    second = tmp_path / "second.tif"
+    second.write_bytes(lesson_tif.read_bytes())
+    steps = []
+    out = tmp_path / "out"
+    results = drain(iter_segment_files([lesson_tif, second], out, "classic"), steps.append)
+    assert steps == [Progress(1, 2, "files"), Progress(2, 2, "files")]
+    assert [(p.name, n) for p, n in results] == [("lesson.tif", 8), ("second.tif", 8)]
+    assert steps[0].text() == "1 / 2 files"
+    (out / "second_cells.csv").unlink()  # the lesson's outputs still exist: refused, nothing read
+    gen = iter_segment_files([second, lesson_tif], out, "classic")
+    with pytest.raises(FileExistsError, match=r"lesson_masks\.tif"):
+        next(gen)
+    assert not (out / "second_cells.csv").exists()

@@ -3,19 +3,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Generator, Sequence
 from pathlib import Path
 
-import numpy as np
-
-from .io import check_can_write, read_image, write_labels
+from .io import check_can_write_all, read_image, result_paths, write_results
+from .progress import Progress
 
 
 def output_paths(path: Path, out: Path) -> dict[str, Path]:
-    stem = Path(path).stem
-    return {"masks": out / f"{stem}_masks.tif", "table": out / f"{stem}_cells.csv",
-            "params": out / f"{stem}_params.json"}
+    """The files written for the image ``path`` in the folder ``out``."""
+    return result_paths(out, Path(path).stem)
 
 
 def iter_segment_files(
@@ -28,35 +25,33 @@ def iter_segment_files(
     device: str = "auto",
     channel: int | None = None,
     overwrite: bool = False,
-) -> Generator[tuple[int, int], None, list[tuple[Path, int]]]:
-    """Segment each file; yield (files done, total); return [(path, number of cells)].
+) -> Generator[Progress, None, list[tuple[Path, int]]]:
+    """Segment each file; yield ``Progress(files done, total, "files")``; return
+    [(path, number of cells)].
 
     Every output path is checked before any work starts, so a refused overwrite never
     leaves a half-written batch. ``params`` go to :func:`segment_classic` for
-    ``method="classic"`` and to :meth:`Prediction.segment` for ``"unet"``.
+    ``method="classic"`` and to :meth:`Prediction.segment` for ``"unet"``; the model is
+    loaded once.
     """
-    from .core.measure import cell_table
-
     out = Path(out)
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no images to segment")
     if method not in ("unet", "classic"):
         raise ValueError(f"method must be 'unet' or 'classic', got {method!r}")
-    out.mkdir(parents=True, exist_ok=True)
     stems = [p.stem for p in paths]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
         raise ValueError(f"several inputs share the name(s) {dupes}; their outputs would collide")
-    for p in paths:
-        for target in output_paths(p, out).values():
-            check_can_write(target, overwrite)
+    check_can_write_all([t for p in paths for t in output_paths(p, out).values()], overwrite)
+    out.mkdir(parents=True, exist_ok=True)
     params = dict(params or {})
     net = None
     if method == "unet":
-        from .model.store import load_model
+        from .model.store import resolve_model
 
-        net = load_model(model, device="cpu")
+        net = resolve_model(model)  # loaded once for the whole batch
     results = []
     for i, path in enumerate(paths):
         image = read_image(path, channel)
@@ -71,21 +66,9 @@ def iter_segment_files(
             from .pipeline import predict
 
             labels = predict(image, pixel_size, net, device).segment(**params)
-        files = output_paths(path, out)
-        write_labels(files["masks"], labels, overwrite=overwrite)
-        cell_table(labels, image, pixel_size).to_csv(check_can_write(files["table"], overwrite), index=False)
         record = {"image": str(path), "method": method, "parameters": params,
-                  "pixel_size_um": pixel_size, "model": None if model is None else str(model),
-                  "cells": int(labels.max())}
-        check_can_write(files["params"], overwrite).write_text(json.dumps(record, indent=2, default=_jsonable))
+                  "pixel_size_um": pixel_size, "model": None if model is None else str(model)}
+        write_results(out, path.stem, labels, image, pixel_size, record, overwrite=overwrite)
         results.append((path, int(labels.max())))
-        yield i + 1, len(paths)
+        yield Progress(i + 1, len(paths), "files")
     return results
-
-
-def _jsonable(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, tuple):
-        return list(x)
-    return str(x)

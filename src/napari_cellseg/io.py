@@ -128,6 +128,72 @@ def check_can_write(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+def check_can_write_all(paths, overwrite: bool = False) -> list[Path]:
+    """Check every path before anything is written: raise one FileExistsError naming
+    each one that exists (when ``overwrite`` is False), so a refusal writes nothing."""
+    paths = [Path(p) for p in paths]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise FileExistsError(f"nothing written: {', '.join(existing)} already {verb}; replace with "
+                              "overwrite=True (CLI: --overwrite; Export and Batch widgets: "
+                              "'Replace existing files') or choose another name")
+    return paths
+
+
+def result_paths(folder: str | Path, base: str, labels_format: str = ".tif") -> dict[str, Path]:
+    """The files written for one segmented image: ``<base>_masks.tif`` (or .png),
+    ``<base>_cells.csv`` and ``<base>_params.json``."""
+    if labels_format not in (".tif", ".png"):
+        raise ValueError(f"labels are written as '.tif' or '.png', not {labels_format!r}")
+    folder = Path(folder)
+    return {"labels": folder / f"{base}_masks{labels_format}", "table": folder / f"{base}_cells.csv",
+            "params": folder / f"{base}_params.json"}
+
+
+def write_results(
+    folder: str | Path,
+    base: str,
+    labels: np.ndarray,
+    image: np.ndarray | None = None,
+    pixel_size: float | None = None,
+    record: dict | None = None,
+    labels_format: str = ".tif",
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Write one segmentation's labels, cell table (CSV, intensities from ``image``) and
+    ``record`` plus the number of cells (JSON), under the names of :func:`result_paths`.
+
+    Every target is checked before anything is written; an existing file is replaced
+    only when ``overwrite`` is True. Returns the paths by kind ("labels", "table", "params").
+    """
+    import json
+
+    from .core.measure import cell_table
+
+    labels = np.asarray(labels)
+    if image is not None and np.shape(image) != labels.shape:
+        raise ValueError(f"image {np.shape(image)} and labels {labels.shape} differ in shape")
+    paths = result_paths(folder, base, labels_format)
+    check_can_write_all(paths.values(), overwrite)
+    write_labels(paths["labels"], labels, overwrite=overwrite)
+    cell_table(labels, image, pixel_size).to_csv(check_can_write(paths["table"], overwrite), index=False)
+    record = {**(record or {}), "cells": int(np.count_nonzero(np.unique(labels)))}
+    text = json.dumps(record, indent=2, default=_jsonable)
+    check_can_write(paths["params"], overwrite).write_text(text)
+    return paths
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def label_dtype(labels: np.ndarray) -> np.dtype:
     """The smallest unsigned type that holds every id: uint16 when it can, else uint32."""
     top = int(np.max(labels)) if np.size(labels) else 0
