@@ -52,13 +52,34 @@ def model_choices(*_) -> list[str]:
     return list(available_models()) or [NO_MODEL]
 
 
-def model_combo(label: str = "Model") -> ComboBox:
-    """A model list that refreshes itself when a model is saved (e.g. by the Train widget)."""
-    from ..model.registry import on_model_saved
+class ModelComboBox(ComboBox):
+    """A model list that refreshes itself when a model is saved (e.g. by the Train
+    widget's worker): in the GUI thread, and only while its Qt widget exists."""
 
-    combo = ComboBox(choices=model_choices, label=label)
-    on_model_saved(combo.reset_choices)
-    return combo
+    def __init__(self, label: str = "Model", **kwargs):
+        from ..model.registry import on_model_saved
+
+        super().__init__(choices=model_choices, label=label, **kwargs)
+        self._alive = True
+        self.native.destroyed.connect(self._on_destroyed)
+        on_model_saved(self._on_model_saved)  # held weakly by the registry
+
+    def _on_destroyed(self, *_) -> None:
+        self._alive = False
+
+    def _on_model_saved(self) -> None:
+        from superqt.utils import ensure_main_thread
+
+        ensure_main_thread(self._refresh)()  # a save may happen in a worker thread
+
+    def _refresh(self) -> None:
+        if self._alive:
+            self.reset_choices()
+
+
+def model_combo(label: str = "Model") -> ComboBox:
+    """A :class:`ModelComboBox`: the model list every model-running widget shows."""
+    return ModelComboBox(label)
 
 
 def chosen_model(combo: ComboBox) -> str:
