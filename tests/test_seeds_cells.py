@@ -301,3 +301,34 @@ def test_params_from_saved_mappings_and_grid_units():
         SegmentParams(sensitivity=101)
     with pytest.raises(ValueError, match="seed_diameter"):
         SegmentParams(seed_diameter=(2.0, 0.0))
+
+
+def test_higra_runs_on_a_python_thread_when_called_from_a_foreign_one():
+    # A reused Qt pool thread (a napari worker) is a thread Python did not start: higra
+    # crashed there, so the stages hand such calls to a Python-started thread.
+    import _thread
+    import threading
+
+    from napari_cellseg.core._threads import on_python_thread
+
+    @on_python_thread
+    def where():
+        return threading.current_thread().name
+
+    assert where() == threading.current_thread().name  # in place on a Python thread
+    done = threading.Event()
+    seen = {}
+
+    def foreign():
+        seen["caller"] = type(threading.current_thread()).__name__
+        seen["ran on"] = where()
+        mask = np.zeros((20, 20), bool)
+        mask[5:15, 5:15] = True
+        seen["seeds"] = int(seeds_mod.SeedSplitter(mask).cut(1.0).max())
+        done.set()
+
+    _thread.start_new_thread(foreign, ())
+    assert done.wait(30)
+    assert seen["caller"] == "_DummyThread"
+    assert seen["ran on"].startswith("napari-cellseg-higra")
+    assert seen["seeds"] == 1

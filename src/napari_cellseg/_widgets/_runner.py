@@ -11,25 +11,6 @@ from magicgui.widgets import Label, ProgressBar, PushButton
 
 from ..progress import Progress
 
-_builder = None
-
-
-def on_builder_thread(fn: Callable, *args) -> Any:
-    """``fn(*args)`` on one long-lived Python thread, waiting for its value (call it
-    from a worker, never from the GUI thread).
-
-    The seed hierarchy and basin graph are built by higra, whose C++ calls back into
-    Python; in a Qt pool thread that ran an earlier worker, that callback can pick up a
-    stale Python thread state and crash (seen as a segfault in ``take_gil``). A thread
-    that Python created and keeps has one thread state for its whole life.
-    """
-    global _builder
-    if _builder is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-cellseg-build")
-    return _builder.submit(fn, *args).result()
-
 
 def _notify_error(title: str, err: Exception) -> None:
     from napari.utils.notifications import show_error
@@ -157,18 +138,15 @@ class LiveUpdate:
 
         generation = self._generation
 
-        def build_then_work():
+        def build_then_work():  # higra's own thread rule is kept by core (_threads.py)
             prediction.warm(params)
             return work()
-
-        def in_builder():
-            return on_builder_thread(build_then_work)
 
         def returned(value) -> None:
             if generation == self._generation:  # nothing was asked for since
                 on_result(value)
 
-        worker = create_worker(in_builder, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(build_then_work, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(returned)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)

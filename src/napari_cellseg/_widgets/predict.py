@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import Container, FloatSpinBox
 
-from ..progress import Progress
 from ._inputs import PREDICTION_KEY, PREPROCESSED_LAYER, PROBABILITY_LAYERS, ModelInputs
 from ._layers import image_plane, show_layer
-from ._runner import Runner, on_builder_thread
+from ._runner import Runner
 
 if TYPE_CHECKING:
     import napari
@@ -34,10 +33,14 @@ class PredictWidget(Container):
         self.prediction = None
 
     def run(self, *_):
+        from ..pipeline import iter_predict
+
         image = image_plane(self._image.value, self._viewer)
+        # warm={}: the hierarchies for the model's own defaults are built in the worker.
         return self._runner.start(
-            _predict_and_warm, image, self._inputs.pixel_size_um, self._inputs.model_name,
-            self._device.value, tophat_um=float(self._tophat.value) or None, on_done=self._on_done)
+            iter_predict, image, self._inputs.pixel_size_um, self._inputs.model_name,
+            self._device.value, tophat_um=float(self._tophat.value) or None, warm={},
+            on_done=self._on_done)
 
     def _on_done(self, prediction) -> None:
         self.prediction = prediction
@@ -54,13 +57,3 @@ class PredictWidget(Container):
             layer.metadata[PREDICTION_KEY] = prediction
         self._runner.status.value = "probability maps ready"
 
-
-def _predict_and_warm(image, pixel_size, model, device, **kwargs):
-    """The prediction, with the hierarchies for the model's own defaults built off the
-    GUI thread (on the builder thread: see ``on_builder_thread``)."""
-    from ..pipeline import iter_predict
-
-    prediction = yield from iter_predict(image, pixel_size, model, device, **kwargs)
-    yield Progress(1, 1, message="preparing the live sliders")
-    on_builder_thread(prediction.warm, {})
-    return prediction

@@ -19,7 +19,7 @@ from magicgui.widgets import Container, FloatSpinBox
 from ..progress import Progress
 from ._inputs import CELLS_LAYER, ModelInputs, image_data
 from ._layers import plane_index, show_layer
-from ._runner import LiveUpdate, Runner, on_builder_thread
+from ._runner import LiveUpdate, Runner
 from ._seed_controls import SeedControls
 
 if TYPE_CHECKING:
@@ -32,17 +32,12 @@ def predict_and_segment(stack: np.ndarray, pixel_size, model, device, params: di
     with them, all off the GUI thread; returns (predictions, cells per plane, params)."""
     from ..pipeline import iter_predict_planes
 
-    predictions = yield from iter_predict_planes(stack, pixel_size, model, device)
+    predictions = yield from iter_predict_planes(stack, pixel_size, model, device, warm=params)
     cells = []
     for i, pred in enumerate(predictions):
-        yield Progress(i, len(predictions), "planes", message="preparing the live sliders")
-        cells.append(on_builder_thread(_warm_and_segment, pred, params))
+        yield Progress(i, len(predictions), "planes", message="segmenting")
+        cells.append(pred.segment(**params))
     return predictions, cells, params
-
-
-def _warm_and_segment(pred, params: dict) -> np.ndarray:
-    pred.warm(params)
-    return pred.segment(**params)
 
 
 class SegmentCellsWidget(Container):

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
+from ._threads import on_python_thread
 from .labels import relabel
 from .params import Grid, SegmentParams
 from .preprocess import percentile_normalize
@@ -119,6 +120,7 @@ class BasinGraph:
     """Catchment basins of a landscape and their adjacency graph, for fast seeded
     watersheds at any seeds and background level."""
 
+    @on_python_thread
     def __init__(self, landscape: np.ndarray):
         import higra as hg
 
@@ -138,6 +140,7 @@ class BasinGraph:
         """Foreground pixels per basin (index 0 unused); callers may cache it per mask."""
         return np.bincount(self.basins[foreground], minlength=self.n_basins + 1)
 
+    @on_python_thread
     def segment(self, seeds: np.ndarray, foreground: np.ndarray, min_size: int = 0,
                 fg_counts: np.ndarray | None = None, normalized_image: np.ndarray | None = None,
                 min_intensity: float = 0.0) -> np.ndarray:

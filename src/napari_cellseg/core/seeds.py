@@ -30,6 +30,7 @@ from dataclasses import replace
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._threads import on_python_thread
 from .params import (  # noqa: F401  (re-exported: the seed controls' defaults)
     DEFAULT_CELL_DIAMETER_UM,
     DEFAULT_H_PROBABILITY,
@@ -137,6 +138,7 @@ class SeedSplitter:
     they never merge.
     """
 
+    @on_python_thread
     def __init__(self, mask: np.ndarray, height: np.ndarray | None = None):
         import higra as hg
 
@@ -202,6 +204,7 @@ class SeedSplitter:
             tree, altitudes = hg.watershed_hierarchy_by_dynamics(graph, w)
             self.parts.append((members, tree, altitudes))
 
+    @on_python_thread
     def cut(self, h: float, floor: float | None = None, core: bool = False) -> np.ndarray:
         """Seed labels (M, N) int32, consecutive 1..K, for an h (>= 0) in the height's
         units; with ``floor``, only pixels whose height exceeds it keep their label; with
