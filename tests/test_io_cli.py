@@ -116,9 +116,13 @@ def test_sample_command_writes_the_generators_output(tmp_path):
     assert run_cli("sample", "--out", tmp_path) == 0
     lesson = tifffile.imread(tmp_path / "lesson.tif")
     assert lesson.dtype == np.uint16
-    assert run_cli("segment", tmp_path / "lesson.tif", "--out", tmp_path / "o", "--method", "classic",
-                   "--threshold", str(0.5 * lesson.max() / syn.make_image()[0].max())) == 0
+    # 16-bit counts: the default normalisation puts them on the thresholds' 0-1 scale.
+    assert run_cli("segment", tmp_path / "lesson.tif", "--out", tmp_path / "o", "--method", "classic") == 0
     assert tifffile.imread(tmp_path / "o" / "lesson_masks.tif").max() == 8
+    # Without it, the threshold is in counts.
+    assert run_cli("segment", tmp_path / "lesson.tif", "--out", tmp_path / "raw", "--method", "classic",
+                   "--normalize", "none", "--threshold", str(0.5 * lesson.max() / syn.make_image()[0].max())) == 0
+    assert tifffile.imread(tmp_path / "raw" / "lesson_masks.tif").max() == 8
 
 
 def test_committed_sample_data_matches_generator(tmp_path):

@@ -40,18 +40,31 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--threshold-method", choices=classic.THRESHOLD_METHODS, default="global")
     g.add_argument("--split", choices=classic.SPLIT_METHODS, default=None,
                    help="split touching cells (intensity or distance watershed)")
+    g.add_argument("--normalize", choices=classic.NORMALIZE_MODES, default="auto",
+                   help="thresholds are on a 0-1 scale; auto: percentile-normalise integer (camera) "
+                        "images and float images far off 0-1, use 0-1 float images as they are")
 
 
 def _segment(args: argparse.Namespace) -> int:
     from .batch import iter_segment_files
-    from .pipeline import drain
+    from .core import validate
+    from .core.params import SegmentParams
+    from .io import check_output_folder
+    from .progress import drain
 
+    # Every argument is checked before any image is read or any work done.
+    validate.optional_pixel_size(args.pixel_size, "--pixel-size")
     if args.method == "classic":
         params = {"sigma": args.sigma, "threshold": args.threshold, "min_size": args.min_size,
-                  "method": args.threshold_method, "split": args.split}
+                  "method": args.threshold_method, "split": args.split, "normalize": args.normalize}
     else:
+        from .model.inference import choose_device
+
         names = ("h", "sensitivity", "seed_split", "h_probability", "cell_threshold")
         params = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+        SegmentParams(**params)  # a value out of range is an error now, not after the model ran
+        choose_device(args.device)
+    check_output_folder(args.out)
     results = drain(iter_segment_files(
         args.images, args.out, args.method, params, pixel_size=args.pixel_size, model=args.model,
         device=args.device, channel=args.channel, overwrite=args.overwrite))
@@ -246,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("napari_cellseg").setLevel(logging.INFO)
     try:
         return COMMANDS[args.command][1](args)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError, NotADirectoryError,
-            IsADirectoryError) as err:
+    except (OSError, ValueError, RuntimeError, MemoryError, ArithmeticError) as err:
+        # OSError: missing, existing, unreadable or unwritable files, a full disk;
+        # ArithmeticError: a model that produced NaN. Each says what went wrong.
         print(f"napari-cellseg {args.command}: error: {err}", file=sys.stderr)
         return 2
 

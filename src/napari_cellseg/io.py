@@ -19,6 +19,8 @@ def _read_raw(path: Path) -> np.ndarray:
         raise FileNotFoundError(f"no such file: {path}")
     if not path.is_file():
         raise IsADirectoryError(f"not a file: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot read {path}: the file is empty (0 bytes)")
     suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
@@ -29,7 +31,11 @@ def _read_raw(path: Path) -> np.ndarray:
 
         return np.asarray(iio.imread(path))
     except Exception as err:  # re-raised with the file name: the reader's own words vary
-        raise ValueError(f"cannot read {path} as an image ({type(err).__name__}: {err})") from err
+        words = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "plugin" in words.lower() or "backend" in words.lower():
+            # imageio's "no plugin can read this" advice (install a video plugin ...) misleads
+            words = "not a TIFF, PNG, JPEG or BMP image that can be decoded (corrupt or another format)"
+        raise ValueError(f"cannot read {path} as an image: {words}") from err
 
 
 def _drop_singletons(array: np.ndarray) -> np.ndarray:
@@ -103,20 +109,14 @@ def read_image(path: str | Path, channel: int | None = None) -> np.ndarray:
 
 
 def read_labels(path: str | Path) -> np.ndarray:
-    """Read an integer label image (0 = background). RGB label images are refused."""
+    """Read an integer label image (0 = background, one id per object). RGB label images
+    and binary masks are refused, saying why (:func:`~napari_cellseg.core.validate.label_image`)."""
+    from .core import validate
+
     path = Path(path)
     array = _drop_singletons(_read_raw(path))
-    if array.ndim != 2:
-        raise ValueError(f"{path}: a label image must be 2-D, got shape {array.shape}")
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-            raise ValueError(f"{path}: label image has non-integer values")
-        array = array.astype(np.int64)
-    if not np.issubdtype(array.dtype, np.integer) and array.dtype != bool:
-        raise ValueError(f"{path}: unsupported label type {array.dtype}")
-    if array.min() < 0:
-        raise ValueError(f"{path}: label image has negative values")
-    return array.astype(np.int32 if array.max() < 2**31 else np.int64)
+    array = validate.label_image(array, name=str(path), whole_floats=True, one_id_mask=True)
+    return array.astype(np.int32 if array.size == 0 or array.max() < 2**31 else np.int64)
 
 
 def check_can_write(path: str | Path, overwrite: bool = False) -> Path:
@@ -267,3 +267,32 @@ def load_pairs(
         raise ValueError(f"no images found in {images}")
     return [(stem, read_image(img_files[stem], channel), read_labels(mask_files[stem]))
             for stem in sorted(img_files)]
+
+
+MIN_FREE_BYTES = 50 * 2**20  # refuse to start writing results with less free space than this
+
+
+def check_output_folder(folder: str | Path, min_free: int = MIN_FREE_BYTES) -> Path:
+    """Create ``folder`` if needed and check, before any work, that files can be written
+    there and that it has at least ``min_free`` bytes free (OSError naming the folder)."""
+    import os
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"output {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"no permission to write in {folder}")
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".napari-cellseg-write-test-"):
+            pass
+    except OSError as err:
+        raise OSError(f"cannot write results to {folder}: {err.strerror or err}; choose another "
+                      "output folder") from err
+    free = shutil.disk_usage(folder).free
+    if free < min_free:
+        raise OSError(f"only {free / 2**20:.0f} MiB free in {folder} (at least "
+                      f"{min_free / 2**20:.0f} MiB needed): free some space or choose another folder")
+    return folder

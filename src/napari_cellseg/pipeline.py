@@ -16,6 +16,7 @@ from functools import cached_property
 
 import numpy as np
 
+from .core import validate
 from .core.cells import CellStage
 from .core.params import Grid, SegmentParams
 from .core.preprocess import REFERENCE_PIXEL_SIZE, rescale, restore_shape, scale_factor, tophat
@@ -144,33 +145,21 @@ def preprocess(
 ) -> tuple[np.ndarray, float]:
     """Rescale to the model's pixel size and optionally remove the background.
 
-    Returns the image on the model grid and that grid's pixel size (µm).
+    Returns the image on the model grid and that grid's pixel size (µm). Every argument
+    is checked first (:mod:`~napari_cellseg.core.validate`): a pixel size that is not a
+    finite number > 0, a rescale beyond 8x either way or past the memory available is a
+    clear error, before any work.
     """
-    image = _check_image(image)
-    factor = scale_factor(pixel_size, model_pixel_size)
+    image = validate.image_2d(image)
+    pixel_size = validate.optional_pixel_size(pixel_size)
+    tophat_um = validate.optional_pixel_size(tophat_um, "tophat_um")  # same rule: None/0 = off
+    factor = validate.rescale_factor(scale_factor(pixel_size, model_pixel_size), image.shape,
+                                     pixel_size, model_pixel_size)
     grid = rescale(image, factor) if factor != 1.0 else image
     grid_px = model_pixel_size or pixel_size or REFERENCE_PIXEL_SIZE
     if tophat_um:
         grid = tophat(grid, tophat_um / grid_px)
     return grid.astype(np.float32), float(grid_px)
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[-1] in (3, 4):
-        raise ValueError(f"RGB image of shape {image.shape}: pick the channel with the signal "
-                         "first (napari_cellseg.io.select_channel)")
-    if image.ndim != 2:
-        raise ValueError(f"expected a 2-D image, got shape {image.shape}; segment a stack "
-                         "plane by plane")
-    if min(image.shape) < 8:
-        raise ValueError(f"image of shape {image.shape} is too small (at least 8 x 8 px)")
-    if not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
-        raise ValueError(f"unsupported pixel type {image.dtype}")
-    if not np.all(np.isfinite(image)):
-        raise ValueError("image contains NaN or infinite values; replace them first "
-                         "(e.g. numpy.nan_to_num)")
-    return image
 
 
 def iter_predict(

@@ -52,12 +52,13 @@ class ClassicWidget(Container):
         self._on_image()
 
     def _on_image(self, *_) -> None:
-        """Fit the threshold slider to the image's intensity range."""
+        """Fit the threshold slider to the range of what the threshold applies to: the
+        image as segment_classic sees it (normalised to 0-1 for camera counts)."""
         layer = self._image.value
         if layer is None:
             return
-        data = np.asarray(image_plane(layer, self._viewer), dtype=float)
-        lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
+        data, _ = classic.classic_input(image_plane(layer, self._viewer))
+        lo, hi = float(np.min(data)), float(np.max(data))
         if hi > lo:
             self._threshold.min, self._threshold.max = min(lo, 0.0), hi * 1.05
             self._threshold.step = (hi - min(lo, 0.0)) / 200.0

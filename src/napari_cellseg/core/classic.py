@@ -12,6 +12,7 @@ from skimage.feature import peak_local_max
 from skimage.morphology import disk
 from skimage.segmentation import watershed
 
+from . import validate
 from .labels import relabel
 
 logger = logging.getLogger(__name__)
@@ -20,20 +21,37 @@ SMOOTH_SIGMA = 2.0
 THRESHOLD = 0.50
 MIN_CELL_SIZE = 30
 THRESHOLD_METHODS = ("global", "local", "otsu")
+NORMALIZE_MODES = ("auto", "percentile", "none")
+# A float image whose 99.8th percentile exceeds this is taken to be in raw units (counts),
+# not on the 0-1 scale of the thresholds ("auto" normalisation).
+AUTO_NORMALIZE_ABOVE = 10.0
 
 
 def _as_2d_float(image: np.ndarray, name: str = "image") -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (M, N), got shape {image.shape}")
-    if image.dtype == bool or not np.issubdtype(image.dtype, np.number):
-        raise ValueError(f"{name} must be numeric, got dtype {image.dtype}")
-    image = image.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(image)):
-        raise ValueError(
-            f"{name} contains NaN or infinite values; replace them (e.g. np.nan_to_num) first"
-        )
-    return image
+    return validate.image_2d(image, name, min_side=1).astype(np.float64, copy=False)
+
+
+def classic_input(image: np.ndarray, normalize: str = "auto") -> tuple[np.ndarray, bool]:
+    """The image the classic thresholds apply to, and whether it was normalised.
+
+    The thresholds are on a 0-1 intensity scale. ``"auto"`` maps the 1st and 99.8th
+    percentiles to 0 and 1 (as the UNet path does) for integer images (camera counts:
+    8, 12 or 16 bit) and for float images that are clearly not on a 0-1 scale (99.8th
+    percentile above :data:`AUTO_NORMALIZE_ABOVE`), and uses other float images as they
+    are; ``"percentile"`` always normalises, ``"none"`` never.
+    """
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    raw = validate.image_2d(image, min_side=1)
+    image = raw.astype(np.float64, copy=False)
+    if normalize == "none":
+        return image, False
+    if normalize == "auto" and np.issubdtype(raw.dtype, np.floating) and \
+            np.percentile(image, 99.8) <= AUTO_NORMALIZE_ABOVE:
+        return image, False
+    from .preprocess import percentile_normalize
+
+    return percentile_normalize(image).astype(np.float64), True
 
 
 def smooth(image: np.ndarray, sigma: float = SMOOTH_SIGMA) -> np.ndarray:
@@ -165,14 +183,14 @@ def segment_classic(
     split: str | None = None,
     min_distance: int = 5,
     background_radius: float = 15.0,
+    normalize: str = "auto",
 ) -> np.ndarray:
     """The classic pipeline: smooth, threshold, label, drop small objects.
 
     Parameters
     ----------
     image : (M, N) ndarray
-        One channel, any numeric dtype; intensities are used as they are (the
-        threshold is in image units).
+        One channel, any numeric dtype.
     sigma : float
         Gaussian smoothing in pixels.
     threshold : float
@@ -189,12 +207,17 @@ def segment_classic(
     background_radius : float
         Radius of the local-background disc for ``method="local"``, in pixels; larger
         than a cell.
+    normalize : {"auto", "percentile", "none"}
+        The thresholds are on a 0-1 scale: ``"auto"`` percentile-normalises integer
+        images (camera counts) and float images far off that scale, and uses 0-1 float
+        images as they are (see :func:`classic_input`).
 
     Returns
     -------
     labels : (M, N) ndarray of int32
         0 background, cells 1..K.
     """
+    image, _ = classic_input(image, normalize)
     smoothed = smooth(image, sigma)
     mask = foreground_mask(smoothed, threshold, method, background_radius)
     if split:

@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 from skimage.measure import regionprops_table
 
+from . import validate
 from .classic import classify_bright_dim
+from .labels import compact
 
 TABLE_COLUMNS = (
     "label", "area_px", "area_um2", "centroid_y", "centroid_x",
@@ -33,18 +35,23 @@ def cell_table(
     pandas.DataFrame
         Columns ``TABLE_COLUMNS``; centroids in pixels (row, column).
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
-    if image is not None and np.shape(image) != labels.shape:
-        raise ValueError(f"image shape {np.shape(image)} differs from labels {labels.shape}")
-    if labels.size == 0 or labels.max() == 0:
+    labels = validate.label_image(labels)
+    if image is not None:
+        image = np.asarray(image)
+        if image.shape != labels.shape:
+            raise ValueError(f"image shape {image.shape} differs from labels {labels.shape}")
+        if image.dtype == bool or not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
+            raise ValueError(f"image must hold real numbers, got pixel type {image.dtype}")
+    pixel_size = validate.optional_pixel_size(pixel_size)  # None or 0: unknown, area_um2 NaN
+    # Ids 1..K whatever the original ids (huge or sparse ids need no K-sized arrays).
+    dense, ids, areas = compact(labels)
+    if len(ids) == 0:
         return pd.DataFrame({c: pd.Series(dtype=float) for c in TABLE_COLUMNS})
-    props = regionprops_table(labels.astype(np.int64), properties=("label", "area", "centroid"))
+    props = regionprops_table(dense, properties=("label", "centroid"))
     df = pd.DataFrame({
-        "label": props["label"].astype(np.int64),
-        "area_px": props["area"].astype(np.int64),
-        "area_um2": props["area"] * pixel_size**2 if pixel_size else np.nan,
+        "label": ids,
+        "area_px": areas,
+        "area_um2": areas * pixel_size**2 if pixel_size else np.nan,
         "centroid_y": props["centroid-0"],
         "centroid_x": props["centroid-1"],
     })
@@ -54,12 +61,9 @@ def cell_table(
         df["bright"] = pd.array([pd.NA] * len(df), dtype="boolean")
         return df
     image = np.asarray(image, dtype=np.float64)
-    total = np.bincount(labels.ravel(), weights=image.ravel())
-    df["total_intensity"] = total[df["label"].to_numpy()]
-    df["mean_intensity"] = df["total_intensity"] / df["area_px"]
-    # classify_bright_dim wants ids 1..K: classify on the means directly.
-    lab = np.zeros(labels.max() + 1, dtype=np.int64)
-    lab[df["label"].to_numpy()] = np.arange(1, len(df) + 1)
-    bright, _ = classify_bright_dim(image, lab[labels])
+    total = np.bincount(dense.ravel(), weights=image.ravel(), minlength=len(ids) + 1)[1:]
+    df["total_intensity"] = total
+    df["mean_intensity"] = total / areas
+    bright, _ = classify_bright_dim(image, dense)
     df["bright"] = bright
     return df[list(TABLE_COLUMNS)]

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
+from . import validate
 from .labels import compact
 
 IOU_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
@@ -30,15 +31,12 @@ SM_K = 0.6
 
 
 def _check_pair(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    gt = np.asarray(gt)
-    pred = np.asarray(pred)
+    """Both label images validated (a binary mask is refused with a hint: scored as one
+    object it would give a meaningless AP) and of one shape."""
+    gt = validate.label_image(gt, "ground truth")
+    pred = validate.label_image(pred, "prediction")
     if gt.shape != pred.shape:
         raise ValueError(f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}")
-    for name, a in (("ground truth", gt), ("prediction", pred)):
-        if not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
-            raise ValueError(f"{name} labels must be integers, got dtype {a.dtype}")
-        if a.size and a.min() < 0:
-            raise ValueError(f"{name} labels must be >= 0")
     return gt, pred
 
 

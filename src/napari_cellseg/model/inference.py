@@ -4,6 +4,7 @@ memory, per-tile progress."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import weakref
 from collections.abc import Generator
@@ -28,7 +29,7 @@ def choose_device(device: str | torch.device = "auto") -> torch.device:
     not available is an error, not a silent fallback."""
     if isinstance(device, torch.device):
         return device
-    device = (device or "auto").lower()
+    device = (device or "auto").lower() if isinstance(device, str) else device
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -36,6 +37,8 @@ def choose_device(device: str | torch.device = "auto") -> torch.device:
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' (or 'cuda:N') or 'mps', got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but PyTorch sees no CUDA GPU; use 'cpu' or 'auto'")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
@@ -253,6 +256,11 @@ def iter_probabilities(
         done += len(chunk)
         yield Progress(done, total, "tiles")
     acc /= norm
+    if not np.all(np.isfinite(acc)):
+        # Finite weights can still overflow in half precision; never pass NaN on as cells.
+        raise FloatingPointError("the network produced NaN or infinite probabilities on this image"
+                                 + (" in reduced precision: set NAPARI_CELLSEG_CPU_BF16=0 (CPU) or "
+                                    "use device='cpu'" if half else "; the model is broken"))
     return np.ascontiguousarray(acc[:, border : border + h, border : border + w])
 
 

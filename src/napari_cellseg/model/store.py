@@ -72,8 +72,9 @@ def save_model(path: str | Path, model: UNet, info: ModelInfo, overwrite: bool =
     path.parent.mkdir(parents=True, exist_ok=True)
     info.config = model.config
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    _check_finite(state, path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=info.to_metadata())
+    save_file(state, str(tmp), metadata={**info.to_metadata(), CHECKSUM_KEY: weights_checksum(state)})
     tmp.replace(path)  # never leave a half-written model under the real name
     path.chmod(0o644)  # safetensors writes 0600; a shipped or shared model must be readable
     _notify_saved()
@@ -103,13 +104,42 @@ def load_model(model: str | Path | None = None, device: str | torch.device = "cp
         raise ValueError(f"cannot read model weights from {path}: the file is corrupt or not "
                          f"a safetensors file ({err})") from err
     info = ModelInfo.from_metadata(meta)
+    saved_sum = (meta or {}).get(CHECKSUM_KEY)
+    if saved_sum is not None and saved_sum != weights_checksum(state):
+        raise ValueError(f"the weights in {path} are corrupt: their checksum does not match the "
+                         "one saved with them; reinstall or re-save the model")
+    _check_finite(state, path)
     net = UNet(info.config)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"the weights in {path} do not match the architecture "
-                         f"{info.config}: {str(err).splitlines()[0]}") from err
+        details = "; ".join(line.strip() for line in str(err).splitlines()[1:] if line.strip())
+        raise ValueError(f"the weights in {path} do not match the architecture its metadata names "
+                         f"({info.config}): {details or err}") from err
     return net.to(device).eval(), info
+
+
+CHECKSUM_KEY = "napari_cellseg_sha256"
+
+
+def weights_checksum(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of every tensor's name, type, shape and bytes, in name order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"the weights in {path} hold NaN or infinite values ({', '.join(bad[:3])}"
+                         f"{' ...' if len(bad) > 3 else ''}): the model is broken; reinstall it or "
+                         "train it again")
 
 
 def resolve_model(model=None) -> tuple[UNet, ModelInfo]:
