@@ -6,8 +6,28 @@ from __future__ import annotations
 from collections.abc import Generator, Sequence
 from pathlib import Path
 
+from . import __version__
 from .io import check_can_write_all, read_image, result_paths, write_results
 from .progress import Progress
+
+
+def model_record(model) -> dict:
+    """The model a result was made with: name, weight file and the SHA-256 of its
+    tensors saved in the file (None for a file saved before checksums, or a model
+    passed in memory)."""
+    from .model.registry import available_models, resolve_model_path
+    from .model.store import CHECKSUM_KEY
+
+    if isinstance(model, tuple):  # a loaded (UNet, ModelInfo) pair: no file behind it
+        return {"name": None, "path": None, "sha256": None}
+    path = resolve_model_path(model)
+    names = [name for name, p in available_models().items() if Path(p) == path]
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return {"name": names[0] if names else path.stem, "path": str(path),
+            "sha256": meta.get(CHECKSUM_KEY)}
 
 
 def output_paths(path: Path, out: Path) -> dict[str, Path]:
@@ -47,11 +67,12 @@ def iter_segment_files(
     check_can_write_all([t for p in paths for t in output_paths(p, out).values()], overwrite)
     out.mkdir(parents=True, exist_ok=True)
     params = dict(params or {})
-    net = None
+    net, model_info = None, None
     if method == "unet":
         from .model.store import resolve_model
 
         net = resolve_model(model)  # loaded once for the whole batch
+        model_info = model_record(model)
     results = []
     for i, path in enumerate(paths):
         image = read_image(path, channel)
@@ -62,13 +83,20 @@ def iter_segment_files(
             from .core.classic import segment_classic
 
             labels = segment_classic(image, **params)
+            used, size = dict(params), pixel_size
         else:
             from .pipeline import predict
 
-            labels = predict(image, pixel_size, net, device).segment(**params)
-        record = {"image": str(path), "method": method, "parameters": params,
-                  "pixel_size_um": pixel_size, "model": None if model is None else str(model)}
-        write_results(out, path.stem, labels, image, pixel_size, record, overwrite=overwrite)
+            prediction = predict(image, pixel_size, net, device)
+            used = prediction.params(params).to_dict()  # every value, the model's defaults applied
+            labels = prediction.segment(**used)
+            # No pixel size given: the image is taken to be at the model's, unscaled, so
+            # the grid's pixel size is the image's.
+            size = pixel_size or prediction.grid.pixel_size
+        record = {"image": str(path), "method": method, "parameters": used,
+                  "pixel_size_um": size, "pixel_size_given": pixel_size is not None,
+                  "model": model_info, "version": __version__}
+        write_results(out, path.stem, labels, image, size, record, overwrite=overwrite)
         results.append((path, int(labels.max())))
         yield Progress(i + 1, len(paths), "files")
     return results
