@@ -6,6 +6,9 @@ No widget module imports another widget module; they all import from here.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 import numpy as np
 from magicgui.widgets import ComboBox, FloatSpinBox, create_widget
 
@@ -19,6 +22,9 @@ PREPROCESSED_LAYER = "preprocessed"
 SEED_PROBABILITY_LAYER = "seed probability"
 CYTOPLASM_PROBABILITY_LAYER = "cytoplasm probability"
 BACKGROUND_PROBABILITY_LAYER = "background probability"
+
+# The Compare widget's layers: what -> layer name.
+COMPARE_LAYERS = {"TP": "true positives", "FP": "false positives", "FN": "false negatives (missed)"}
 
 # The Predict widget's maps: layer name -> (Prediction attribute, colour map, visible).
 PROBABILITY_LAYERS = {
@@ -43,6 +49,51 @@ STAGE_LAYERS = {
 # The metadata key under which a probability layer holds its cached Prediction.
 PREDICTION_KEY = "prediction"
 NO_MODEL = "(no model)"
+
+
+def looks_like_truth(layer) -> bool:
+    """True for a labels layer named like ground truth ("... ground truth", "x_masks", "gt")."""
+    words = re.split(r"[\W_]+", layer.name.lower())
+    return "truth" in words or "gt" in words or "masks" in words or "annotation" in words
+
+
+def result_layers(layers: Iterable) -> list:
+    """Labels layers that hold a segmentation to score or export, best first: the cells
+    layer, the classic cells layer, then any other that is neither ground truth nor one
+    of Compare's own layers."""
+    layers = [layer for layer in layers if layer is not None]
+    named = {layer.name: layer for layer in layers}
+    first = [named[n] for n in (CELLS_LAYER, CLASSIC_LAYER) if n in named]
+    rest = [layer for layer in layers if layer not in first and not looks_like_truth(layer)
+            and layer.name not in COMPARE_LAYERS.values()]
+    return first + rest
+
+
+class LayerDefaults:
+    """Defaults for layer ComboBoxes that follow the viewer's layers until the user picks
+    one: ``pick()`` (called after every ``reset_choices``) applies ``rule`` to the combos
+    the user has not touched."""
+
+    def __init__(self, combos: dict, rule):
+        self._combos, self._rule = combos, rule
+        self.user_chose: set[str] = set()
+        self._picking = False
+        for key, combo in combos.items():
+            combo.changed.connect(lambda *_, key=key: self._mark(key))
+
+    def _mark(self, key: str) -> None:
+        if not self._picking:
+            self.user_chose.add(key)
+
+    def run(self, action) -> None:
+        """Run ``action`` (e.g. the container's reset_choices) without counting its value
+        changes as the user's choice, then pick the defaults."""
+        self._picking = True
+        try:
+            action()
+            self._rule(self.user_chose)
+        finally:
+            self._picking = False
 
 
 def model_choices(*_) -> list[str]:

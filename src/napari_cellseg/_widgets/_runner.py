@@ -1,9 +1,12 @@
 """Background work for the widgets: a worker with a progress bar, Cancel and errors
-shown as napari notifications (never only logged), and the live re-segmentation that
-stays on the GUI thread only while it is cheap."""
+shown as napari notifications (never only logged), the live re-segmentation that
+stays on the GUI thread only while it is cheap, and the one place where an error from a
+button, a slider or a worker becomes words: a notification and the status line."""
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -11,11 +14,61 @@ from magicgui.widgets import Label, ProgressBar, PushButton
 
 from ..progress import Progress
 
+logger = logging.getLogger(__name__)
 
-def _notify_error(title: str, err: Exception) -> None:
+# Errors a user's input or files cause (the core's ValueErrors, a file that exists, a
+# folder that cannot be written): words are enough. Anything else is a bug: it is shown
+# the same way and also logged with its traceback.
+USER_ERRORS = (ValueError, OSError)
+
+# Widest a status line may make its dock (px): longer text wraps instead.
+STATUS_WIDTH = 320
+
+
+def error_text(title: str, err: BaseException) -> str:
+    """``"<title> failed: <message>"``; a bug's message is prefixed with its type."""
+    message = str(err) or type(err).__name__
+    if not isinstance(err, USER_ERRORS):
+        message = f"{type(err).__name__}: {message}"
+    return f"{title} failed: {message}"
+
+
+def report_error(title: str, err: BaseException, status: Label | None = None) -> None:
+    """Show ``err`` as a readable notification and on the status line; log a bug's
+    traceback (``logging.exception``) so that it is never swallowed."""
     from napari.utils.notifications import show_error
 
-    show_error(f"{title} failed: {err}")
+    text = error_text(title, err)
+    if status is not None:
+        status.value = text
+    show_error(text)
+    if not isinstance(err, USER_ERRORS):
+        logger.error("%s", text, exc_info=err)
+
+
+def reports_errors(handler: Callable, title: str, status: Label | None = None) -> Callable:
+    """``handler`` for a button, slider or layer-choice signal: an exception it raises
+    is reported (:func:`report_error`) instead of escaping into the Qt event loop, where
+    napari shows it as a pop-up without its message. The handler itself still raises,
+    for code and tests that call it directly."""
+
+    @functools.wraps(handler)
+    def handle(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except Exception as err:
+            report_error(title, err, status)
+            return None
+
+    return handle
+
+
+def status_label() -> Label:
+    """A status line that wraps long text rather than widening the dock."""
+    label = Label(value="")
+    label.native.setWordWrap(True)
+    label.native.setMaximumWidth(STATUS_WIDTH)
+    return label
 
 
 class Runner:
@@ -31,13 +84,18 @@ class Runner:
         self.run_button = PushButton(text=run_text)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
-        self.status = Label(value="")
+        self.status = status_label()
         self.worker = None
         self.cancel_button.changed.connect(self.cancel)
 
     @property
     def widgets(self) -> list:
         return [self.run_button, self.cancel_button, self.progress, self.status]
+
+    def on_run(self, handler: Callable) -> None:
+        """Call ``handler`` on Run; what it raises (a bad input found before the worker
+        starts) is reported like a worker's error."""
+        self.run_button.changed.connect(reports_errors(handler, self.title, self.status))
 
     @property
     def running(self) -> bool:
@@ -80,8 +138,7 @@ class Runner:
         self.status.value = f"{self.title}: {text}"
 
     def _on_error(self, err: Exception) -> None:
-        self.status.value = f"{self.title} failed: {err}"
-        _notify_error(self.title, err)
+        report_error(self.title, err, self.status)
 
     def _on_aborted(self) -> None:
         self.status.value = f"{self.title}: cancelled"
@@ -157,9 +214,7 @@ class LiveUpdate:
 
     def _on_error(self, err: Exception) -> None:
         self._pending = None
-        if self.status is not None:
-            self.status.value = f"{self.title} failed: {err}"
-        _notify_error(self.title, err)
+        report_error(self.title, err, self.status)
 
     def _on_finished(self) -> None:
         self.worker = None

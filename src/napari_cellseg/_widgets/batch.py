@@ -22,8 +22,8 @@ class BatchWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
-        self._input = FileEdit(mode="d", label="Images folder")
-        self._output = FileEdit(mode="d", label="Output folder")
+        self._input = FileEdit(mode="d", label="Images folder", nullable=True)  # empty until chosen
+        self._output = FileEdit(mode="d", label="Output folder", nullable=True)
         self._model = model_combo()  # a model trained in the viewer shows up
         self._pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01, label="Pixel size (µm)")
         self._seeds = SeedControls()
@@ -32,7 +32,7 @@ class BatchWidget(Container):
         self._runner = Runner("Run batch", "Batch")
         self.extend([self._input, self._output, self._model, self._pixel_size, *self._seeds.widgets,
                      self._from_layer, self._overwrite, *self._runner.widgets])
-        self._runner.run_button.changed.connect(self.run)
+        self._runner.on_run(self.run)
         self.results = None
 
     def params(self) -> dict:
@@ -45,6 +45,10 @@ class BatchWidget(Container):
     def run(self, *_):
         from ..batch import iter_segment_files
 
+        if self._input.value is None:
+            raise ValueError("choose the folder of images to segment")
+        if self._output.value is None:
+            raise ValueError("choose an output folder")
         images = list_images(Path(self._input.value))
         if not images:
             raise ValueError(f"no TIFF / PNG images in {self._input.value}")

@@ -10,7 +10,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FloatSlider,
-    Label,
     PushButton,
     Slider,
     create_widget,
@@ -19,6 +18,7 @@ from magicgui.widgets import (
 from ..core import classic
 from ._inputs import CLASSIC_LAYER
 from ._layers import image_plane, show_layer
+from ._runner import reports_errors, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -38,18 +38,19 @@ class ClassicWidget(Container):
         self._split = ComboBox(value="none", choices=("none", *classic.SPLIT_METHODS), label="Split touching")
         self._live = CheckBox(value=True, text="Update live")
         self._run_button = PushButton(text="Segment")
-        self._status = Label(value="")
+        self._status = status_label()
         self.extend([self._image, self._method, self._sigma, self._threshold, self._min_size,
                      self._split, self._live, self._run_button, self._status])
-        self._image.changed.connect(self._on_image)
-        self._run_button.changed.connect(self.run)
+        self._image.changed.connect(reports_errors(self._on_image, "Segmentation", self._status))
+        self._run_button.changed.connect(reports_errors(self.run, "Segmentation", self._status))
         from superqt.utils import qdebounced
 
         # Dragging a slider re-segments once it pauses, not on every tick.
-        self._debounced_run = qdebounced(self.run, timeout=40)
+        self._debounced_run = qdebounced(reports_errors(self.run, "Segmentation", self._status),
+                                         timeout=40)
         for w in (self._sigma, self._threshold, self._min_size, self._method, self._split):
             w.changed.connect(self._on_param)
-        self._on_image()
+        reports_errors(self._on_image, "Segmentation", self._status)()
 
     def _on_image(self, *_) -> None:
         """Fit the threshold slider to the range of what the threshold applies to: the

@@ -14,14 +14,15 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
-    Label,
     LineEdit,
     PushButton,
     create_widget,
 )
 
 from ..io import write_results
+from ._inputs import LayerDefaults, result_layers
 from ._layers import image_plane, pixel_size_of
+from ._runner import reports_errors, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -36,18 +37,31 @@ class ExportWidget(Container):
         self._labels = create_widget(label="Labels", annotation="napari.layers.Labels")
         self._image = create_widget(label="Intensities from", annotation="napari.layers.Image",
                                     options={"nullable": True})
-        self._folder = FileEdit(mode="d", label="Folder")
+        self._folder = FileEdit(mode="d", label="Folder", nullable=True)  # empty until chosen
         self._name = LineEdit(value="", label="Base name", tooltip="empty: the labels layer's source")
         self._format = ComboBox(value=".tif", choices=(".tif", ".png"), label="Labels format")
         self._pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01, label="Pixel size (µm)")
         self._overwrite = CheckBox(value=False, text="Replace existing files")
         self._button = PushButton(text="Export")
-        self._status = Label(value="")
+        self._status = status_label()
         self.extend([self._labels, self._image, self._folder, self._name, self._format,
                      self._pixel_size, self._overwrite, self._button, self._status])
-        self._button.changed.connect(self.export)
+        self._button.changed.connect(reports_errors(self.export, "Export", self._status))
         self._labels.changed.connect(self._on_labels)
+        self._defaults = LayerDefaults({"labels": self._labels}, self._pick_defaults)
+        self._defaults.run(lambda: None)
         self._on_labels()
+
+    def reset_choices(self, *args) -> None:
+        """The layer lists follow the viewer; an untouched choice follows the default."""
+        self._defaults.run(lambda: super(ExportWidget, self).reset_choices(*args))
+
+    def _pick_defaults(self, user_chose: set[str]) -> None:
+        """The cells layer (or another result layer), not a ground-truth layer."""
+        if "labels" not in user_chose:
+            candidates = result_layers(self._labels.choices)
+            if candidates:
+                self._labels.value = candidates[0]
 
     def _on_labels(self, *_) -> None:
         layer = self._labels.value
@@ -69,9 +83,9 @@ class ExportWidget(Container):
         layer = self._labels.value
         if layer is None:
             raise ValueError("choose a labels layer to export")
-        folder = Path(self._folder.value)
-        if not str(self._folder.value) or str(self._folder.value) == ".":
+        if self._folder.value is None or not str(self._folder.value).strip():
             raise ValueError("choose a folder to export to")
+        folder = Path(self._folder.value)
         labels = np.asarray(layer.data)
         if labels.ndim != 2:
             raise ValueError(f"labels of shape {labels.shape}: export one plane at a time (2-D)")

@@ -29,7 +29,7 @@ class PredictWidget(Container):
                                     tooltip="background removal size; 0: off (the paper: 130 µm)")
         self._runner = Runner("Predict", "Prediction")
         self.extend([*self._inputs.widgets, self._tophat, *self._runner.widgets])
-        self._runner.run_button.changed.connect(self.run)
+        self._runner.on_run(self.run)
         self.prediction = None
 
     def run(self, *_):

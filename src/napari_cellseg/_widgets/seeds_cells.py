@@ -14,7 +14,6 @@ from magicgui.widgets import (
     Container,
     FloatSlider,
     FloatSpinBox,
-    Label,
     create_widget,
 )
 
@@ -26,7 +25,7 @@ from ._inputs import (
     prediction_of,
 )
 from ._layers import show_layer
-from ._runner import LiveUpdate
+from ._runner import LiveUpdate, reports_errors, status_label
 from ._seed_controls import SeedControls
 
 if TYPE_CHECKING:
@@ -45,12 +44,12 @@ class _LiveStage(Container):
         if SEED_PROBABILITY_LAYER in viewer.layers:
             self._source.value = viewer.layers[SEED_PROBABILITY_LAYER]
         self._live = CheckBox(value=True, text="Update live")
-        self._status = Label(value="")
+        self._status = status_label()
         self._updater = LiveUpdate(title, self._status)
         self.extend([self._source, *controls, self._live, self._status])
         from superqt.utils import qdebounced
 
-        self._debounced = qdebounced(self._update_if_ready, timeout=40)
+        self._debounced = qdebounced(reports_errors(self._update_if_ready, title, self._status), timeout=40)
         for w in controls:
             w.changed.connect(self._on_param)
         self._source.changed.connect(self._use_model_defaults)

@@ -19,7 +19,7 @@ from magicgui.widgets import Container, FloatSpinBox
 from ..progress import Progress
 from ._inputs import CELLS_LAYER, ModelInputs, image_data
 from ._layers import plane_index, show_layer
-from ._runner import LiveUpdate, Runner
+from ._runner import LiveUpdate, Runner, reports_errors
 from ._seed_controls import SeedControls
 
 if TYPE_CHECKING:
@@ -60,11 +60,12 @@ class SegmentCellsWidget(Container):
         self._cells: np.ndarray | None = None  # (planes, M, N) labels shown
         self._segmented_with: list[dict | None] = []  # per plane: the parameters of its labels
         self._touched = False  # has the user moved a slider?
-        self._runner.run_button.changed.connect(self.run)
+        self._runner.on_run(self.run)
         from superqt.utils import qdebounced
 
         # A short debounce: dragging a slider re-segments once it pauses, not per pixel.
-        self._debounced_update = qdebounced(self.update_cells, timeout=40)
+        self._debounced_update = qdebounced(
+            reports_errors(self.update_cells, "Re-segmentation", self._runner.status), timeout=40)
         for signal in (*self._seeds.changed, self._min_area.changed):
             signal.connect(self._on_param)
         viewer.dims.events.current_step.connect(self._on_plane)

@@ -39,7 +39,8 @@ class TrainWidget(Container):
         self._image = create_widget(label="Image", annotation="napari.layers.Image")
         self._labels = create_widget(label="Corrected labels", annotation="napari.layers.Labels")
         self._use_folder = CheckBox(value=False, text="Train on a folder of pairs instead")
-        self._folder = FileEdit(mode="d", label="Pairs folder", tooltip="x.tif with x_masks.tif ...")
+        self._folder = FileEdit(mode="d", label="Pairs folder", nullable=True,
+                                tooltip="x.tif with x_masks.tif ...")
         self._init = ComboBox(choices=lambda *_: [*model_choices(), FROM_SCRATCH], label="Start from")
         if DEFAULT_MODEL in self._init.choices:  # the README's promise: it fine-tunes
             self._init.value = DEFAULT_MODEL
@@ -49,7 +50,7 @@ class TrainWidget(Container):
         self._runner = Runner("Train", "Training")
         self.extend([self._image, self._labels, self._use_folder, self._folder, self._init,
                      self._epochs, self._steps, self._name, *self._runner.widgets])
-        self._runner.run_button.changed.connect(self.run)
+        self._runner.on_run(self.run)
         self.saved: Path | None = None
         self.history: list[dict] = []
 
@@ -58,6 +59,8 @@ class TrainWidget(Container):
         if self._use_folder.value:
             from ..io import load_pairs
 
+            if self._folder.value is None:
+                raise ValueError("choose the folder of image / mask pairs")
             folder = Path(self._folder.value)
             return load_pairs(folder, folder), None
         layer = self._image.value
