@@ -45,6 +45,7 @@ def iter_segment_files(
     device: str = "auto",
     channel: int | None = None,
     overwrite: bool = False,
+    cell_diameter_px: float | None = None,
 ) -> Generator[Progress, None, list[tuple[Path, int]]]:
     """Segment each file; yield ``Progress(files done, total, "files")``; return
     [(path, number of cells)].
@@ -87,15 +88,19 @@ def iter_segment_files(
         else:
             from .pipeline import predict
 
-            prediction = predict(image, pixel_size, net, device)
+            prediction = predict(image, pixel_size, net, device, cell_diameter_px=cell_diameter_px)
             used = prediction.params(params).to_dict()  # every value, the model's defaults applied
             labels = prediction.segment(**used)
-            # No pixel size given: the image is taken to be at the model's, unscaled, so
-            # the grid's pixel size is the image's.
-            size = pixel_size or prediction.grid.pixel_size
+            # The pixel size given, estimated ("auto") or derived from the cell diameter;
+            # with none, the image is taken to be at the model's, unscaled, so the grid's
+            # pixel size is the image's.
+            size = prediction.pixel_size or prediction.grid.pixel_size
         record = {"image": str(path), "method": method, "parameters": used,
                   "pixel_size_um": size, "pixel_size_given": pixel_size is not None,
                   "model": model_info, "version": __version__}
+        if method == "unet" and (prediction.scale is not None or cell_diameter_px is not None):
+            record["pixel_size_from"] = ("estimated from the image" if prediction.scale is not None
+                                         else f"cell diameter {cell_diameter_px} px")
         write_results(out, path.stem, labels, image, size, record, overwrite=overwrite)
         results.append((path, int(labels.max())))
         yield Progress(i + 1, len(paths), "files")

@@ -20,7 +20,10 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (created)")
     p.add_argument("--method", choices=("unet", "classic"), default="unet")
     p.add_argument("--channel", type=int, default=None, help="RGB channel (default: the one with signal)")
-    p.add_argument("--pixel-size", type=float, default=None, help="µm per pixel (default: the model's)")
+    p.add_argument("--pixel-size", type=_pixel_size_arg, default=None,
+                   help="µm per pixel, or 'auto' to estimate it from the image (default: the model's)")
+    p.add_argument("--cell-diameter", type=float, default=None, metavar="PX",
+                   help="the cells' typical diameter in pixels, instead of a pixel size (unet method)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     g = p.add_argument_group("unet method")
     g.add_argument("--model", default=None, help="model name or .safetensors path (default: shipped)")
@@ -53,7 +56,15 @@ def _segment(args: argparse.Namespace) -> int:
     from .progress import drain
 
     # Every argument is checked before any image is read or any work done.
-    validate.optional_pixel_size(args.pixel_size, "--pixel-size")
+    if args.pixel_size != "auto":
+        validate.optional_pixel_size(args.pixel_size, "--pixel-size")
+    if args.cell_diameter is not None:
+        if args.method == "classic" or args.pixel_size is not None:
+            raise ValueError("--cell-diameter goes with the unet method and without --pixel-size")
+        validate.finite_positive(args.cell_diameter, "--cell-diameter", "px")
+    if args.method == "classic" and args.pixel_size == "auto":
+        raise ValueError("--pixel-size auto needs the unet method (the classic one has no model "
+                         "to size cells against)")
     if args.method == "classic":
         params = {"sigma": args.sigma, "threshold": args.threshold, "min_size": args.min_size,
                   "method": args.threshold_method, "split": args.split, "normalize": args.normalize}
@@ -67,10 +78,16 @@ def _segment(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     results = drain(iter_segment_files(
         args.images, args.out, args.method, params, pixel_size=args.pixel_size, model=args.model,
-        device=args.device, channel=args.channel, overwrite=args.overwrite))
+        device=args.device, channel=args.channel, overwrite=args.overwrite,
+        cell_diameter_px=args.cell_diameter))
     for path, n in results:
         print(f"{path.name}: {n} cells -> {args.out / (path.stem + '_masks.tif')}")
     return 0
+
+
+def _pixel_size_arg(text: str) -> float | str:
+    """--pixel-size: a number of µm, or "auto"."""
+    return "auto" if text.strip().lower() == "auto" else float(text)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:

@@ -51,6 +51,8 @@ class Prediction:
     grid_image: np.ndarray  # preprocessed image on the model grid
     grid: Grid  # the model grid's pixel size and the model's typical cell diameter (µm)
     defaults: SegmentParams = field(default_factory=SegmentParams)
+    pixel_size: float | None = None  # µm per input pixel used (None: taken as the model's)
+    scale: object | None = None  # the ScaleEstimate when the pixel size was estimated ("auto")
 
     # ---- maps ----------------------------------------------------------------
     @property
@@ -184,6 +186,7 @@ def iter_predict(
     batch_size: int | None = None,
     flips: bool = False,
     warm: SegmentParams | Mapping | None = None,
+    cell_diameter_px: float | None = None,
 ) -> Generator[Progress, None, Prediction]:
     """:func:`predict` as a generator: yields :class:`Progress` (tiles), returns the
     :class:`Prediction`. A worker that stops iterating cancels the prediction. With
@@ -193,6 +196,22 @@ def iter_predict(
     from .model.store import resolve_model
 
     net, info = resolve_model(model)
+    scale = None
+    if cell_diameter_px is not None:
+        if pixel_size is not None:
+            raise ValueError("give the pixel size or the cell diameter, not both")
+        # The pixel size at which cells this many pixels across have the model's diameter.
+        pixel_size = info.cell_diameter_um / validate.finite_positive(cell_diameter_px, "cell_diameter_px", "px")
+    elif isinstance(pixel_size, str):
+        if pixel_size != "auto":
+            raise ValueError(f"pixel_size must be a number of µm, None or 'auto', got {pixel_size!r}")
+        from .scale import estimate_scale
+
+        yield Progress(0, 1, "tiles", message="estimating the scale")
+        scale = estimate_scale(validate.image_2d(image), net, info, device)
+        pixel_size = scale.pixel_size
+        logger.info("automatic scale: %.3g µm per pixel (cells about %.1f px across; network "
+                    "confidence %.2f)", pixel_size, scale.cell_diameter_px, scale.confidence)
     grid_image, grid_px = preprocess(image, pixel_size, info.pixel_size, tophat_um)
     if np.ptp(grid_image) == 0:
         # A constant image holds no cell; normalising it would only amplify nothing.
@@ -205,7 +224,7 @@ def iter_predict(
                                               flips=flips)
     defaults = SegmentParams.from_mapping(info.extra.get("segment_defaults"))
     prediction = Prediction(np.asarray(image), probs, grid_image, Grid(grid_px, info.cell_diameter_um),
-                            defaults)
+                            defaults, validate.optional_pixel_size(pixel_size), scale)
     if prediction.confidence < LOW_CONFIDENCE:
         logger.warning(
             "the network is unsure about most of this image (confidence %.2f, below %.2f): it may "
@@ -232,9 +251,11 @@ def predict(
     ----------
     image : (M, N) ndarray
         One channel, any numeric dtype.
-    pixel_size : float, optional
+    pixel_size : float, "auto" or None
         µm per pixel; when given (and the model knows its own), the image is rescaled to
-        the model's pixel size and results are mapped back.
+        the model's pixel size and results are mapped back. ``"auto"`` estimates it from
+        the image (:func:`napari_cellseg.scale.estimate_scale`: a few small trial passes);
+        None takes the image to be at the model's pixel size.
     model : str, path or (UNet, ModelInfo), optional
         A shipped or saved model name, a weight file, or a loaded model. Default: the
         shipped model.
@@ -243,7 +264,8 @@ def predict(
     progress : callable, optional
         Called with each :class:`~napari_cellseg.progress.Progress` (tiles done).
     **kwargs
-        ``tophat_um``, ``tile``, ``batch_size``, ``flips``, ``warm`` (see :func:`iter_predict`).
+        ``tophat_um``, ``tile``, ``batch_size``, ``flips``, ``warm`` (see :func:`iter_predict`),
+        ``cell_diameter_px`` (the cells' typical diameter in pixels, instead of a pixel size).
 
     Returns
     -------
@@ -284,6 +306,7 @@ def iter_predict_planes(
                 step = next(gen)
             except StopIteration as stop:
                 out.append(stop.value)
+                pixel_size = stop.value.pixel_size  # an "auto" scale: estimated once per stack
                 break
             done, total = step[0], step[1]
             text = (step.message if isinstance(step, Progress) else "") or f"{done} / {total} tiles"

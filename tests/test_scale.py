@@ -1,0 +1,96 @@
+"""Automatic scale and the cell diameter as the unit a user gives (issue 15, step 1)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+pytest.importorskip("torch")
+
+import napari_cellseg as ncs  # noqa: E402
+from napari_cellseg.core.preprocess import rescale  # noqa: E402
+from napari_cellseg.model.store import resolve_model  # noqa: E402
+from napari_cellseg.scale import estimate_scale  # noqa: E402
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
+TRUE_PIXEL_SIZE = 0.5  # µm, the synthetic tissue's (cells 7.5 µm across, as the model's)
+
+
+@pytest.fixture(scope="module")
+def tissue():
+    image = tifffile.imread(SAMPLES / "tissue.tif")[:320, :320].astype(np.float32)
+    labels = tifffile.imread(SAMPLES / "tissue_masks.tif")[:320, :320]
+    return image, labels
+
+
+@pytest.mark.parametrize("drawn", [0.5, 1.0, 2.0])
+def test_auto_scale_recovers_a_known_scale(tissue, drawn):
+    image, _ = tissue
+    net, info = resolve_model(None)
+    x = rescale(image, drawn) if drawn != 1 else image
+    estimate = estimate_scale(x, net, info, "cpu")
+    # Drawn at `drawn` x, the pixels are `drawn` x smaller: the estimate must follow.
+    assert estimate.pixel_size * drawn == pytest.approx(TRUE_PIXEL_SIZE, rel=0.15)
+    assert estimate.cell_diameter_px / drawn == pytest.approx(15.0, rel=0.15)
+    assert len(estimate.trials) >= 5
+
+
+def test_auto_scale_through_predict_segments_a_rescaled_image(tissue):
+    image, labels = tissue
+    big = np.kron(image, np.ones((2, 2), np.float32))  # the same cells at 0.25 µm/px
+    big_labels = np.kron(labels, np.ones((2, 2), labels.dtype))
+    auto = ncs.predict(big, pixel_size="auto", device="cpu")
+    assert auto.scale is not None and auto.pixel_size == auto.scale.pixel_size
+    assert auto.pixel_size == pytest.approx(0.25, rel=0.15)
+    ap_auto = ncs.evaluate(big_labels, auto.segment()).ap
+    ap_unscaled = ncs.evaluate(big_labels, ncs.segment(big, device="cpu")).ap  # taken as 0.5 µm/px
+    assert ap_auto >= 0.9
+    assert ap_auto > ap_unscaled + 0.2
+
+
+def test_cell_diameter_and_pixel_size_give_the_same_cells(tissue):
+    image, _ = tissue
+    _, info = resolve_model(None)
+    diameter_px = 12.0
+    by_diameter = ncs.predict(image, cell_diameter_px=diameter_px, device="cpu")
+    by_pixel_size = ncs.predict(image, pixel_size=info.cell_diameter_um / diameter_px, device="cpu")
+    assert by_diameter.pixel_size == pytest.approx(0.625)
+    np.testing.assert_array_equal(by_diameter.segment(), by_pixel_size.segment())
+
+
+@pytest.mark.parametrize(("kwargs", "phrase"), [
+    ({"pixel_size": "big"}, "'auto'"),
+    ({"pixel_size": 0.5, "cell_diameter_px": 10}, "not both"),
+    ({"cell_diameter_px": 0}, "cell_diameter_px"),
+    ({"cell_diameter_px": float("nan")}, "finite"),
+])
+def test_scale_arguments_are_checked(tissue, kwargs, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        ncs.predict(tissue[0], device="cpu", **kwargs)
+
+
+def test_no_cells_at_any_scale_is_a_clear_error():
+    with pytest.raises(ValueError, match="constant"):
+        ncs.predict(np.zeros((256, 256), np.float32), pixel_size="auto", device="cpu")
+
+
+
+def test_cli_auto_pixel_size_and_cell_diameter(tmp_path, capsys):
+    import json
+
+    from napari_cellseg.cli import main
+
+    image = tmp_path / "crop.tif"
+    tifffile.imwrite(image, tifffile.imread(SAMPLES / "tissue.tif")[:160, :160])
+    assert main(["segment", str(image), "--out", str(tmp_path / "a"), "--pixel-size", "auto"]) == 0
+    record = json.loads((tmp_path / "a" / "crop_params.json").read_text())
+    assert record["pixel_size_from"] == "estimated from the image"
+    assert record["pixel_size_um"] == pytest.approx(0.5, rel=0.15)
+    assert main(["segment", str(image), "--out", str(tmp_path / "d"), "--cell-diameter", "15"]) == 0
+    record = json.loads((tmp_path / "d" / "crop_params.json").read_text())
+    assert record["pixel_size_um"] == pytest.approx(0.5)  # 7.5 µm cells 15 px across
+    assert record["pixel_size_from"] == "cell diameter 15.0 px"
+    assert main(["segment", str(image), "--out", str(tmp_path / "x"), "--cell-diameter", "15",
+                 "--pixel-size", "0.5"]) == 2
+    assert "without --pixel-size" in capsys.readouterr().err
