@@ -82,7 +82,7 @@ def test_cli_auto_pixel_size_and_cell_diameter(tmp_path, capsys):
     from napari_cellseg.cli import main
 
     image = tmp_path / "crop.tif"
-    tifffile.imwrite(image, tifffile.imread(SAMPLES / "tissue.tif")[:160, :160])
+    tifffile.imwrite(image, tifffile.imread(SAMPLES / "tissue.tif")[:320, :320])
     assert main(["segment", str(image), "--out", str(tmp_path / "a"), "--pixel-size", "auto"]) == 0
     record = json.loads((tmp_path / "a" / "crop_params.json").read_text())
     assert record["pixel_size_from"] == "estimated from the image"
