@@ -17,10 +17,9 @@ from .core import synthetic
 
 logger = logging.getLogger(__name__)
 
-# Where the shipped sample files are: package data when installed with them, else the
-# repository's sample_data/ folder (a source checkout or an editable install).
-SAMPLE_FOLDERS = (Path(__file__).resolve().parent / "data",
-                  Path(__file__).resolve().parents[2] / "sample_data")
+# Where the shipped sample files are: package data (the repository's sample_data/ is a
+# link to this folder, for the README's commands).
+SAMPLE_FOLDERS = (Path(__file__).resolve().parent / "data",)
 
 TISSUE_SEED = 20180510
 WHOLE_CELL_SEED = 2024
