@@ -397,3 +397,24 @@ def test_fine_tune_in_viewer_adds_a_model(make_napari_viewer, qtbot, tissue, use
     widget.run()  # the same name again: refused, as a notification, nothing overwritten
     wait_done(qtbot, widget._runner)
     assert "exists" in widget._runner.status.value
+
+
+def test_unknown_pixel_size_estimated_in_one_click(make_napari_viewer, qtbot, tissue):
+    from napari_cellseg._widgets._inputs import CELLS_LAYER
+    from napari_cellseg._widgets.segment_cells import SegmentCellsWidget
+    from napari_cellseg.core.metrics import evaluate
+
+    viewer = make_napari_viewer()
+    big = np.kron(tissue[0], np.ones((2, 2), np.float32))  # 0.25 µm/px, not said anywhere
+    viewer.add_image(big, name="unknown scale")
+    widget = SegmentCellsWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._inputs.auto_scale.value = True
+    assert not widget._pixel_size.enabled
+    widget.run()
+    wait_done(qtbot, widget._runner)
+    layer = viewer.layers[CELLS_LAYER]
+    assert layer.metadata["pixel_size_um"] == pytest.approx(0.25, rel=0.15)
+    assert "pixel size estimated" in widget._runner.status.value
+    truth = np.kron(tissue[1], np.ones((2, 2), tissue[1].dtype))
+    assert evaluate(truth, layer.data).ap >= 0.8

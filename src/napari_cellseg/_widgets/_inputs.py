@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable
 
 import numpy as np
-from magicgui.widgets import ComboBox, FloatSpinBox, create_widget
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, create_widget
 
 from ._layers import one_channel, pixel_size_of
 
@@ -171,18 +171,28 @@ class ModelInputs:
         self.image = create_widget(label="Image", annotation="napari.layers.Image")
         self.pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01,
                                        label="Pixel size (µm)", tooltip="0: the model's own")
+        self.auto_scale = CheckBox(value=False, text="Estimate the pixel size from the image",
+                                   tooltip="a few small trial passes find the scale at which the "
+                                           "cells look like the model's (for an unknown pixel size)")
         self.model = model_combo()
         self.device = ComboBox(value="auto", choices=("auto", "cpu", "cuda", "mps"), label="Device")
         self.image.changed.connect(self._on_image)
+        self.auto_scale.changed.connect(self._on_auto)
         self._on_image()
 
     @property
     def widgets(self) -> list:
-        return [self.image, self.pixel_size, self.model, self.device]
+        return [self.image, self.pixel_size, self.auto_scale, self.model, self.device]
 
     @property
-    def pixel_size_um(self) -> float | None:
+    def pixel_size_um(self) -> float | str | None:
+        """What to pass as the pixel size: µm, "auto" (estimate it) or None (the model's)."""
+        if self.auto_scale.value:
+            return "auto"
         return float(self.pixel_size.value) or None
+
+    def _on_auto(self, *_) -> None:
+        self.pixel_size.enabled = not self.auto_scale.value
 
     @property
     def model_name(self) -> str:

@@ -45,7 +45,7 @@ class PredictWidget(Container):
     def _on_done(self, prediction) -> None:
         self.prediction = prediction
         meta = {"stage": "predict", "model": self._model.value,
-                "pixel_size_um": self._inputs.pixel_size_um,
+                "pixel_size_um": prediction.pixel_size,  # given, estimated or None (the model's)
                 "tophat_um": float(self._tophat.value) or None}
         if self._tophat.value or self._pixel_size.value:
             show_layer(self._viewer, prediction.to_input(prediction.grid_image), PREPROCESSED_LAYER,

@@ -151,9 +151,11 @@ class SegmentCellsWidget(Container):
         plane = self.current_plane()
         layer.metadata.update({
             "stage": "cells", "parameters": self._segmented_with[plane], "source": self._source,
-            "model": self._model.value, "pixel_size_um": self._inputs.pixel_size_um,
+            "model": self._model.value, "pixel_size_um": self.predictions[plane].pixel_size,
             "stale_planes": sorted(self.stale_planes)})
         n = int(self._cells[plane].max())
-        self._runner.status.value = (f"{n} cells" + (f" in plane {plane + 1} of {len(self._cells)} planes"
-                                                     if self._stack else ""))
+        estimated = self.predictions[plane].scale is not None
+        self._runner.status.value = (
+            f"{n} cells" + (f" in plane {plane + 1} of {len(self._cells)} planes" if self._stack else "")
+            + (f" (pixel size estimated: {self.predictions[plane].pixel_size:.3g} µm)" if estimated else ""))
         return layer
