@@ -78,19 +78,35 @@ def test_tiled_equals_untiled_away_from_border(tiny_model):
     assert np.abs(whole[inner] - tiled[inner]).mean() < 1e-3
 
 
-def test_tiles_ignore_their_zero_padded_margin():
-    """With the shipped (trained) network, tiling stays close to a one-tile prediction.
-    A plain linear ramp over the default overlap measured mean 0.0018 / 99th percentile
-    0.023 here; ignoring each tile's outer margin, 0.0006 / 0.012."""
+def test_tiles_ignore_their_zero_padded_margin(monkeypatch):
+    """With the shipped (trained) network, tiling stays close to a one-tile prediction,
+    and closer than a plain linear ramp over the same overlap would (measured: mean
+    0.0018 -> 0.0006, 99th percentile 0.023 -> 0.012): the bound is relative to what
+    the test computes, not to the current weights' figures."""
+    from napari_cellseg.model import inference
     from napari_cellseg.model.store import load_model
 
     model, _ = load_model()
     image = syn.make_whole_cell_image(seed=1, shape=(384, 384), cell_radius=7, stain="membrane").image
     whole = predict_probabilities(model, image, tile=512, device="cpu", half=False)
     tiled = predict_probabilities(model, image, tile=256, device="cpu", half=False)  # 2 x 2 tiles
-    diff = np.abs(whole - tiled)[:, 16:-16, 16:-16]
-    assert diff.mean() < 1e-3
-    assert np.percentile(diff, 99) < 0.016
+
+    def plain_ramp(n, overlap):
+        ramp = np.ones(n, dtype=np.float32)
+        k = min(overlap, n // 2)
+        if k > 0:
+            edge = (np.arange(k, dtype=np.float32) + 0.5) / k
+            ramp[:k] = edge
+            ramp[-k:] = np.minimum(ramp[-k:], edge[::-1])
+        return ramp
+
+    monkeypatch.setattr(inference, "_ramp", plain_ramp)
+    plain = predict_probabilities(model, image, tile=256, device="cpu", half=False)
+    inner = np.s_[:, 16:-16, 16:-16]
+    diff, diff_plain = np.abs(whole - tiled)[inner], np.abs(whole - plain)[inner]
+    assert diff.mean() < 0.5 * diff_plain.mean()
+    assert np.percentile(diff, 99) < 0.75 * np.percentile(diff_plain, 99)
+    assert diff.mean() < 1e-3  # and small in absolute terms
 
 
 def test_cpu_reduced_precision_is_close_and_can_be_switched_off(tiny_model, monkeypatch):
