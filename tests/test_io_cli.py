@@ -195,10 +195,15 @@ def test_cli_unet_seed_options_reach_the_segmentation(tmp_path):
     assert run_cli("segment", path, "--out", tmp_path / "a", "--device", "cpu", "--seed-split", "shape",
                    "--h", "2", "--cell-threshold", "0.5") == 0
     record = json.loads((tmp_path / "a" / "tissue_params.json").read_text())
-    assert record["parameters"] == {"h": 2.0, "seed_split": "shape", "cell_threshold": 0.5}
     pred = ncs.predict(s.image.astype(np.float32), device="cpu")
+    # Every value used is recorded: the options given, the model's defaults for the rest.
+    used = pred.params(seed_split="shape", h=2.0, cell_threshold=0.5).to_dict()
+    assert record["parameters"] == {k: list(v) if isinstance(v, tuple) else v for k, v in used.items()}
+    assert record["parameters"]["h"] == 2.0 and record["parameters"]["seed_split"] == "shape"
     written = tifffile.imread(tmp_path / "a" / "tissue_masks.tif")
-    assert written.max() == pred.segment(seed_split="shape", h=2.0, cell_threshold=0.5).max() > 0
+    expected = pred.segment(seed_split="shape", h=2.0, cell_threshold=0.5)
+    assert expected.max() > 0
+    np.testing.assert_array_equal(written, expected)
     assert run_cli("segment", path, "--out", tmp_path / "b", "--device", "cpu",
                    "--h-probability", "0.3", "--sensitivity", "70") == 0
     assert tifffile.imread(tmp_path / "b" / "tissue_masks.tif").max() == pred.segment(
