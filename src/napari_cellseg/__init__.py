@@ -8,6 +8,7 @@ torch)::
     segment_classic(image, sigma=2.0, threshold=0.5, ...)     -> labels
     evaluate(gt, pred, iou=0.5, min_size=0)                   -> Evaluation
     cell_table(labels, image=None, pixel_size=None)           -> pandas.DataFrame
+    segment_large(source, out.zarr, block=4096, halo=64, ...) -> LargeResult (dask)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ _API = {
     "read_image": "napari_cellseg.io",
     "read_labels": "napari_cellseg.io",
     "write_labels": "napari_cellseg.io",
+    "segment_large": "napari_cellseg.workflows.large",
 }
 
 __all__ = sorted(_API)

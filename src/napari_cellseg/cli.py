@@ -249,8 +249,52 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_segment_large(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment-large", help="segment a whole slide block by block on dask.distributed; "
+                                             "writes OUT.zarr (multiscale labels) and OUT.zarr/cells.csv")
+    p.add_argument("image", help="a zarr array, an OME-Zarr image or a (tiled) TIFF, 2-D")
+    p.add_argument("--out", type=Path, required=True, help="output zarr folder")
+    p.add_argument("--block", type=int, default=4096, help="block side in px (default 4096)")
+    p.add_argument("--halo", type=int, default=64, help="context around a block in px; doubled where a "
+                                                        "cell reaches it (default 64)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--workers", type=int, default=None, help="local workers (default: one per core)")
+    g.add_argument("--scheduler", default=None, help="join a dask scheduler, e.g. tcp://host:8786")
+    p.add_argument("--resume", action="store_true", help="finish a run found at --out (same settings)")
+    p.add_argument("--overwrite", action="store_true", help="delete --out first")
+    p.add_argument("--pixel-size", type=float, default=None, help="µm per pixel; must be the model's")
+    p.add_argument("--model", default=None, help="model name or .safetensors path (default: shipped)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--sensitivity", type=float, default=None, help="seed sensitivity 0-100")
+    p.add_argument("--h-probability", type=float, default=None, help="dip between two seeds, 0-1")
+    p.add_argument("--cell-threshold", type=float, default=None, help="cell probability threshold")
+
+
+def _segment_large(args: argparse.Namespace) -> int:
+    from .workflows.large import segment_large
+
+    if args.out.exists() and not (args.resume or args.overwrite):
+        raise FileExistsError(f"{args.out} exists; pass --resume to finish it or --overwrite to start again")
+
+    def show(p) -> None:
+        print(f"\r  {p.text()}", end="", file=sys.stderr, flush=True)
+
+    result = segment_large(args.image, args.out, block=args.block, halo=args.halo, resume=args.resume,
+                           overwrite=args.overwrite, pixel_size=args.pixel_size, model=args.model,
+                           workers=args.workers, scheduler=args.scheduler, device=args.device,
+                           progress=show, sensitivity=args.sensitivity, h_probability=args.h_probability,
+                           cell_threshold=args.cell_threshold)
+    print(file=sys.stderr)
+    healed = f", {len(result.healed)} healed with a wider halo" if result.healed else ""
+    print(f"{result.n_cells} cells in {result.n_blocks} blocks ({len(result.computed)} computed, "
+          f"{len(result.skipped)} already done{healed}) in {result.seconds:.1f} s -> {result.path}, "
+          f"{result.table_path}")
+    return 0
+
+
 COMMANDS = {
     "segment": (_add_segment, _segment),
+    "segment-large": (_add_segment_large, _segment_large),
     "evaluate": (_add_evaluate, _evaluate),
     "train": (_add_train, _train),
     "noise-sweep": (_add_noise_sweep, _noise_sweep),

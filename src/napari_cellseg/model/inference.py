@@ -8,6 +8,7 @@ import re
 import threading
 import weakref
 from collections.abc import Generator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -106,6 +107,58 @@ def cpu_bf16() -> bool:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a private check: absent from some builds
         return False
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where the tiles of an image lie: fixed by the image's shape alone, so that any
+    region of a large image can be predicted exactly as part of the whole
+    (:func:`iter_probabilities_region`).
+
+    Coordinates are on the *padded grid*: the image with a reflected ``border`` on every
+    side, then padded at the bottom / right to at least one tile (``padded``).
+    """
+
+    shape: tuple[int, int]  # the image's
+    border: int
+    border_mode: str  # np.pad mode of the border
+    padded: tuple[int, int]
+    fill_mode: str  # np.pad mode of the padding to one tile
+    tile: tuple[int, int]
+    overlap: int
+    rows: tuple[int, ...]
+    cols: tuple[int, ...]
+
+    def positions(self) -> list[tuple[int, int]]:
+        """Tile corners (padded grid) in the order their blends are summed."""
+        return [(r, c) for r in self.rows for c in self.cols]
+
+    def index_map(self, axis: int) -> np.ndarray:
+        """For each padded-grid row (axis 0) or column (axis 1), the image's row or column
+        it copies: ``padded = image[index_map(0)][:, index_map(1)]``."""
+        n = self.shape[axis]
+        idx = np.pad(np.arange(n), self.border, mode=self.border_mode)
+        extra = self.padded[axis] - len(idx)
+        return np.pad(idx, (0, extra), mode=self.fill_mode) if extra else idx
+
+
+def tile_plan(shape: tuple[int, int], divisor: int, tile: int = DEFAULT_TILE,
+              overlap: int = DEFAULT_OVERLAP) -> TilePlan:
+    """The tile grid :func:`iter_probabilities` uses for an image of ``shape``."""
+    h, w = (int(s) for s in shape)
+    div = int(divisor)
+    tile = int(np.ceil(max(tile, div) / div) * div)
+    overlap = int(min(max(overlap, 0), tile // 2))
+    border = int(min(max(overlap, div), 64))
+    hh, ww = h + 2 * border, w + 2 * border
+    th, tw = _tile_size(hh, tile, overlap, div), _tile_size(ww, tile, overlap, div)
+    ph, pw = max(hh, th), max(ww, tw)
+    return TilePlan(
+        shape=(h, w), border=border,
+        border_mode="reflect" if min(h, w) > border else "symmetric",
+        padded=(ph, pw), fill_mode="reflect" if min(hh, ww) > 1 else "edge",
+        tile=(th, tw), overlap=overlap,
+        rows=tuple(_starts(ph, th, th - overlap)), cols=tuple(_starts(pw, tw, tw - overlap)))
 
 
 def _tile_size(length: int, tile: int, overlap: int, div: int) -> int:
@@ -208,36 +261,48 @@ def iter_probabilities(
     if batch_size is None:
         batch_size = 1 if dev.type == "cpu" else 4
     batch_size = max(int(batch_size), 1)
-    half_dtype = torch.bfloat16 if dev.type == "cpu" else torch.float16
     x = percentile_normalize(image, *normalize) if normalize else image.astype(np.float32)
-    div = model.config.divisor
-    tile = int(np.ceil(max(tile, div) / div) * div)
-    overlap = int(min(max(overlap, 0), tile // 2))
+    plan = tile_plan(x.shape, model.config.divisor, tile, overlap)
     h, w = x.shape
+    border = plan.border
     # Reflect-pad every side by a context border first: the network was trained with
     # each patch's margin outside the loss, so its predictions next to a zero-padded edge
     # are untrained; with the border, the image's own edges are predicted with context.
-    border = int(min(max(overlap, div), 64))
-    x = np.pad(x, border, mode="reflect" if min(h, w) > border else "symmetric")
+    x = np.pad(x, border, mode=plan.border_mode)
     # Tiles sized to the image, then padding to at least one tile.
     hh, ww = x.shape
-    th, tw = _tile_size(hh, tile, overlap, div), _tile_size(ww, tile, overlap, div)
-    ph, pw = max(hh, th), max(ww, tw)
+    ph, pw = plan.padded
     if (ph, pw) != (hh, ww):
-        x = np.pad(x, ((0, ph - hh), (0, pw - ww)), mode="reflect" if min(hh, ww) > 1 else "edge")
-    win = _window((th, tw), overlap)
-    rows = _starts(ph, th, th - overlap)
-    cols = _starts(pw, tw, tw - overlap)
-    positions = [(r, c) for r in rows for c in cols]
+        x = np.pad(x, ((0, ph - hh), (0, pw - ww)), mode=plan.fill_mode)
+    th, tw = plan.tile
+    acc = yield from _run_tiles(model, plan, plan.positions(), (0, ph, 0, pw),
+                                lambda r, c: x[r : r + th, c : c + tw], dev, batch_size, half, flips)
+    return np.ascontiguousarray(acc[:, border : border + h, border : border + w])
+
+
+def _run_tiles(model, plan: TilePlan, positions: list[tuple[int, int]], box: tuple[int, int, int, int],
+               read_tile, dev: torch.device, batch_size: int, half: bool, flips: bool
+               ) -> Generator[Progress, None, np.ndarray]:
+    """Run the tiles at ``positions`` (padded coordinates, in the plan's order) and blend
+    them into the padded-grid box ``(r0, r1, c0, c1)``: (n_classes, r1 - r0, c1 - c0).
+
+    Each pixel's blend is summed over its tiles in the plan's order, so a box equals the
+    same box of the whole padded grid bit for bit whenever ``positions`` holds every tile
+    that overlaps it (and, on devices whose kernels vary with the batch, the batches are
+    the same: one tile per batch on the CPU)."""
+    half_dtype = torch.bfloat16 if dev.type == "cpu" else torch.float16
+    th, tw = plan.tile
+    r0, r1, c0, c1 = box
+    win = _window((th, tw), plan.overlap)
     n_classes = model.config.n_classes
-    acc = np.zeros((n_classes, ph, pw), dtype=np.float32)
-    norm = np.zeros((ph, pw), dtype=np.float32)
+    acc = np.zeros((n_classes, r1 - r0, c1 - c0), dtype=np.float32)
+    norm = np.zeros((r1 - r0, c1 - c0), dtype=np.float32)
     model = inference_copy(model, dev)  # cached per model and device
     total = len(positions)
     done = 0
     for i in range(0, total, batch_size):
         chunk = positions[i : i + batch_size]
-        batch = np.stack([x[r : r + th, c : c + tw] for r, c in chunk])[:, None]
+        batch = np.stack([read_tile(r, c) for r, c in chunk])[:, None]
         # The inference context is closed before each yield: grad mode is per thread, and
         # a generator abandoned at a yield inside it (a cancelled worker) would leave a
         # pooled thread in inference mode, breaking a later training job on it.
@@ -251,8 +316,16 @@ def iter_probabilities(
                     prob = torch.softmax(model(t).float(), dim=1)
             prob = prob.cpu().numpy()
         for (r, c), p in zip(chunk, prob, strict=True):
-            acc[:, r : r + th, c : c + tw] += p * win
-            norm[r : r + th, c : c + tw] += win
+            # The part of the tile inside the box (all of it for a whole image).
+            a, b = max(r, r0), min(r + th, r1)
+            e, f = max(c, c0), min(c + tw, c1)
+            if a < b and e < f:
+                if (a, b, e, f) == (r, r + th, c, c + tw):
+                    acc[:, a - r0 : b - r0, e - c0 : f - c0] += p * win
+                    norm[a - r0 : b - r0, e - c0 : f - c0] += win
+                else:
+                    acc[:, a - r0 : b - r0, e - c0 : f - c0] += (p * win)[:, a - r : b - r, e - c : f - c]
+                    norm[a - r0 : b - r0, e - c0 : f - c0] += win[a - r : b - r, e - c : f - c]
         done += len(chunk)
         yield Progress(done, total, "tiles")
     acc /= norm
@@ -261,7 +334,81 @@ def iter_probabilities(
         raise FloatingPointError("the network produced NaN or infinite probabilities on this image"
                                  + (" in reduced precision: set NAPARI_CELLSEG_CPU_BF16=0 (CPU) or "
                                     "use device='cpu'" if half else "; the model is broken"))
-    return np.ascontiguousarray(acc[:, border : border + h, border : border + w])
+    return acc
+
+
+def iter_probabilities_region(
+    model: UNet,
+    image,
+    region: tuple[slice, slice],
+    transform=None,
+    device: str | torch.device = "auto",
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch_size: int | None = None,
+    half: bool | None = None,
+    flips: bool = False,
+) -> Generator[Progress, None, np.ndarray]:
+    """Class probabilities of one region of a large image, equal to that region of the
+    whole image's :func:`iter_probabilities` (with ``normalize=None``).
+
+    The tile grid is the whole image's (:func:`tile_plan`, fixed to the image origin,
+    reflect border at the true image edges only); only the tiles that overlap the region
+    are run, and each reads just its own pixels from ``image``. Memory is bounded by the
+    region, not the image.
+
+    Parameters
+    ----------
+    model : UNet
+    image : (M, N) array-like
+        The whole image: anything sliceable (NumPy, zarr, dask); only the pixels of the
+        tiles that overlap ``region`` are read.
+    region : (slice, slice)
+        Rows and columns of the image (steps of 1, within the image).
+    transform : callable, optional
+        Applied to every block of pixels read, elementwise (the whole image's
+        normalisation, e.g. ``lambda a: ((a.astype(np.float32) - lo) / (hi - lo))``);
+        default: conversion to float32.
+    device, tile, overlap, batch_size, half, flips
+        As :func:`iter_probabilities`. Bit-identical results need the same batches as
+        the whole image's run: one tile per batch (the CPU default).
+
+    Returns
+    -------
+    probabilities : (n_classes, rows, columns) ndarray of float32
+    """
+    shape = tuple(int(s) for s in image.shape)
+    if len(shape) != 2:
+        raise ValueError(f"expected a 2-D image, got shape {shape}")
+    (y0, y1), (x0, x1) = ((0 if s.start is None else int(s.start), n if s.stop is None else int(s.stop))
+                          for s, n in zip(region, shape, strict=True))
+    if any(s.step not in (None, 1) for s in region) or not (0 <= y0 < y1 <= shape[0] and 0 <= x0 < x1 <= shape[1]):
+        raise ValueError(f"region {region} is empty or outside the image of shape {shape}")
+    dev = choose_device(device)
+    if half is None:
+        half = dev.type == "cuda" or (dev.type == "cpu" and cpu_bf16())
+    if batch_size is None:
+        batch_size = 1 if dev.type == "cpu" else 4
+    batch_size = max(int(batch_size), 1)
+    if transform is None:
+        def transform(a):
+            return np.asarray(a, dtype=np.float32)
+    plan = tile_plan(shape, model.config.divisor, tile, overlap)
+    rmap, cmap = plan.index_map(0), plan.index_map(1)
+    th, tw = plan.tile
+    b = plan.border
+    box = (y0 + b, y1 + b, x0 + b, x1 + b)
+    positions = [(r, c) for r, c in plan.positions()
+                 if r < box[1] and r + th > box[0] and c < box[3] and c + tw > box[2]]
+
+    def read_tile(r, c):
+        # The padded tile is image[rmap[rows], cmap[cols]]: read the bounding box once.
+        ri, ci = rmap[r : r + th], cmap[c : c + tw]
+        ra, rb, ca, cb = int(ri.min()), int(ri.max()) + 1, int(ci.min()), int(ci.max()) + 1
+        block = transform(np.asarray(image[ra:rb, ca:cb]))
+        return block[np.ix_(ri - ra, ci - ca)]
+
+    return (yield from _run_tiles(model, plan, positions, box, read_tile, dev, batch_size, half, flips))
 
 
 def predict_probabilities(model: UNet, image: np.ndarray, **kwargs) -> np.ndarray:

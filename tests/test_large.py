@@ -1,0 +1,208 @@
+"""Block-wise segmentation on dask.distributed (workflows/large.py): the whole-image answer,
+exactly, on a small synthetic tissue (600 x 700 px, blocks of 192-320 px)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed")
+zarr = pytest.importorskip("zarr")
+pytest.importorskip("torch")
+
+from napari_cellseg.core.synthetic import make_whole_cell_image  # noqa: E402
+from napari_cellseg.progress import drain  # noqa: E402
+
+SHAPE = (600, 700)
+
+
+def first_pixel_order(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 1..K by each object's first pixel in raster order: equal
+    partitions of the image give equal arrays."""
+    ids, first = np.unique(labels.ravel(), return_index=True)
+    keep = ids > 0
+    lut = np.zeros(int(labels.max()) + 1, dtype=np.int64)
+    lut[ids[keep][np.argsort(first[keep])]] = np.arange(1, keep.sum() + 1)
+    return lut[labels]
+
+
+@pytest.fixture(scope="module")
+def tissue():
+    image = make_whole_cell_image(seed=1, shape=SHAPE).image
+    from napari_cellseg import segment
+
+    reference = segment(image, device="cpu")
+    return image, reference
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
+                      host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as c:
+        yield c
+
+
+def run(image, out, client, **kwargs):
+    from napari_cellseg.workflows.large import segment_large
+
+    kwargs.setdefault("device", "cpu")
+    result = segment_large(image, out, client=client, **kwargs)
+    return result, zarr.open_array(str(out / "0"), mode="r")[:]
+
+
+# ---------------------------------------------------------------- probabilities
+@pytest.mark.parametrize("shape", [(30, 20), (100, 90), (300, 260)])
+def test_region_probabilities_equal_the_whole_image(tiny_model, shape):
+    from napari_cellseg.core.preprocess import percentile_normalize
+    from napari_cellseg.model.inference import iter_probabilities_region, predict_probabilities
+
+    net, _ = tiny_model
+    image = make_whole_cell_image(seed=2, shape=shape).image
+    whole = predict_probabilities(net, image, device="cpu", tile=64, overlap=16, half=False)
+    x = percentile_normalize(image)
+    h, w = shape
+    for rows, cols in [(slice(0, h), slice(0, w)), (slice(h // 3, h // 2 + 5), slice(1, w - 3)),
+                       (slice(h - 7, h), slice(0, 9))]:
+        part = drain(iter_probabilities_region(net, x, (rows, cols), device="cpu", tile=64, overlap=16,
+                                               half=False))
+        np.testing.assert_array_equal(part, whole[:, rows, cols])
+
+
+def test_region_outside_the_image_is_an_error(tiny_model):
+    from napari_cellseg.model.inference import iter_probabilities_region
+
+    with pytest.raises(ValueError, match="outside the image"):
+        drain(iter_probabilities_region(tiny_model[0], np.zeros((50, 50)), (slice(40, 60), slice(0, 5))))
+
+
+# ---------------------------------------------------------------- the whole-image answer
+@pytest.mark.parametrize(("block", "halo"), [(256, 64), (192, 32), (320, 48)])
+def test_blocks_equal_the_whole_image(tissue, client, tmp_path, block, halo):
+    image, reference = tissue
+    result, labels = run(image, tmp_path / "out.zarr", client, block=block, halo=halo)
+    assert labels.dtype == np.int32
+    np.testing.assert_array_equal(first_pixel_order(labels), first_pixel_order(reference))
+    # Consecutive ids, one table row each, in id order; areas and centroids are the cells'.
+    n = int(reference.max())
+    assert result.n_cells == n == int(labels.max())
+    assert np.array_equal(np.unique(labels), np.arange(n + 1))
+    import pandas as pd
+
+    from napari_cellseg.core.measure import cell_table
+
+    table = pd.read_csv(result.table_path)
+    assert table["label"].tolist() == list(range(1, n + 1))
+    expected = cell_table(labels, image)
+    np.testing.assert_array_equal(table["area_px"], expected["area_px"])
+    np.testing.assert_allclose(table[["centroid_y", "centroid_x"]], expected[["centroid_y", "centroid_x"]],
+                               rtol=0, atol=1e-9)
+    np.testing.assert_allclose(table["mean_intensity"], expected["mean_intensity"], rtol=1e-12)
+    assert table["bright"].tolist() == expected["bright"].tolist()
+    # Ids are numbered block by block, then by first pixel: each block's ids are a run.
+    first = {}
+    for cell_id, (r, c) in enumerate(zip(*np.unravel_index(
+            np.unique(labels.ravel(), return_index=True)[1][1:], labels.shape), strict=True), 1):
+        first[cell_id] = (r // block, c // block, r, c)
+    assert sorted(first, key=first.get) == list(range(1, n + 1))
+    # Every id is as connected as in the whole-image answer (the core may leave a cell in
+    # pieces where its foreground is cut; the blocks add no cut of their own).
+    from scipy import ndimage as ndi
+
+    def pieces(lab):
+        return [ndi.label(lab[sl] == i)[1] for i, sl in enumerate(ndi.find_objects(lab), 1) if sl]
+
+    assert sorted(pieces(labels)) == sorted(pieces(reference))
+    # The pyramid: level k is level 0 taken every 2**k pixels; NGFF 0.4 multiscales.
+    root = zarr.open_group(str(result.path), mode="r")
+    levels = root.attrs["multiscales"][0]["datasets"]
+    assert len(levels) >= 2
+    np.testing.assert_array_equal(root["1"][:], labels[::2, ::2])
+    assert root.attrs["napari_cellseg"]["complete"] is True
+    assert root.attrs["napari_cellseg"]["sample_stride"] == 1  # every pixel: exact percentiles
+
+
+def test_a_too_small_halo_is_healed(tissue, client, tmp_path):
+    image, reference = tissue
+    result, labels = run(image, tmp_path / "out.zarr", client, block=320, halo=16)
+    assert result.healed, "halo 16 px is less than a cell: some block must have been rerun"
+    assert all(h >= 32 for h in result.healed.values())
+    np.testing.assert_array_equal(first_pixel_order(labels), first_pixel_order(reference))
+
+
+def test_resume_recomputes_only_missing_blocks(tissue, client, tmp_path):
+    image, _ = tissue
+    out = tmp_path / "out.zarr"
+    first, labels = run(image, out, client, block=256, halo=64)
+    assert len(first.computed) == first.n_blocks == 9 and not first.skipped
+    markers = sorted((out / "_work" / "blocks").glob("*.json"))
+    stamps = {m.name: m.stat().st_mtime_ns for m in markers}
+    again, labels2 = run(image, out, client, block=256, halo=64)
+    assert again.computed == [] and len(again.skipped) == 9
+    assert {m.name: m.stat().st_mtime_ns for m in markers} == stamps
+    np.testing.assert_array_equal(labels2, labels)
+    # A block whose marker is missing (its task was killed) is the only one run again.
+    (out / "_work" / "blocks" / "1.2.json").unlink()
+    third, labels3 = run(image, out, client, block=256, halo=64)
+    assert third.computed == [(1, 2)]
+    assert {m.name: m.stat().st_mtime_ns for m in markers if m.name != "1.2.json"} == \
+        {k: v for k, v in stamps.items() if k != "1.2.json"}
+    np.testing.assert_array_equal(labels3, labels)
+    # Other settings on the same output: refused, not mixed.
+    with pytest.raises(ValueError, match="other settings"):
+        run(image, out, client, block=256, halo=32)
+    with pytest.raises(FileExistsError, match="resume"):
+        run(image, out, client, block=256, halo=64, resume=False)
+
+
+def test_an_empty_region_gives_no_cells(client, tmp_path):
+    scene = make_whole_cell_image(seed=3, shape=SHAPE)
+    image = scene.image.copy()
+    rng = np.random.default_rng(0)
+    background = float(np.median(image[scene.labels == 0]))
+    image[:, 350:] = background + rng.normal(0, 0.01, (SHAPE[0], 350)).astype(np.float32)
+    result, labels = run(image, tmp_path / "out.zarr", client, block=256, halo=64)
+    assert result.n_cells > 100
+    assert np.unique(labels[:, 360:]).tolist() == [0]
+
+
+def test_refused_settings_say_why(tissue, tmp_path):
+    from napari_cellseg.workflows.large import segment_large
+
+    image, _ = tissue
+    for kwargs, phrase in [({"seed_split": "shape"}, "shape"), ({"background": "otsu3"}, "otsu3"),
+                           ({"intensity_weight": 1.0}, "intensity_weight"),
+                           ({"pixel_size": 0.3}, "rescale"), ({"block": 100}, "multiple of 32")]:
+        with pytest.raises(ValueError, match=phrase):
+            segment_large(image, tmp_path / "x.zarr", **kwargs)
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_cli_against_a_scheduler_on_loopback(tissue, client, tmp_path, capsys):
+    import tifffile
+
+    from napari_cellseg.cli import main
+
+    image, reference = tissue
+    tif = tmp_path / "slide.tif"
+    tifffile.imwrite(tif, image, tile=(128, 128))
+    out = tmp_path / "slide.zarr"
+    address = client.scheduler.address
+    assert address.startswith("tcp://127.0.0.1")
+    argv = ["segment-large", str(tif), "--out", str(out), "--block", "256", "--halo", "64",
+            "--scheduler", address]
+    assert main(argv) == 0
+    n = int(reference.max())
+    assert f"{n} cells in 9 blocks" in capsys.readouterr().out
+    labels = zarr.open_array(str(out / "0"), mode="r")[:]
+    np.testing.assert_array_equal(first_pixel_order(labels), first_pixel_order(reference))
+    assert len((out / "cells.csv").read_text().splitlines()) == n + 1
+    record = json.loads((out / ".zattrs").read_text())["napari_cellseg"]
+    assert record["source"] == str(tif)
+    # An existing output needs --resume or --overwrite; --resume finds everything done.
+    assert main(argv) == 2
+    assert main([*argv, "--resume"]) == 0
+    assert "0 computed, 9 already done" in capsys.readouterr().out
