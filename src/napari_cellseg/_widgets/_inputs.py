@@ -171,9 +171,10 @@ class ModelInputs:
         self.image = create_widget(label="Image", annotation="napari.layers.Image")
         self.pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01,
                                        label="Pixel size (µm)", tooltip="0: the model's own")
-        self.auto_scale = CheckBox(value=False, text="Estimate the pixel size from the image",
+        self.auto_scale = CheckBox(value=False, text="Estimate the pixel size (experimental)",
                                    tooltip="a few small trial passes find the scale at which the "
-                                           "cells look like the model's (for an unknown pixel size)")
+                                           "cells look like the model's; unreliable on some images "
+                                           "(README, Known limits): give the pixel size if you know it")
         self.model = model_combo()
         self.device = ComboBox(value="auto", choices=("auto", "cpu", "cuda", "mps"), label="Device")
         self.image.changed.connect(self._on_image)
