@@ -1,6 +1,7 @@
 """The pipeline end to end with the shipped model: preprocessing through predict, the
 rescale round trip, progress records and warming in the predicting thread."""
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +9,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-import napari_cellseg as ncs  # noqa: E402
-from napari_cellseg.core.preprocess import rescale, tophat  # noqa: E402
-from napari_cellseg.progress import Progress  # noqa: E402
+import napari_cellseg as ncs
+from napari_cellseg.core.preprocess import rescale, tophat
+from napari_cellseg.progress import Progress
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
 
@@ -79,7 +80,7 @@ def test_progress_records_and_warm_in_the_predicting_thread(crop):
     preds = drain(iter_predict_planes(stack, device="cpu"), steps.append)
     assert len(preds) == 2
     assert [s.total for s in steps] == [200] * len(steps) and steps[-1].done == 200
-    assert all(a.done <= b.done for a, b in zip(steps, steps[1:], strict=False))
+    assert all(a.done <= b.done for a, b in itertools.pairwise(steps))
     assert steps[0].message.startswith("plane 1 of 2")
     # Each plane as if segmented alone.
     np.testing.assert_array_equal(preds[0].segment(), alone.segment())

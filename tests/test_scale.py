@@ -8,10 +8,10 @@ import tifffile
 
 pytest.importorskip("torch")
 
-import napari_cellseg as ncs  # noqa: E402
-from napari_cellseg.core.preprocess import rescale  # noqa: E402
-from napari_cellseg.model.store import resolve_model  # noqa: E402
-from napari_cellseg.scale import estimate_scale  # noqa: E402
+import napari_cellseg as ncs
+from napari_cellseg.core.preprocess import rescale
+from napari_cellseg.model.store import resolve_model
+from napari_cellseg.scale import estimate_scale
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
 TRUE_PIXEL_SIZE = 0.5  # µm, the synthetic tissue's (cells 7.5 µm across, as the model's)
@@ -94,3 +94,13 @@ def test_cli_auto_pixel_size_and_cell_diameter(tmp_path, capsys):
     assert main(["segment", str(image), "--out", str(tmp_path / "x"), "--cell-diameter", "15",
                  "--pixel-size", "0.5"]) == 2
     assert "without --pixel-size" in capsys.readouterr().err
+
+
+def test_a_stack_keeps_its_cell_diameter_on_every_plane(tissue):
+    from napari_cellseg.pipeline import iter_predict_planes
+    from napari_cellseg.progress import drain
+
+    stack = np.stack([tissue[0][:128, :128], tissue[0][128:256, :128]])
+    preds = drain(iter_predict_planes(stack, device="cpu", cell_diameter_px=15.0))
+    assert [p.pixel_size for p in preds] == [pytest.approx(0.5)] * 2
+    assert all(p.scale is None for p in preds)

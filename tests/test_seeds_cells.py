@@ -15,8 +15,8 @@ from napari_cellseg.core import cells as cells_mod
 from napari_cellseg.core import seeds as seeds_mod
 from napari_cellseg.core import synthetic as syn
 from napari_cellseg.core.metrics import evaluate
-from napari_cellseg.model.targets import make_targets
 from napari_cellseg.core.params import Grid
+from napari_cellseg.model.targets import make_targets
 from napari_cellseg.pipeline import Prediction, SegmentParams
 
 PIXEL = 0.5  # µm per pixel of the synthetic scenes

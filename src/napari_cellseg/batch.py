@@ -11,25 +11,6 @@ from .io import check_can_write_all, read_image, result_paths, write_results
 from .progress import Progress
 
 
-def model_record(model) -> dict:
-    """The model a result was made with: name, weight file and the SHA-256 of its
-    tensors saved in the file (None for a file saved before checksums, or a model
-    passed in memory)."""
-    from .model.registry import available_models, resolve_model_path
-    from .model.store import CHECKSUM_KEY
-
-    if isinstance(model, tuple):  # a loaded (UNet, ModelInfo) pair: no file behind it
-        return {"name": None, "path": None, "sha256": None}
-    path = resolve_model_path(model)
-    names = [name for name, p in available_models().items() if Path(p) == path]
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return {"name": names[0] if names else path.stem, "path": str(path),
-            "sha256": meta.get(CHECKSUM_KEY)}
-
-
 def output_paths(path: Path, out: Path) -> dict[str, Path]:
     """The files written for the image ``path`` in the folder ``out``."""
     return result_paths(out, Path(path).stem)
@@ -73,6 +54,8 @@ def iter_segment_files(
         from .model.store import resolve_model
 
         net = resolve_model(model)  # loaded once for the whole batch
+        from .model.store import model_record
+
         model_info = model_record(model)
     results = []
     for i, path in enumerate(paths):
@@ -96,7 +79,8 @@ def iter_segment_files(
             # pixel size is the image's.
             size = prediction.pixel_size or prediction.grid.pixel_size
         record = {"image": str(path), "method": method, "parameters": used,
-                  "pixel_size_um": size, "pixel_size_given": pixel_size is not None,
+                  "pixel_size_um": size,
+                  "pixel_size_given": pixel_size is not None and pixel_size != "auto",
                   "model": model_info, "version": __version__}
         if method == "unet" and (prediction.scale is not None or cell_diameter_px is not None):
             record["pixel_size_from"] = ("estimated from the image" if prediction.scale is not None

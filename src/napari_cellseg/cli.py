@@ -52,7 +52,7 @@ def _segment(args: argparse.Namespace) -> int:
     from .batch import iter_segment_files
     from .core import validate
     from .core.params import SegmentParams
-    from .io import check_output_folder
+    from .io import check_output_folder, result_paths
     from .progress import drain
 
     # Every argument is checked before any image is read or any work done.
@@ -81,7 +81,7 @@ def _segment(args: argparse.Namespace) -> int:
         device=args.device, channel=args.channel, overwrite=args.overwrite,
         cell_diameter_px=args.cell_diameter))
     for path, n in results:
-        print(f"{path.name}: {n} cells -> {args.out / (path.stem + '_masks.tif')}")
+        print(f"{path.name}: {n} cells -> {result_paths(args.out, path.stem)['labels']}")
     return 0
 
 
@@ -258,7 +258,7 @@ def _add_segment_large(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--halo", type=int, default=64, help="context around a block in px; doubled where a "
                                                         "cell reaches it (default 64)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--workers", type=int, default=None, help="local workers (default: one per core)")
+    g.add_argument("--workers", type=int, default=None, help="local workers (default: one per core, fewer when memory is short: ~3 GiB each)")
     g.add_argument("--scheduler", default=None, help="join a dask scheduler, e.g. tcp://host:8786")
     p.add_argument("--resume", action="store_true", help="finish a run found at --out (same settings)")
     p.add_argument("--overwrite", action="store_true", help="delete --out first")

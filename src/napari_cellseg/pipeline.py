@@ -306,10 +306,11 @@ def iter_predict_planes(
                 step = next(gen)
             except StopIteration as stop:
                 out.append(stop.value)
-                pixel_size = stop.value.pixel_size  # an "auto" scale: estimated once per stack
+                if stop.value.scale is not None:  # an "auto" scale: estimated once per stack
+                    pixel_size = stop.value.pixel_size
                 break
-            done, total = step[0], step[1]
-            text = (step.message if isinstance(step, Progress) else "") or f"{done} / {total} tiles"
+            done, total = step.done, step.total
+            text = step.message or f"{done} / {total} tiles"
             yield Progress(int(100 * i + 100 * done / total), 100 * n, "%",
                            message=f"plane {i + 1} of {n}: {text}" if n > 1 else text)
     return out

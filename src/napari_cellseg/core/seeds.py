@@ -31,15 +31,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ._threads import on_python_thread
-from .params import (  # noqa: F401  (re-exported: the seed controls' defaults)
-    DEFAULT_CELL_DIAMETER_UM,
-    DEFAULT_H_PROBABILITY,
-    DEFAULT_H_UM,
-    DEFAULT_SENSITIVITY,
-    SPLIT_METHODS,
-    Grid,
-    SegmentParams,
-)
+from .params import DEFAULT_CELL_DIAMETER_UM, Grid, SegmentParams
 
 N_THRESHOLDS = 5
 # Pixels whose smoothed seed probability is at or below this never hold a seed, whatever

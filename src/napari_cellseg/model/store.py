@@ -197,3 +197,19 @@ def resolve_model(model=None) -> tuple[UNet, ModelInfo]:
 _LOADED: dict[tuple, tuple[UNet, ModelInfo]] = {}
 _LOADED_MAX = 4
 _LOADED_LOCK = threading.Lock()
+
+
+def model_record(model) -> dict:
+    """The model a result was made with: name, weight file and the SHA-256 of its
+    tensors saved in the file (None for a file saved before checksums, or a model
+    passed in memory)."""
+    if isinstance(model, tuple):  # a loaded (UNet, ModelInfo) pair: no file behind it
+        return {"name": None, "path": None, "sha256": None}
+    path = resolve_model_path(model)
+    names = [name for name, p in available_models().items() if Path(p) == path]
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return {"name": names[0] if names else path.stem, "path": str(path),
+            "sha256": meta.get(CHECKSUM_KEY)}

@@ -556,11 +556,15 @@ def iter_segment_large(
 ) -> Generator[Progress, None, LargeResult]:
     """:func:`segment_large` as a generator: yields ``Progress(blocks_done, blocks, "blocks")``
     as blocks finish (then once per relabelled block), returns a :class:`LargeResult`."""
-    import zarr
-    from distributed import as_completed
+    try:
+        import zarr
+        from distributed import as_completed
+    except ImportError as err:  # an optional extra: say how to get it, not a traceback
+        raise RuntimeError(f"block-wise segmentation needs dask.distributed and zarr ({err}); "
+                           "install them with: pip install 'napari-cellseg[large]'") from err
 
     from ..core.preprocess import REFERENCE_PIXEL_SIZE, scale_factor
-    from ..model.store import resolve_model
+    from ..model.store import model_record, resolve_model
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -596,7 +600,8 @@ def iter_segment_large(
     record = {
         "format": FORMAT, "shape": list(shape), "block": block, "halo": halo,
         "source": str(source_spec[1]) if source_spec[0] == "path" else "array",
-        "model": _model_name(model), "params": p.to_dict(),
+        # name, file and SHA-256: a resume with other weights (an upgrade) is refused
+        "model": model_record(model), "params": p.to_dict(),
         "pixel_size": grid_px, "sample_stride": stride,
         "net_normalization": net_stats, "image_normalization": image_stats,
         "levels": levels,
@@ -646,12 +651,6 @@ def iter_segment_large(
     root.attrs["napari_cellseg"] = {**record, "complete": True}
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def _model_name(model) -> str:
-    if model is None:
-        return "default"
-    return str(model) if isinstance(model, (str, os.PathLike)) else "loaded model"
 
 
 def _all_relabelled(out: Path, blocks) -> bool:
