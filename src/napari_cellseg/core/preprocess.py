@@ -11,6 +11,31 @@ REFERENCE_PIXEL_SIZE = 0.65  # µm, the paper's reference (10x)
 TOPHAT_SIZE_UM = 130.0  # the paper's 200 px at 0.65 µm/px
 
 
+def percentile_range(image: np.ndarray, low: float = 1.0, high: float = 99.8,
+                     eps: float = 1e-6) -> tuple | None:
+    """The (lo, hi) that :func:`percentile_normalize` maps to 0 and 1, as the numbers its
+    arithmetic uses: the ``low`` and ``high`` percentiles (numpy float64), or the minimum
+    and maximum (Python floats) when those are closer than ``eps``; None for a constant
+    image. Block-wise segmentation computes it once for a whole slide."""
+    lo, hi = np.percentile(image, [low, high])
+    if hi - lo < eps:
+        hi = float(np.max(image))
+        lo = float(np.min(image))
+        if hi - lo < eps:
+            return None
+    return lo, hi
+
+
+def apply_range(image: np.ndarray, value_range: tuple | None) -> np.ndarray:
+    """``(image - lo) / (hi - lo)`` in float32 for ``value_range = (lo, hi)`` from
+    :func:`percentile_range`; zeros for None."""
+    image = np.asarray(image, dtype=np.float32)
+    if value_range is None:
+        return np.zeros(image.shape, dtype=np.float32)
+    lo, hi = value_range
+    return ((image - lo) / (hi - lo)).astype(np.float32)
+
+
 def percentile_normalize(
     image: np.ndarray, low: float = 1.0, high: float = 99.8, eps: float = 1e-6
 ) -> np.ndarray:
@@ -28,13 +53,7 @@ def percentile_normalize(
     if not np.all(np.isfinite(image)):
         raise ValueError("image contains NaN or infinite values; replace them first "
                          "(e.g. numpy.nan_to_num)")
-    lo, hi = np.percentile(image, [low, high])
-    if hi - lo < eps:
-        hi = float(image.max())
-        lo = float(image.min())
-        if hi - lo < eps:
-            return np.zeros(image.shape, dtype=np.float32)
-    return ((image - lo) / (hi - lo)).astype(np.float32)
+    return apply_range(image, percentile_range(image, low, high, eps))
 
 
 def tophat(image: np.ndarray, size_px: float) -> np.ndarray:

@@ -147,33 +147,29 @@ def _sample(arr, stride: int) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-def _norm_stats(sample: np.ndarray, low: float, high: float, eps: float = 1e-6) -> tuple | None:
-    """(lo, hi, exact) as :func:`~napari_cellseg.core.preprocess.percentile_normalize`
-    picks them on ``sample``; None for a constant image (it maps to zeros). ``exact`` says
-    how they enter its arithmetic: percentiles as float64, the min / max fallback as
-    Python floats (float32 arithmetic)."""
-    lo, hi = np.percentile(sample, [low, high])
-    if hi - lo < eps:
-        hi, lo = float(sample.max()), float(sample.min())
-        if hi - lo < eps:
-            return None
-        return lo, hi, "float32"
-    return float(lo), float(hi), "float64"
+def _norm_stats(sample: np.ndarray, low: float, high: float) -> tuple | None:
+    """``percentile_range`` of ``sample`` as JSON-able (lo, hi, kind): ``kind`` records
+    whether they were numpy float64 percentiles or the Python-float min / max fallback,
+    which enter the float32 arithmetic differently (NumPy 2 promotion rules)."""
+    from ..core.preprocess import percentile_range
+
+    value_range = percentile_range(sample, low, high)
+    if value_range is None:
+        return None
+    lo, hi = value_range
+    return float(lo), float(hi), "float64" if isinstance(lo, np.floating) else "float32"
 
 
 def _normalizer(stats):
-    """The elementwise normalisation of percentile_normalize, with fixed (lo, hi): the
-    same float32 arithmetic, so a block equals the same block of the whole image."""
+    """``apply_range`` with the slide's (lo, hi), restored to the types they had, so a
+    block equals the same block of the whole image."""
+    from ..core.preprocess import apply_range
+
     if stats is None:
-        return lambda a: np.zeros(np.shape(a), dtype=np.float32)
+        return lambda a: apply_range(a, None)
     lo, hi, kind = stats
-    if kind == "float64":  # as np.percentile returns them
-        lo, hi = np.float64(lo), np.float64(hi)
-
-    def normalize(a):
-        return ((np.asarray(a, dtype=np.float32) - lo) / (hi - lo)).astype(np.float32)
-
-    return normalize
+    value_range = (np.float64(lo), np.float64(hi)) if kind == "float64" else (lo, hi)
+    return lambda a: apply_range(a, value_range)
 
 
 # --------------------------------------------------------------------------- one block
