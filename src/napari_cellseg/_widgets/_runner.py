@@ -220,9 +220,4 @@ class LiveUpdate:
         self.worker = None
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            self._generation += 1
-            prediction, params, work, on_result = pending
-            if prediction.is_warm(params):
-                on_result(work())
-            else:
-                self._start(prediction, params, work, on_result)
+            self.request(*pending)
