@@ -206,6 +206,18 @@ def _window(shape: tuple[int, int], overlap: int) -> np.ndarray:
     return np.outer(_ramp(shape[0], overlap), _ramp(shape[1], overlap))
 
 
+def _run_settings(device, half: bool | None, batch_size: int | None) -> tuple[torch.device, bool, int]:
+    """The device, reduced precision and tiles per pass a run uses: half precision on
+    CUDA and on CPUs with native bfloat16 unless told; one tile per pass on the CPU (it
+    stays in cache), four elsewhere."""
+    dev = choose_device(device)
+    if half is None:
+        half = dev.type == "cuda" or (dev.type == "cpu" and cpu_bf16())
+    if batch_size is None:
+        batch_size = 1 if dev.type == "cpu" else 4
+    return dev, bool(half), max(int(batch_size), 1)
+
+
 def iter_probabilities(
     model: UNet,
     image: np.ndarray,
@@ -255,12 +267,7 @@ def iter_probabilities(
                          "for a stack segment plane by plane")
     if min(image.shape) < 1:
         raise ValueError(f"empty image of shape {image.shape}")
-    dev = choose_device(device)
-    if half is None:
-        half = dev.type == "cuda" or (dev.type == "cpu" and cpu_bf16())
-    if batch_size is None:
-        batch_size = 1 if dev.type == "cpu" else 4
-    batch_size = max(int(batch_size), 1)
+    dev, half, batch_size = _run_settings(device, half, batch_size)
     x = percentile_normalize(image, *normalize) if normalize else image.astype(np.float32)
     plan = tile_plan(x.shape, model.config.divisor, tile, overlap)
     h, w = x.shape
@@ -384,12 +391,7 @@ def iter_probabilities_region(
                           for s, n in zip(region, shape, strict=True))
     if any(s.step not in (None, 1) for s in region) or not (0 <= y0 < y1 <= shape[0] and 0 <= x0 < x1 <= shape[1]):
         raise ValueError(f"region {region} is empty or outside the image of shape {shape}")
-    dev = choose_device(device)
-    if half is None:
-        half = dev.type == "cuda" or (dev.type == "cpu" and cpu_bf16())
-    if batch_size is None:
-        batch_size = 1 if dev.type == "cpu" else 4
-    batch_size = max(int(batch_size), 1)
+    dev, half, batch_size = _run_settings(device, half, batch_size)
     if transform is None:
         def transform(a):
             return np.asarray(a, dtype=np.float32)
