@@ -40,8 +40,7 @@ def cell_table(
         image = np.asarray(image)
         if image.shape != labels.shape:
             raise ValueError(f"image shape {image.shape} differs from labels {labels.shape}")
-        if image.dtype == bool or not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
-            raise ValueError(f"image must hold real numbers, got pixel type {image.dtype}")
+        validate.real_pixels(image.dtype)
     pixel_size = validate.optional_pixel_size(pixel_size)  # None or 0: unknown, area_um2 NaN
     # Ids 1..K whatever the original ids (huge or sparse ids need no K-sized arrays).
     dense, ids, areas = compact(labels)

@@ -84,6 +84,13 @@ def rescale_factor(factor: float, shape: tuple[int, ...], pixel_size: float | No
     return factor
 
 
+def real_pixels(dtype, name: str = "image") -> None:
+    """A ValueError unless ``dtype`` holds real numbers (not bool, complex or text)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b" or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"{name} must hold real numbers, got pixel type {dtype}")
+
+
 def image_2d(image, name: str = "image", min_side: int = MIN_SIDE) -> np.ndarray:
     """A 2-D numeric image without NaN or infinity, at least ``min_side`` px a side."""
     image = np.asarray(image)
@@ -93,8 +100,7 @@ def image_2d(image, name: str = "image", min_side: int = MIN_SIDE) -> np.ndarray
     if image.ndim != 2:
         raise ValueError(f"{name} must be 2-D (M, N), got shape {image.shape}; segment a stack "
                          "plane by plane")
-    if image.dtype == bool or not np.issubdtype(image.dtype, np.number) or np.iscomplexobj(image):
-        raise ValueError(f"{name} must hold real numbers, got pixel type {image.dtype}")
+    real_pixels(image.dtype, name)
     if min(image.shape) < min_side:
         raise ValueError(f"{name} of shape {image.shape} is too small (at least {min_side} x {min_side} px)")
     if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):

@@ -104,9 +104,9 @@ def _squeeze2d(arr, name: str):
     if len(shape) != 2:
         raise ValueError(f"{name} must be a 2-D image (M, N), got shape {tuple(arr.shape)}; "
                          "pick one plane and channel first")
-    dtype = np.dtype(arr.dtype)
-    if dtype.kind == "b" or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
-        raise ValueError(f"{name} must hold real numbers, got pixel type {dtype}")
+    from ..core.validate import real_pixels
+
+    real_pixels(arr.dtype, name)
     return arr
 
 

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..core.params import Grid, SegmentParams
+from ..core.validate import finite_positive
 from ..model.data import Example, median_cell_diameter, split_pair, synthetic_examples
 from ..model.store import WEIGHTS_SUFFIX, ModelInfo
 from ..model.train import TrainConfig, new_model, save_trained, train
@@ -112,8 +113,8 @@ def iter_train(
     """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"validation fraction must be in [0, 1), got {val_fraction}")
-    if pixel_size is not None and not (np.isfinite(pixel_size) and pixel_size > 0):
-        raise ValueError(f"pixel_size must be a finite number of µm > 0, got {pixel_size}")
+    if pixel_size is not None:
+        pixel_size = finite_positive(pixel_size, "pixel_size")
     out, best, ckpt = model_paths(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another name or allow overwriting")
