@@ -34,10 +34,13 @@ def main() -> None:
     strips = validation_strips(trained=args.trained)
     model = load_model(args.model)
     # A model that held out less than these strips has trained on some of their pixels.
-    if model[1].extra.get("val_fraction", VAL_FRACTION) < VAL_FRACTION and not args.trained:
-        print(f"WARNING: this model was trained with --val-fraction {model[1].extra['val_fraction']}, "
-              f"not {VAL_FRACTION}: some of these strips were trained on, so the figures below are "
-              "not validation figures")
+    extra = model[1].extra
+    band = extra.get("val_band")
+    if not args.trained and (extra.get("val_fraction", VAL_FRACTION) < VAL_FRACTION
+                             or (band and band != [band[1] - 1, band[1]])):
+        held = f"band {band[0] + 1} of {band[1]}" if band else f"--val-fraction {extra['val_fraction']}"
+        print(f"WARNING: this model held out {held}, not the right {VAL_FRACTION:.0%}: some of these "
+              "strips were trained on, so the figures below are not validation figures")
     rows = []
     preds = {}
     for name, image, labels in strips:

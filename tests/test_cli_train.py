@@ -74,6 +74,15 @@ def test_train_on_every_pixel(pairs, tmp_path, capsys, monkeypatch):
     assert seen[1][:2] == ([(96, 77), (96, 77)], 2)
     assert cli.main(["train", *common, "--out", str(tmp_path / "bad"), "--val-fraction", "1"]) == 2
     assert "--val-fraction must be in [0, 1)" in capsys.readouterr().err
+    # Band 2 of 4 held out (columns 24-48 of 96): the parts left and right of it train,
+    # the band validates, and the model records which band it never saw.
+    assert cli.main(["train", *common, "--out", str(tmp_path / "band"), "--val-band", "2/4"]) == 0
+    assert seen[2][:2] == ([(96, 24), (96, 48), (96, 24), (96, 48)], 2)
+    assert "validating on band 2 of 4" in capsys.readouterr().out
+    assert load_model(tmp_path / "band.safetensors")[1].extra["val_band"] == [1, 4]
+    for bad in ("5/4", "2", "0/4", "x/y"):
+        assert cli.main(["train", *common, "--out", str(tmp_path / "bad"), "--val-band", bad]) == 2
+        assert "--val-band" in capsys.readouterr().err
 
 
 def test_unpaired_training_files_are_named(pairs, tmp_path, capsys):

@@ -377,3 +377,44 @@ def test_shipped_model_loads():
     model, info = load_model()
     assert info.pixel_size == pytest.approx(0.5)
     assert not model.training
+
+
+def test_band_split_holds_out_one_band_and_ignores_the_cells_it_cuts():
+    from napari_cellseg.model.data import band_columns, split_band
+
+    assert [band_columns(1159, (k, 5)) for k in range(5)] == [
+        (0, 232), (232, 464), (464, 695), (695, 927), (927, 1159)]
+    with pytest.raises(ValueError, match="band"):
+        band_columns(100, (5, 5))
+    labels = np.zeros((12, 40), np.int32)  # 5 bands: edges at columns 0, 8, 16, 24, 32, 40
+    labels[2:8, 1:6] = 1  # left part, whole
+    labels[2:8, 13:17] = 2  # cut by band 3's left edge (column 16)
+    labels[2:8, 18:22] = 3  # inside band 3
+    labels[2:8, 23:27] = 5  # cut by its right edge (column 24)
+    labels[2:8, 30:36] = 4  # right part, whole
+    image = np.where(labels > 0, 1.0, 0.1).astype(np.float32)
+    train_parts, val = split_band(image, labels, (2, 5), name="img")
+    assert [t.name for t in train_parts] == ["img_left", "img_right"] and val.name == "img_band2"
+    left, right = train_parts
+    assert left.image.shape == (12, 16) and right.image.shape == (12, 16) and val.image.shape == (12, 8)
+    # The stumps of cut cells are ignored, and nothing else.
+    assert np.array_equal(left.target == targets.IGNORE, labels[:, :16] == 2)
+    assert np.array_equal(right.target == targets.IGNORE, labels[:, 24:] == 5)
+    # The band keeps all its cells, cut ones too (as a test strip has them).
+    assert set(np.unique(val.labels)) == {0, 2, 3, 5}
+    # An edge band has one training part.
+    assert [t.name for t in split_band(image, labels, (0, 5), name="img")[0]] == ["img_right"]
+
+
+def test_ignored_pixels_carry_no_loss():
+    # Pixel 1 ignored: the loss is pixel 0's alone, whatever the logits at pixel 1.
+    logits = torch.tensor([[2.0, -9.0], [0.0, 5.0], [4.0, 0.0]])[None, :, None, :]
+    target = torch.tensor([[[targets.BACKGROUND, targets.IGNORE]]])
+    a = -np.log(np.exp(4.0) / (np.exp(2.0) + 1 + np.exp(4.0)))
+    w = torch.ones(3)
+    assert loss_fn(logits, target, w, "ce").item() == pytest.approx(a, rel=1e-5)
+    p = torch.softmax(logits, 1)[0, :, 0, 0].numpy()
+    assert loss_fn(logits, target, w, "rmsd").item() == pytest.approx(
+        np.abs(p - [0, 0, 1]).mean(), rel=1e-4)
+    # A batch of ignored pixels only: loss 0, not NaN.
+    assert loss_fn(logits, torch.full_like(target, targets.IGNORE), w, "ce").item() == 0.0

@@ -163,6 +163,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="right-hand strip of each image kept for validation; 0: train on every "
                         "pixel, no validation (the last epoch is saved)")
+    p.add_argument("--val-band", default=None, metavar="K/N",
+                   help="spatial cross-validation instead: hold out vertical band K of N (1-based, "
+                        "e.g. 2/5) of every image; cells cut by its edges are left out of the loss")
     p.add_argument("--synthetic", type=int, default=16, help="synthetic whole-cell images mixed in")
     p.add_argument("--pixel-size", type=float, default=None,
                    help="µm per pixel of the images (default: the --init model's, else 0.5)")
@@ -183,6 +186,7 @@ def _train(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     if not 0 <= args.val_fraction < 1:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    val_band = _band(args.val_band) if args.val_band else None
     cfg = TrainConfig(epochs=args.epochs, patch=args.patch, batch=args.batch, lr=args.lr,
                       steps_per_epoch=args.steps_per_epoch, loss=args.loss, seed=args.seed,
                       class_weights=tuple(float(w) for w in args.class_weights.split(",")),
@@ -203,11 +207,22 @@ def _train(args: argparse.Namespace) -> int:
 
     result = drain(iter_train(
         pairs, out, init=args.init, config=cfg, val_fraction=args.val_fraction,
-        synthetic=args.synthetic, pixel_size=args.pixel_size,
+        val_band=val_band, synthetic=args.synthetic, pixel_size=args.pixel_size,
         channels=[int(c) for c in args.channels.split(",")], resume=args.resume,
         overwrite=args.overwrite), show)
     print(f"saved {result.path}" + (f" (best epoch by validation: {result.best})" if result.best else ""))
     return 0
+
+
+def _band(text: str) -> tuple[int, int]:
+    """``"K/N"`` (1-based, as a user counts bands) -> ``(K - 1, N)``."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--val-band must look like 2/5 (band 2 of 5), got {text!r}") from None
+    if not (n >= 2 and 1 <= k <= n):
+        raise ValueError(f"--val-band {text}: need at least 2 bands and 1 <= K <= N")
+    return k - 1, n
 
 
 def _add_noise_sweep(sub: argparse._SubParsersAction) -> None:

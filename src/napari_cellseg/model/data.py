@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..core.preprocess import percentile_normalize
-from .targets import BACKGROUND, CONTACT, contact_lines, encode_soft_seeds, make_targets
+from .targets import BACKGROUND, CONTACT, IGNORE, contact_lines, encode_soft_seeds, make_targets
 
 
 @dataclass
@@ -78,6 +78,51 @@ def split_pair(
     left = make_example(image[:, :cut], labels[:, :cut], name=name, **example_kwargs)
     right = make_example(image[:, cut:], labels[:, cut:], name=f"{name}_val", **example_kwargs)
     return left, right
+
+
+def band_columns(width: int, band: tuple[int, int]) -> tuple[int, int]:
+    """First and past-the-end column of band ``k`` of ``n`` equal vertical bands of an image
+    ``width`` px wide (``band = (k, n)``; edges at ``round(width * i / n)``)."""
+    k, n = band
+    if not (isinstance(n, int) and n >= 2 and isinstance(k, int) and 0 <= k < n):
+        raise ValueError(f"band must be (k, n) with n >= 2 and 0 <= k < n, got {band}")
+    return round(width * k / n), round(width * (k + 1) / n)
+
+
+def split_band(
+    image: np.ndarray, labels: np.ndarray, band: tuple[int, int], name: str = "", **example_kwargs
+) -> tuple[list[Example], Example]:
+    """Spatial cross-validation: band ``k`` of ``n`` vertical bands held out for
+    validation, the columns left and right of it for training.
+
+    Each part is normalised on its own (as :func:`split_pair` does). In a training part,
+    the cells cut by the band's edge are coded ``IGNORE``: their true outline runs into
+    held-out pixels, and a loss on their stump would teach the network that cells end
+    there. Parts narrower than 8 px are dropped.
+
+    Returns
+    -------
+    train : list of Example
+        The left and right parts (one of them when the band is at an image edge).
+    val : Example
+        The band, with all its cells (cut ones included, as a test strip has them).
+    """
+    image, labels = np.asarray(image), np.asarray(labels)
+    if image.shape != labels.shape:
+        raise ValueError(f"{name or 'image'}: image shape {image.shape} differs from its "
+                         f"mask shape {labels.shape}")
+    c0, c1 = band_columns(image.shape[1], band)
+    train = []
+    for cols, edge, side in ((np.s_[:c0], -1, "left"), (np.s_[c1:], 0, "right")):
+        lab = labels[:, cols]
+        if lab.shape[1] < 8:
+            continue
+        ex = make_example(image[:, cols], lab, name=f"{name}_{side}", **example_kwargs)
+        cut = np.unique(lab[:, edge])
+        ex.target[np.isin(lab, cut[cut > 0])] = IGNORE
+        train.append(ex)
+    val = make_example(image[:, c0:c1], labels[:, c0:c1], name=f"{name}_band{band[0]}", **example_kwargs)
+    return train, val
 
 
 def synthetic_examples(n: int, seed: int = 0, size: int = 256) -> list[Example]:

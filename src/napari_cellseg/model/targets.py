@@ -36,6 +36,9 @@ CONTACT = 3  # background between two cells, in training targets only (see conta
 # (uint8, so that it crops, rotates and pads like the class codes; see encode_soft_seeds).
 SOFT, SOFT_LEVELS = 4, 250
 SOFT_RAMP = (0.25, 0.75)  # relative depths where the seed share is 0 and 1
+# Training targets only: a pixel the loss ignores (a cell cut by the edge of a held-out band,
+# whose true outline lies in pixels the run may not see). Above every SOFT code.
+IGNORE = 255
 
 
 def touching_border(labels: np.ndarray) -> np.ndarray:
@@ -135,13 +138,14 @@ def encode_soft_seeds(target: np.ndarray, labels: np.ndarray, ramp: tuple[float,
 
 def target_probabilities(target, n_classes: int = 3):
     """(B, H, W) integer training codes -> (B, n_classes, H, W) float probabilities:
-    one-hot for class codes (CONTACT counts as background), ``[s, 1 - s, 0]`` for graded
+    one-hot for class codes (CONTACT and IGNORE count as background; the loss gives
+    IGNORE pixels no weight), ``[s, 1 - s, 0]`` for graded
     seeds. Takes and returns torch tensors (imported here: this module stays numpy-only)."""
     import torch
     import torch.nn.functional as F
 
-    soft = target >= SOFT
-    hard = torch.where(target == CONTACT, BACKGROUND, target)
+    soft = (target >= SOFT) & (target != IGNORE)
+    hard = torch.where((target == CONTACT) | (target == IGNORE), BACKGROUND, target)
     hard = torch.where(soft, CYTOPLASM, hard)
     probs = F.one_hot(hard, n_classes).permute(0, 3, 1, 2).float()
     if bool(soft.any()):

@@ -25,7 +25,7 @@ from ..progress import Progress
 from .data import Example, PatchSampler
 from .inference import choose_device, cpu_bf16
 from .store import ModelInfo, save_model
-from .targets import CONTACT, target_probabilities
+from .targets import CONTACT, IGNORE, target_probabilities
 from .unet import UNet, UNetConfig
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def loss_fn(
     target, plus RMSD(sum of the three probabilities, 1); with a softmax output that
     second term is zero, and it is kept for fidelity. Targets are training codes (see
     ``targets.target_probabilities``): class indices, ``CONTACT`` pixels (background
-    counted ``contact_weight`` times) and graded seeds (``SOFT`` codes: a probability
+    counted ``contact_weight`` times), ``IGNORE`` pixels (no weight) and graded seeds (``SOFT`` codes: a probability
     target ``[s, 1 - s, 0]``). Both losses are pixel-weighted means; with one-hot targets
     the cross-entropy is torch's class-weighted mean.
     """
@@ -78,12 +78,14 @@ def loss_fn(
         target = target[..., margin:-margin, margin:-margin]
     probs_t = target_probabilities(target, logits.shape[1]).to(logits.dtype)
     pixel_w = torch.where(target == CONTACT, float(contact_weight), 1.0).to(logits.dtype)
+    pixel_w = pixel_w * (target != IGNORE)
     if kind == "ce":
         cw = weights.to(logits.dtype)[None, :, None, None] * probs_t
         nll = -(cw * torch.log_softmax(logits, dim=1)).sum(dim=1)
-        return (nll * pixel_w).sum() / (cw.sum(dim=1) * pixel_w).sum()
+        # A batch of ignored pixels only (possible in a narrow part of a band split) has loss 0.
+        return (nll * pixel_w).sum() / (cw.sum(dim=1) * pixel_w).sum().clamp_min(1e-6)
     prob = torch.softmax(logits, dim=1)
-    w = (pixel_w / pixel_w.sum())[:, None]
+    w = (pixel_w / pixel_w.sum().clamp_min(1e-6))[:, None]
     per_class = torch.sqrt((w * (prob - probs_t) ** 2).sum(dim=(0, 2, 3)) + 1e-12)
     total = torch.sqrt((w[:, 0] * (prob.sum(dim=1) - 1.0) ** 2).sum() + 1e-12)
     return (weights * per_class).sum() / weights.sum() + total

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..core.params import Grid, SegmentParams
 from ..core.validate import finite_positive
-from ..model.data import Example, median_cell_diameter, split_pair, synthetic_examples
+from ..model.data import Example, median_cell_diameter, split_band, split_pair, synthetic_examples
 from ..model.store import WEIGHTS_SUFFIX, ModelInfo
 from ..model.train import TrainConfig, new_model, save_trained, train
 from ..progress import Progress
@@ -59,6 +59,7 @@ def iter_train(
     init: str | Path | None = None,
     config: TrainConfig | None = None,
     val_fraction: float = 0.2,
+    val_band: tuple[int, int] | None = None,
     synthetic: int = 0,
     pixel_size: float | None = None,
     channels: Sequence[int] | None = None,
@@ -83,6 +84,10 @@ def iter_train(
         The right-hand strip of each image kept for validation, in [0, 1); 0 (or an image
         under 64 px) trains on every pixel. With no validation the last epoch is saved
         and there is no best file.
+    val_band : (k, n), optional
+        Spatial cross-validation instead of ``val_fraction``: vertical band ``k`` of ``n``
+        of each image is held out and validated on, the columns either side train (cells
+        cut by the band's edges are ignored by the loss; ``model.data.split_band``).
     synthetic : int
         Synthetic whole-cell images mixed in (``config.synthetic_fraction`` of patches).
     pixel_size : float, optional
@@ -127,8 +132,12 @@ def iter_train(
         if labels.max(initial=0) == 0:
             raise ValueError(f"training pair {name!r} has no labelled cell")
         fraction = val_fraction if min(image.shape[:2]) >= MIN_SPLIT_SIDE else 0
-        t, v = split_pair(image, labels, fraction, name=name, seed_target=cfg.seed_target)
-        train_ex.append(t)
+        if val_band is not None and fraction:
+            t, v = split_band(image, labels, val_band, name=name, seed_target=cfg.seed_target)
+            train_ex.extend(t)
+        else:
+            t, v = split_pair(image, labels, fraction, name=name, seed_target=cfg.seed_target)
+            train_ex.append(t)
         if v is not None:
             val_ex.append(v)
         all_labels.append(labels)
@@ -136,17 +145,21 @@ def iter_train(
     cfg = _fit_patch(cfg, train_ex, model.config.divisor)
     _record_units(info, all_labels, pixel_size)
     info.extra["val_fraction"] = val_fraction  # a benchmark must know whether its strips were trained on
+    if val_band is not None:
+        info.extra["val_band"] = list(val_band)
     synth = synthetic_examples(synthetic, seed=cfg.seed) if synthetic else []
 
     if not val_ex:
         held_out = "every pixel trained on, no validation"
+    elif val_band is not None:
+        held_out = f"validating on band {val_band[0] + 1} of {val_band[1]} of {len(val_ex)}"
     elif len(val_ex) == len(train_ex):
         held_out = f"validating on the right {val_fraction:.0%} of each"
     else:
         held_out = (f"validating on the right {val_fraction:.0%} of {len(val_ex)} "
                     f"(the others are under {MIN_SPLIT_SIDE} px)")
     yield Progress(0, cfg.epochs, "epochs", message=(
-        f"training on {len(train_ex)} images (+{len(synth)} synthetic), {held_out}; "
+        f"training on {len(pairs)} images (+{len(synth)} synthetic), {held_out}; "
         f"{cfg.epochs} epochs x {cfg.steps_per_epoch} steps x batch {cfg.batch}; "
         f"median cell diameter {info.cell_diameter_um:.1f} µm at {info.pixel_size:g} µm/px"))
 
