@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Generator, Sequence
 from pathlib import Path
 
 from . import __version__
-from .io import check_can_write_all, read_image, result_paths, write_results
+from .io import check_can_write_all, read_image, read_pixel_size, result_paths, write_results
 from .progress import Progress
+
+logger = logging.getLogger(__name__)
 
 
 def output_paths(path: Path, out: Path) -> dict[str, Path]:
@@ -35,6 +38,11 @@ def iter_segment_files(
     leaves a half-written batch. ``params`` go to :func:`segment_classic` for
     ``method="classic"`` and to :meth:`Prediction.segment` for ``"unet"``; the model is
     loaded once.
+
+    With neither ``pixel_size`` nor ``cell_diameter_px``, each image's pixel size is the
+    one its file's metadata states (:func:`~napari_cellseg.io.read_pixel_size`), where it
+    states one; all are read, and non-square pixels refused, before any work. The classic
+    method works in pixels: its pixel size only turns the cell table's areas into µm².
     """
     out = Path(out)
     paths = [Path(p) for p in paths]
@@ -47,6 +55,9 @@ def iter_segment_files(
     if dupes:
         raise ValueError(f"several inputs share the name(s) {dupes}; their outputs would collide")
     check_can_write_all([t for p in paths for t in output_paths(p, out).values()], overwrite)
+    # A size the user gave (a number, "auto") or a cell diameter wins over the file's.
+    from_file = {p: read_pixel_size(p) if pixel_size is None and cell_diameter_px is None else None
+                 for p in paths}
     out.mkdir(parents=True, exist_ok=True)
     params = dict(params or {})
     net, model_info = None, None
@@ -63,26 +74,38 @@ def iter_segment_files(
         if image.ndim != 2:
             raise ValueError(f"{path}: a stack of shape {image.shape}; segment 2-D images "
                              "(or split the stack into planes first)")
+        file_size = from_file[path]
+        if file_size is not None:
+            logger.info("%s: pixel size %g µm from the file's metadata", path.name, file_size)
+        image_size = pixel_size if file_size is None else file_size
         if method == "classic":
             from .core.classic import segment_classic
 
             labels = segment_classic(image, **params)
-            used, size = dict(params), pixel_size
+            used, size = dict(params), image_size
         else:
             from .pipeline import predict
 
-            prediction = predict(image, pixel_size, net, device, cell_diameter_px=cell_diameter_px)
+            try:
+                prediction = predict(image, image_size, net, device, cell_diameter_px=cell_diameter_px)
+            except ValueError as err:
+                if file_size is None:
+                    raise
+                raise ValueError(f"{path}: with the pixel size {file_size:g} µm its file's metadata "
+                                 f"states: {err} (give --pixel-size to use another)") from err
             used = prediction.params(params).to_dict()  # every value, the model's defaults applied
             labels = prediction.segment(**used)
-            # The pixel size given, estimated ("auto") or derived from the cell diameter;
-            # with none, the image is taken to be at the model's, unscaled, so the grid's
-            # pixel size is the image's.
+            # The pixel size given, read from the file, estimated ("auto") or derived from the
+            # cell diameter; with none, the image is taken to be at the model's, unscaled, so
+            # the grid's pixel size is the image's.
             size = prediction.pixel_size or prediction.grid.pixel_size
         record = {"image": str(path), "method": method, "parameters": used,
                   "pixel_size_um": size,
                   "pixel_size_given": pixel_size is not None and pixel_size != "auto",
                   "model": model_info, "version": __version__}
-        if method == "unet" and (prediction.scale is not None or cell_diameter_px is not None):
+        if file_size is not None:
+            record["pixel_size_from"] = "file metadata"
+        elif method == "unet" and (prediction.scale is not None or cell_diameter_px is not None):
             record["pixel_size_from"] = ("estimated from the image" if prediction.scale is not None
                                          else f"cell diameter {cell_diameter_px} px")
         write_results(out, path.stem, labels, image, size, record, overwrite=overwrite)

@@ -21,7 +21,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("unet", "classic"), default="unet")
     p.add_argument("--channel", type=int, default=None, help="RGB channel (default: the one with signal)")
     p.add_argument("--pixel-size", type=_pixel_size_arg, default=None,
-                   help="µm per pixel, or 'auto' to estimate it from the image (default: the model's)")
+                   help="µm per pixel, or 'auto' to estimate it from the image (default: the pixel "
+                        "size in each file's metadata (OME-TIFF, ImageJ, TIFF resolution), else "
+                        "the model's)")
     p.add_argument("--cell-diameter", type=float, default=None, metavar="PX",
                    help="the cells' typical diameter in pixels, instead of a pixel size (unet method)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")

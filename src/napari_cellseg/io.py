@@ -14,13 +14,26 @@ LABEL_TAGS = ("_masks", "_mask", "_labels")  # a file name ending so (before the
 LABEL_SUFFIXES = (*LABEL_TAGS, "_img")  # removed to pair an image with its labels
 
 
-def _read_raw(path: Path) -> np.ndarray:
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
     if not path.is_file():
         raise IsADirectoryError(f"not a file: {path}")
     if path.stat().st_size == 0:
         raise ValueError(f"cannot read {path}: the file is empty (0 bytes)")
+
+
+def _unreadable(path: Path, err: Exception) -> ValueError:
+    """A reader's error re-worded with the file name: the readers' own words vary."""
+    words = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if "plugin" in words.lower() or "backend" in words.lower():
+        # imageio's "no plugin can read this" advice (install a video plugin ...) misleads
+        words = "not a TIFF, PNG, JPEG or BMP image that can be decoded (corrupt or another format)"
+    return ValueError(f"cannot read {path} as an image: {words}")
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    _check_file(path)
     suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
@@ -30,12 +43,167 @@ def _read_raw(path: Path) -> np.ndarray:
         import imageio.v3 as iio
 
         return np.asarray(iio.imread(path))
-    except Exception as err:  # re-raised with the file name: the reader's own words vary
-        words = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if "plugin" in words.lower() or "backend" in words.lower():
-            # imageio's "no plugin can read this" advice (install a video plugin ...) misleads
-            words = "not a TIFF, PNG, JPEG or BMP image that can be decoded (corrupt or another format)"
-        raise ValueError(f"cannot read {path} as an image: {words}") from err
+    except Exception as err:
+        raise _unreadable(path, err) from err
+
+
+# µm in one unit, for the length names OME-XML and ImageJ write (lower case; "µ" is the
+# micro sign: the Greek mu and ImageJ's escaped "\u00B5" are mapped to it first).
+UM_PER_UNIT = {
+    "m": 1e6, "meter": 1e6, "metre": 1e6, "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4,
+    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3, "µm": 1.0, "um": 1.0, "micron": 1.0,
+    "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3,
+    "nanometre": 1e-3, "pm": 1e-6, "å": 1e-4, "angstrom": 1e-4, "in": 25400.0, "inch": 25400.0,
+}
+# TIFF ResolutionUnit codes: 2 inch (the TIFF default), 3 centimetre; 4 and 5 (mm, µm) are
+# tifffile's extension. 1 ("none") states an aspect ratio only.
+UM_PER_RESOLUTION_UNIT = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}
+# Pixels per inch that writers leave when they know nothing: the TIFF default of 1 and the
+# 72 / 96 dpi of screens and image editors. At 72 dpi a pixel would be 353 µm: no microscope
+# image means that, so these say "no pixel size", not a measured one.
+PLACEHOLDER_PPI = (1.0, 72.0, 96.0)
+SQUARE_TOLERANCE = 0.01  # X and Y pixel sizes further apart than this (relative) are refused
+
+
+def _um_per(unit) -> float | None:
+    """µm in one ``unit`` (a length name as OME or ImageJ write it), None if not a length."""
+    name = str(unit).strip().lower()
+    for mu in ("\\u00b5", "\\u03bc", "\u03bc"):
+        name = name.replace(mu, "µ")
+    return UM_PER_UNIT.get(name)
+
+
+def _per_unit(value) -> float:
+    """A TIFF X/YResolution (a RATIONAL (numerator, denominator) or a number) as pixels
+    per unit; nan where it is not a finite number > 0."""
+    num, den = (float(v) for v in value[:2]) if isinstance(value, tuple | list) else (float(value), 1.0)
+    ok = num > 0 and den > 0 and np.isfinite(num) and np.isfinite(den)
+    return num / den if ok else np.nan
+
+
+def _resolution(tif) -> tuple[float, float] | None:
+    """The first page's X and Y resolution in pixels per unit (Y = X when only X is there)."""
+    tags = tif.pages[0].tags
+    if "XResolution" not in tags:
+        return None
+    x = _per_unit(tags["XResolution"].value)
+    return x, (_per_unit(tags["YResolution"].value) if "YResolution" in tags else x)
+
+
+def _um_per_pixel(um_per_unit: float, pixels_per_unit: float) -> float:
+    # The rationals hold ~7 digits: 1 / 0.65 stored as 20 / 13 must read back as 0.65.
+    size = um_per_unit / pixels_per_unit
+    return float(f"{size:.6g}") if np.isfinite(size) else size
+
+
+def _ome_size(tif) -> tuple[float, float] | None:
+    """(X, Y) µm of the first image of an OME-TIFF (PhysicalSizeX/Y, unit µm by default)."""
+    if not tif.is_ome or not tif.ome_metadata:
+        return None
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(tif.ome_metadata)
+    except ET.ParseError as err:
+        logger.warning("%s: OME-XML not readable (%s); its pixel size is ignored", tif.filename, err)
+        return None
+    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return None
+    sizes = {}
+    for axis in ("X", "Y"):
+        value = pixels.get(f"PhysicalSize{axis}")
+        if value is None:
+            continue
+        unit = pixels.get(f"PhysicalSize{axis}Unit", "µm")
+        factor = _um_per(unit)
+        if factor is None:  # "pixel", "reference frame": not a length
+            logger.warning("%s: OME PhysicalSize%sUnit %r is not a length; its pixel size is "
+                           "ignored", tif.filename, axis, unit)
+            return None
+        try:
+            sizes[axis] = float(value) * factor
+        except ValueError:
+            sizes[axis] = np.nan
+    if not sizes:
+        return None
+    return sizes.get("X", sizes.get("Y")), sizes.get("Y", sizes.get("X"))  # one given: square
+
+
+def _imagej_size(tif) -> tuple[float, float] | None:
+    """(X, Y) µm of an ImageJ TIFF: its ``unit``, and X/YResolution as pixels per unit."""
+    meta = tif.imagej_metadata if tif.is_imagej else None
+    factor = _um_per(meta.get("unit", "")) if meta else None
+    resolution = _resolution(tif)
+    if factor is None or resolution is None:
+        return None  # uncalibrated ("pixel" or no unit): a plain resolution may still say
+    return tuple(_um_per_pixel(factor, r) for r in resolution)
+
+
+def _resolution_size(tif) -> tuple[float, float] | None:
+    """(X, Y) µm from plain TIFF X/YResolution with ResolutionUnit inch or centimetre."""
+    tags = tif.pages[0].tags
+    unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+    factor = UM_PER_RESOLUTION_UNIT.get(unit)
+    resolution = _resolution(tif)
+    if factor is None or resolution is None:
+        return None
+    if unit == 2 and all(r in PLACEHOLDER_PPI for r in resolution):
+        return None
+    return tuple(_um_per_pixel(factor, r) for r in resolution)
+
+
+def _square(path: Path, how: str, x: float, y: float) -> float | None:
+    """The X pixel size when X and Y agree within 1 %; None (warned) when either is not a
+    finite number > 0."""
+    if not (np.isfinite(x) and np.isfinite(y) and x > 0 and y > 0):
+        logger.warning("%s: the %s pixel size %s x %s µm is not a finite number > 0; ignored",
+                       path, how, x, y)
+        return None
+    if max(x, y) > min(x, y) * (1 + SQUARE_TOLERANCE):
+        raise ValueError(f"{path}: pixels are not square: {x:g} µm in X, {y:g} µm in Y ({how} "
+                         f"metadata) differ by more than {SQUARE_TOLERANCE:.0%}; segmentation "
+                         "assumes square pixels: resample the image to square pixels, or give "
+                         "one pixel size (CLI: --pixel-size)")
+    return float(x)
+
+
+def read_pixel_size(path: str | Path) -> float | None:
+    """The pixel size in µm per pixel that an image file's metadata states, or None.
+
+    Read with tifffile, the first found wins: OME-TIFF ``PhysicalSizeX/Y`` (with their
+    units, µm by default), ImageJ's ``unit`` with X/YResolution as pixels per unit, plain
+    TIFF X/YResolution in pixels per centimetre or inch. PNG, JPEG and BMP files, TIFFs
+    without a resolution, with ResolutionUnit "none" or with a writer's placeholder (1, 72
+    or 96 pixels per inch) give None. A value that is not a finite number > 0 is ignored
+    with a logged warning.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ValueError
+        The file is not a readable TIFF, or its X and Y pixel sizes differ by more than
+        1 % (segmentation assumes square pixels): the message names both.
+    """
+    path = Path(path)
+    _check_file(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None  # their resolution fields (PNG pHYs, JPEG dpi) describe screens, not optics
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, OSError, ValueError) as err:
+        raise _unreadable(path, err) from err
+    with tif:
+        for how, read in (("OME", _ome_size), ("ImageJ", _imagej_size),
+                          ("TIFF resolution", _resolution_size)):
+            xy = read(tif)
+            size = None if xy is None else _square(path, how, *xy)
+            if size is not None:
+                return size
+    return None
 
 
 def _drop_singletons(array: np.ndarray) -> np.ndarray:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     import napari
+
+logger = logging.getLogger(__name__)
 
 
 def show_layer(
@@ -70,7 +74,8 @@ def plane_index(layer, viewer, lead_shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def pixel_size_of(layer) -> float | None:
-    """µm per pixel from a layer's metadata or scale (None when unknown)."""
+    """µm per pixel from a layer's metadata or scale, else from the metadata of the TIFF
+    it was opened from (None when unknown)."""
     if layer is None:
         return None
     size = layer.metadata.get("pixel_size_um") if hasattr(layer, "metadata") else None
@@ -79,4 +84,20 @@ def pixel_size_of(layer) -> float | None:
     scale = getattr(layer, "scale", None)
     if scale is not None and len(scale) >= 2 and float(scale[-1]) != 1.0:
         return float(scale[-1])
-    return None
+    return _file_pixel_size(layer)
+
+
+def _file_pixel_size(layer) -> float | None:
+    """The pixel size the metadata of a layer's source TIFF states (None when none)."""
+    from ..io import read_pixel_size
+
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if not path or Path(str(path)).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        return read_pixel_size(path)
+    except (OSError, ValueError) as err:
+        # A hint that fills in the pixel size field, not the image itself: a file moved
+        # since it was opened, or non-square pixels, leave the field for the user to fill.
+        logger.warning("pixel size of %s not taken from its file: %s", path, err)
+        return None
