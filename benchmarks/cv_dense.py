@@ -112,9 +112,9 @@ def model_for(args, fold: int) -> Path | None:
     if path.exists():
         return path
     if args.shipped_as_fold5 and args.recipe == "base" and args.folds == 5 and fold == 5:
-        from napari_cellseg.model.store import resolve_model
+        from napari_cellseg.model.registry import resolve_model_path
 
-        return resolve_model(None)[1]
+        return resolve_model_path(None)
     return None
 
 
