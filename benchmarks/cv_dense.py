@@ -47,6 +47,11 @@ RECIPES: dict[str, list[dict]] = {
     # sees them. Budgeted for the CPU: step 1 is base's (shared), step 2 costs what base's
     # does (batch 4 of 256-px patches = 128 px of the image, about Cellpose's 224 px at 2x).
     "x2": [{"reuse": ("base", 0)}, {"config": {**_BASE_2, "patch": 256, "batch": 4}, "scale": 2}],
+    # Pretraining on synthetic tissue in the dense set's look (model.data.tissue_pairs: 64
+    # images of 256 px, no real pixel), then base's two steps from the pretrained weights.
+    # The pretraining is the same for every fold (it sees no real image): trained once.
+    "pretrain": [{"config": {**_BASE_1, "epochs": 30}, "tissue": 64, "shared": True},
+                 {"config": _BASE_1}, {"config": _BASE_2}],
 }
 
 
@@ -55,6 +60,8 @@ def folds_of(args) -> list[int]:
 
 
 def stage_path(recipe: str, fold: int, stage: int, folds: int = 5) -> Path:
+    if RECIPES.get(recipe, [{}] * (stage + 1))[stage].get("shared"):  # one model for every fold
+        return RUNS / recipe / f"shared.s{stage + 1}.safetensors"
     return RUNS / recipe / f"fold{fold}of{folds}.s{stage + 1}.safetensors"
 
 
@@ -99,9 +106,15 @@ def cmd_train(args) -> None:
         cfg = TrainConfig(**{**stage["config"], "threads": args.threads, "seed": args.seed})
         t0 = time.perf_counter()
         print(f"{args.recipe} fold {args.fold}/{args.folds} stage {i + 1}: {cfg}", flush=True)
+        if "tissue" in stage:  # synthetic pretraining: no real image, no validation
+            from napari_cellseg.model.data import tissue_pairs
+
+            data, split = tissue_pairs(stage["tissue"], seed=args.seed), {"val_fraction": 0}
+        else:
+            data, split = resample(pairs, scale), {"val_band": (args.fold - 1, args.folds)}
         result = drain(iter_train(
-            resample(pairs, scale), out, init=init, config=cfg, val_band=(args.fold - 1, args.folds),
-            synthetic=16, pixel_size=PIXEL_SIZE / scale, resume=True),
+            data, out, init=init, config=cfg, synthetic=0 if "tissue" in stage else 16,
+            pixel_size=PIXEL_SIZE / scale, resume=True, **split),
             lambda p: p.info is not None and print(p.message, flush=True))
         print(f"saved {result.path} in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
         init = result.path

@@ -418,3 +418,14 @@ def test_ignored_pixels_carry_no_loss():
         np.abs(p - [0, 0, 1]).mean(), rel=1e-4)
     # A batch of ignored pixels only: loss 0, not NaN.
     assert loss_fn(logits, torch.full_like(target, targets.IGNORE), w, "ce").item() == 0.0
+
+
+def test_tissue_pairs_draw_varied_looks_reproducibly():
+    from napari_cellseg.model.data import tissue_pairs
+
+    a, b = tissue_pairs(3, seed=1, size=96), tissue_pairs(3, seed=1, size=96)
+    assert [n for n, _, _ in a] == ["tissue0", "tissue1", "tissue2"]
+    for (_, ia, la), (_, ib, lb) in zip(a, b, strict=True):
+        assert np.array_equal(ia, ib) and np.array_equal(la, lb)
+        assert ia.shape == la.shape == (96, 96) and la.max() > 0
+    assert len({int(la.max()) for _, _, la in a}) > 1  # the looks (sizes, densities) differ

@@ -75,3 +75,27 @@ def test_bad_parameters_are_clear():
         syn.make_whole_cell_image(stain="dapi")
     with pytest.raises(ValueError, match="could not place"):
         syn.make_image(n_cells=50, min_separation=60)
+
+
+def test_tissue_image_truth():
+    from skimage.measure import label as cc_label
+
+    a = syn.make_tissue_image(seed=4, shape=(128, 160))
+    b = syn.make_tissue_image(seed=4, shape=(128, 160))
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
+    assert a.image.dtype == np.float32 and a.image.shape == (128, 160) and a.image.min() >= 0
+    k = int(a.labels.max())
+    assert k >= 20 and np.array_equal(np.unique(a.labels), np.arange(k + 1))  # ids 1..K
+    assert len(a.centers) == k and a.nucleus_labels is None
+    for i in range(1, k + 1):  # each cell one 4-connected piece
+        assert cc_label(a.labels == i, connectivity=1).max() == 1
+    # Stained cells are brighter than the rest of the image on average.
+    assert a.image[a.labels > 0].mean() > 3 * a.image[a.labels == 0].mean()
+    # Every cell stained: more labelled cells than with 40 % stained, same layout.
+    all_stained = syn.make_tissue_image(seed=4, shape=(128, 160), stained_fraction=1.0)
+    few = syn.make_tissue_image(seed=4, shape=(128, 160), stained_fraction=0.4)
+    assert all_stained.labels.max() > a.labels.max() > few.labels.max()
+    with pytest.raises(ValueError, match="stained_fraction"):
+        syn.make_tissue_image(stained_fraction=0)
+    with pytest.raises(ValueError, match="photons"):
+        syn.make_tissue_image(photons=-1)

@@ -125,6 +125,26 @@ def split_band(
     return train, val
 
 
+def tissue_pairs(n: int, seed: int = 0, size: int = 256) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``n`` synthetic tissue images in the dense set's look (``core.synthetic.make_tissue_image``)
+    as (name, image, labels) pairs, their looks drawn at random: cell radius 5.5-10 px,
+    density, stained share, brightness spread, photon count (noise) and blur; for
+    pretraining."""
+    from ..core.synthetic import make_tissue_image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        scene = make_tissue_image(
+            seed=int(rng.integers(1 << 31)), shape=(size, size),
+            cell_radius=float(rng.uniform(5.5, 10.0)), density=float(rng.uniform(0.6, 1.0)),
+            stained_fraction=float(rng.uniform(0.4, 1.0)), brightness_spread=float(rng.uniform(0.3, 0.8)),
+            photons=float(np.exp(rng.uniform(np.log(15), np.log(300)))), blur=float(rng.uniform(0.7, 1.5)))
+        if scene.labels.max() > 0:  # a small image may hold no stained cell: draw again
+            out.append((f"tissue{len(out)}", scene.image, scene.labels))
+    return out
+
+
 def synthetic_examples(n: int, seed: int = 0, size: int = 256) -> list[Example]:
     """Whole-cell synthetic images (both stains, a range of cell sizes) as examples."""
     from ..core.synthetic import make_whole_cell_image
