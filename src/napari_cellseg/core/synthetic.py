@@ -274,18 +274,7 @@ def make_whole_cell_image(
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
     rng = np.random.default_rng(seed)
-    h, w = shape
-    # Poisson-disc-like placement: dart throwing at spacing 1.6 r.
-    spacing = 1.6 * cell_radius
-    n_target = int(density * h * w / (0.866 * spacing**2))
-    pts: list[np.ndarray] = []
-    for _ in range(n_target * 30):
-        if len(pts) >= n_target:
-            break
-        p = rng.uniform(0, [h, w])
-        if not pts or np.min(np.hypot(*(np.array(pts) - p).T)) >= spacing:
-            pts.append(p)
-    centers = np.array(pts, dtype=float).reshape(-1, 2)
+    centers = _dart_centers(rng, shape, 1.6 * cell_radius, density)
     k = len(centers)
     labels = np.zeros(shape, dtype=np.int32)
     nuclei = np.zeros(shape, dtype=np.int32)
@@ -321,6 +310,32 @@ def make_whole_cell_image(
 
     image = _render_whole_cell(rng, labels, nuclei, stain, cell_radius, noise_scale, background)
     return SyntheticScene(image, labels, centers, nucleus_labels=nuclei)
+
+
+def _dart_centers(rng: np.random.Generator, shape: tuple[int, int], spacing: float,
+                  density: float) -> np.ndarray:
+    """Poisson-disc-like cell centres (K, 2): dart throwing, no two closer than ``spacing``,
+    up to ``density`` of the densest (hexagonal) packing."""
+    h, w = shape
+    n_target = int(density * h * w / (0.866 * spacing**2))
+    pts: list[np.ndarray] = []
+    for _ in range(n_target * 30):
+        if len(pts) >= n_target:
+            break
+        p = rng.uniform(0, [h, w])
+        if not pts or np.min(np.hypot(*(np.array(pts) - p).T)) >= spacing:
+            pts.append(p)
+    return np.array(pts, dtype=float).reshape(-1, 2)
+
+
+def _outlines(labels: np.ndarray) -> np.ndarray:
+    """Pixels with a 4-neighbour of another label (background included), both sides."""
+    outline = np.zeros(labels.shape, dtype=bool)
+    outline[:-1] |= labels[:-1] != labels[1:]
+    outline[1:] |= labels[:-1] != labels[1:]
+    outline[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    outline[:, 1:] |= labels[:, :-1] != labels[:, 1:]
+    return outline
 
 
 def _tidy_labels(
@@ -371,12 +386,7 @@ def _render_whole_cell(
         signal[nuclei > 0] *= 0.3
     else:
         # Bright rim from the distance to the cell's own outline; shared borders glow.
-        outline = np.zeros(shape, dtype=bool)
-        outline[:-1] |= labels[:-1] != labels[1:]
-        outline[1:] |= labels[:-1] != labels[1:]
-        outline[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-        outline[:, 1:] |= labels[:, :-1] != labels[:, 1:]
-        d = ndi.distance_transform_edt(~outline)
+        d = ndi.distance_transform_edt(~_outlines(labels))
         rim = np.exp(-(d**2) / (2 * 1.2**2))
         signal = gain[labels] * texture * cell * (0.25 + 0.9 * rim)
     illum = background * (1.0 + 0.6 * _smooth_field(rng, shape, max(shape) / 4.0))
@@ -444,19 +454,10 @@ def make_tissue_image(
                          "brightness_spread not negative")
     rng = np.random.default_rng(seed)
     h, w = shape
-    spacing = 1.55 * cell_radius
     # Clusters: a centre is kept with a probability that follows a smooth field.
     keep_field = ndi.gaussian_filter(rng.normal(size=shape), 4 * cell_radius, mode="wrap")
     keep_field = 1.0 / (1.0 + np.exp(-4.0 * keep_field / (keep_field.std() + 1e-12)))
-    n_target = int(density * h * w / (0.866 * spacing**2))
-    pts: list[np.ndarray] = []
-    for _ in range(n_target * 30):
-        if len(pts) >= n_target:
-            break
-        p = rng.uniform(0, [h, w])
-        if not pts or np.min(np.hypot(*(np.array(pts) - p).T)) >= spacing:
-            pts.append(p)
-    centers = np.array(pts, dtype=float).reshape(-1, 2)
+    centers = _dart_centers(rng, shape, 1.55 * cell_radius, density)
     iy, ix = np.clip(centers.astype(int), 0, [h - 1, w - 1]).T if len(centers) else ([], [])
     centers = centers[rng.random(len(centers)) < keep_field[iy, ix]] if len(centers) else centers
     labels = np.zeros(shape, dtype=np.int32)
@@ -484,11 +485,7 @@ def make_tissue_image(
     gain = np.where(stained, gain / np.exp(brightness_spread**2 / 2), rng.uniform(0.03, 0.1, size=k + 1))
     gain[0] = 0.0
     # Rims: distance to the cell's own outline; patchy along the membrane.
-    outline = np.zeros(shape, dtype=bool)
-    for a_, b_ in ((np.s_[:-1], np.s_[1:]), (np.s_[1:], np.s_[:-1])):
-        outline[a_] |= labels[a_] != labels[b_]
-        outline[:, a_] |= labels[:, a_] != labels[:, b_]
-    d = ndi.distance_transform_edt(~outline)
+    d = ndi.distance_transform_edt(~_outlines(labels))
     rim = np.exp(-(d**2) / (2 * rng.uniform(0.9, 1.4) ** 2))
     patchy = np.clip(1.0 + 0.6 * _smooth_field(rng, shape, 1.5), 0.1, None)
     interior = rng.uniform(0.1, 0.45) * np.clip(1.0 + 0.4 * _smooth_field(rng, shape, 1.0), 0.0, None)
