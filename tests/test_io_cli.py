@@ -243,9 +243,10 @@ def test_segment_files_yields_progress_per_file_and_refuses_before_work(lesson_t
     steps = []
     out = tmp_path / "out"
     results = drain(iter_segment_files([lesson_tif, second], out, "classic"), steps.append)
-    assert steps == [Progress(1, 2, "files"), Progress(2, 2, "files")]
+    assert steps == [Progress(0, 2, "files", "0 of 2 files done"), Progress(1, 2, "files"),
+                     Progress(2, 2, "files")]
     assert [(p.name, n) for p, n in results] == [("lesson.tif", 8), ("second.tif", 8)]
-    assert steps[0].text() == "1 / 2 files"
+    assert steps[1].text() == "1 / 2 files"
     (out / "second_cells.csv").unlink()  # the lesson's outputs still exist: refused, nothing read
     gen = iter_segment_files([second, lesson_tif], out, "classic")
     with pytest.raises(FileExistsError, match=r"lesson_masks\.tif"):

@@ -1,22 +1,165 @@
 """Segment a list of files, writing what the CLI writes: <stem>_masks.tif,
-<stem>_cells.csv and <stem>_params.json. Used by the CLI and the Batch widget."""
+<stem>_cells.csv and <stem>_params.json. Used by the CLI and the Batch widget.
+
+In this process one file after another, or one task per file on dask.distributed
+(``workers=`` for a ``LocalCluster``, ``scheduler=`` for a cluster, ``client=``).
+
+Each frame's three files are written to a staging folder and moved into place with
+``os.replace`` (atomic), its ``_params.json`` first, holding the *request* (image, its
+size and date, method, parameters, pixel size, model, version), the labels and table
+after it, each old output removed first. So a frame is done exactly when its params
+file holds this request and both other files exist; a frame whose params hold this
+request but whose files are missing was stopped mid-write and is redone; a task run
+twice (a worker killed after writing) writes the same files again. ``resume=True``
+skips the done frames.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 from collections.abc import Generator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from . import __version__
-from .io import check_can_write_all, read_image, read_pixel_size, result_paths, write_results
+from .io import (
+    _check_file,
+    _jsonable,
+    check_can_write_all,
+    read_image,
+    read_pixel_size,
+    result_paths,
+    write_results,
+)
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
+
+STAGING = ".napari-cellseg-staging"
 
 
 def output_paths(path: Path, out: Path) -> dict[str, Path]:
     """The files written for the image ``path`` in the folder ``out``."""
     return result_paths(out, Path(path).stem)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every frame shares (pickled once per task on the engine)."""
+
+    out: str
+    method: str
+    params: dict
+    pixel_size: Any  # µm, "auto" or None
+    model: Any  # None, a name or path (resolved where the task runs), or a loaded pair
+    model_info: dict | None
+    device: str
+    channel: int | None
+    cell_diameter_px: float | None
+    threads: dict | None = None  # engine: torch threads per worker
+
+
+def _request(job: _Job, path: Path) -> dict:
+    """What a frame's outputs are made from; equal requests give equal outputs."""
+    st = path.stat()
+    return {"image": str(path.resolve()), "image_bytes": st.st_size, "image_mtime_ns": st.st_mtime_ns,
+            "method": job.method, "params": job.params, "pixel_size": job.pixel_size,
+            "cell_diameter_px": job.cell_diameter_px, "channel": job.channel,
+            "model": job.model_info, "version": __version__}
+
+
+def _state(job: _Job, path: Path) -> str:
+    """"done", "ours" (this request, stopped before its files were all in place),
+    "foreign" (outputs from something else) or "none"."""
+    files = output_paths(path, Path(job.out))
+    if not any(f.exists() for f in files.values()):
+        return "none"
+    try:
+        record = json.loads(files["params"].read_text())
+        ours = record.get("request") == json.loads(json.dumps(_request(job, path), default=_jsonable))
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        return "foreign"
+    return "done" if files["labels"].exists() and files["table"].exists() else "ours"
+
+
+def _cells_written(job: _Job, path: Path) -> int:
+    return int(json.loads(output_paths(path, Path(job.out))["params"].read_text())["cells"])
+
+
+def _segment_file(job: _Job, path: Path, file_size: float | None, net=None) -> int:
+    """Segment one file and put its outputs in place (see the module notes); the number
+    of cells."""
+    image = read_image(path, job.channel)
+    if image.ndim != 2:
+        raise ValueError(f"{path}: a stack of shape {image.shape}; segment 2-D images "
+                         "(or split the stack into planes first)")
+    if file_size is not None:
+        logger.info("%s: pixel size %g µm from the file's metadata", path.name, file_size)
+    image_size = job.pixel_size if file_size is None else file_size
+    if job.method == "classic":
+        from .core.classic import segment_classic
+
+        labels = segment_classic(image, **job.params)
+        used, size = dict(job.params), image_size
+    else:
+        from .model.store import resolve_model
+        from .pipeline import predict
+
+        net = net if net is not None else resolve_model(job.model)
+        try:
+            prediction = predict(image, image_size, net, job.device, cell_diameter_px=job.cell_diameter_px)
+        except ValueError as err:
+            if file_size is None:
+                raise
+            raise ValueError(f"{path}: with the pixel size {file_size:g} µm its file's metadata "
+                             f"states: {err} (give --pixel-size to use another)") from err
+        used = prediction.params(job.params).to_dict()  # every value, the model's defaults applied
+        labels = prediction.segment(**used)
+        # The pixel size given, read from the file, estimated ("auto") or derived from the
+        # cell diameter; with none, the image is taken to be at the model's, unscaled, so
+        # the grid's pixel size is the image's.
+        size = prediction.pixel_size or prediction.grid.pixel_size
+    record = {"image": str(path), "method": job.method, "parameters": used,
+              "pixel_size_um": size,
+              "pixel_size_given": job.pixel_size is not None and job.pixel_size != "auto",
+              "model": job.model_info, "version": __version__, "request": _request(job, path)}
+    if file_size is not None:
+        record["pixel_size_from"] = "file metadata"
+    elif job.method == "unet" and (prediction.scale is not None or job.cell_diameter_px is not None):
+        record["pixel_size_from"] = ("estimated from the image" if prediction.scale is not None
+                                     else f"cell diameter {job.cell_diameter_px} px")
+    out = Path(job.out)
+    stage = out / STAGING / f"{path.stem}.{os.getpid()}"
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    staged = write_results(stage, path.stem, labels, image, size, record)
+    final = output_paths(path, out)
+    for kind in ("params", "labels", "table"):  # old outputs go first (allowed, checked up front)
+        final[kind].unlink(missing_ok=True)
+    for kind in ("params", "labels", "table"):  # the request first: see the module notes
+        os.replace(staged[kind], final[kind])
+    stage.rmdir()
+    return int(labels.max())
+
+
+def _frame_task(job: _Job, path: str, file_size: float | None, model=None) -> int:
+    """One frame on a worker (a retried task finds its frame done and only reads the count)."""
+    from .workflows.engine import set_threads
+
+    job = job if model is None else replace(job, model=model)
+    p = Path(path)
+    if _state(job, p) == "done":
+        return _cells_written(job, p)
+    if job.threads is not None and job.method == "unet":
+        set_threads(job.threads)
+    return _segment_file(job, p, file_size)
 
 
 def iter_segment_files(
@@ -30,19 +173,29 @@ def iter_segment_files(
     channel: int | None = None,
     overwrite: bool = False,
     cell_diameter_px: float | None = None,
+    resume: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client=None,
 ) -> Generator[Progress, None, list[tuple[Path, int]]]:
     """Segment each file; yield ``Progress(files done, total, "files")``; return
-    [(path, number of cells)].
+    [(path, number of cells)] in the order of ``paths``.
 
     Every output path is checked before any work starts, so a refused overwrite never
     leaves a half-written batch. ``params`` go to :func:`segment_classic` for
     ``method="classic"`` and to :meth:`Prediction.segment` for ``"unet"``; the model is
-    loaded once.
+    loaded once (per worker on the engine).
 
     With neither ``pixel_size`` nor ``cell_diameter_px``, each image's pixel size is the
     one its file's metadata states (:func:`~napari_cellseg.io.read_pixel_size`), where it
     states one; all are read, and non-square pixels refused, before any work. The classic
     method works in pixels: its pixel size only turns the cell table's areas into µm².
+
+    ``resume=True`` skips frames whose outputs were written for this very request (see
+    the module notes) and finishes the rest. ``workers`` / ``scheduler`` / ``client`` run
+    one task per frame on dask.distributed (a worker lost mid-frame: the frame is redone
+    elsewhere, its files written once); otherwise frames run here, one after another.
+    On a cluster, image paths and a model path must be readable by the workers.
     """
     out = Path(out)
     paths = [Path(p) for p in paths]
@@ -50,65 +203,73 @@ def iter_segment_files(
         raise ValueError("no images to segment")
     if method not in ("unet", "classic"):
         raise ValueError(f"method must be 'unet' or 'classic', got {method!r}")
+    for p in paths:  # every input exists before any work (read one by one later)
+        _check_file(p)
     stems = [p.stem for p in paths]
     dupes = sorted({s for s in stems if stems.count(s) > 1})
     if dupes:
         raise ValueError(f"several inputs share the name(s) {dupes}; their outputs would collide")
-    check_can_write_all([t for p in paths for t in output_paths(p, out).values()], overwrite)
+    model_info = None
+    if method == "unet":
+        from .model.store import model_record, resolve_model
+
+        resolve_model(model)  # a missing or corrupt model fails now, before any work
+        model_info = model_record(model)
+    job = _Job(str(out), method, dict(params or {}), pixel_size, model, model_info, device, channel,
+               cell_diameter_px)
+    states = {p: _state(job, p) for p in paths}
+    done = [p for p in paths if resume and states[p] == "done"]
+    todo = [p for p in paths if p not in done]
+    # Outputs of this request left by a stopped run are ours to replace; others need overwrite.
+    refusable = [p for p in todo if states[p] == "foreign" or (states[p] == "done" and not resume)]
+    try:
+        check_can_write_all([t for p in refusable for t in output_paths(p, out).values()], overwrite)
+    except FileExistsError as err:
+        if resume:
+            raise FileExistsError(f"{err} (with resume: they were written with other settings or by "
+                                  "another version)") from err
+        raise
     # A size the user gave (a number, "auto") or a cell diameter wins over the file's.
     from_file = {p: read_pixel_size(p) if pixel_size is None and cell_diameter_px is None else None
-                 for p in paths}
+                 for p in todo}
     out.mkdir(parents=True, exist_ok=True)
-    params = dict(params or {})
-    net, model_info = None, None
-    if method == "unet":
-        from .model.store import resolve_model
+    counts = {p: _cells_written(job, p) for p in done}
+    if done:
+        logger.info("%d of %d frames already done with these settings: skipped", len(done), len(paths))
+    yield Progress(len(done), len(paths), "files", f"{len(done)} of {len(paths)} files done")
+    if workers is None and scheduler is None and client is None:
+        for path in todo:
+            counts[path] = _segment_file(job, path, from_file[path])
+            yield Progress(len(counts), len(paths), "files")
+    else:
+        yield from _on_engine(job, todo, from_file, counts, len(paths), workers, scheduler, client)
+    shutil.rmtree(out / STAGING, ignore_errors=True)  # what killed tasks left
+    return [(p, counts[p]) for p in paths]
 
-        net = resolve_model(model)  # loaded once for the whole batch
-        from .model.store import model_record
 
-        model_info = model_record(model)
-    results = []
-    for i, path in enumerate(paths):
-        image = read_image(path, channel)
-        if image.ndim != 2:
-            raise ValueError(f"{path}: a stack of shape {image.shape}; segment 2-D images "
-                             "(or split the stack into planes first)")
-        file_size = from_file[path]
-        if file_size is not None:
-            logger.info("%s: pixel size %g µm from the file's metadata", path.name, file_size)
-        image_size = pixel_size if file_size is None else file_size
-        if method == "classic":
-            from .core.classic import segment_classic
+def _on_engine(job: _Job, todo, from_file, counts, total, workers, scheduler, client):
+    """One task per frame on dask.distributed; fills ``counts`` as frames finish."""
+    from distributed import as_completed
 
-            labels = segment_classic(image, **params)
-            used, size = dict(params), image_size
-        else:
-            from .pipeline import predict
+    from .workflows.engine import client_for, gpu_resources, threads_per_host, unique_token
 
-            try:
-                prediction = predict(image, image_size, net, device, cell_diameter_px=cell_diameter_px)
-            except ValueError as err:
-                if file_size is None:
-                    raise
-                raise ValueError(f"{path}: with the pixel size {file_size:g} µm its file's metadata "
-                                 f"states: {err} (give --pixel-size to use another)") from err
-            used = prediction.params(params).to_dict()  # every value, the model's defaults applied
-            labels = prediction.segment(**used)
-            # The pixel size given, read from the file, estimated ("auto") or derived from the
-            # cell diameter; with none, the image is taken to be at the model's, unscaled, so
-            # the grid's pixel size is the image's.
-            size = prediction.pixel_size or prediction.grid.pixel_size
-        record = {"image": str(path), "method": method, "parameters": used,
-                  "pixel_size_um": size,
-                  "pixel_size_given": pixel_size is not None and pixel_size != "auto",
-                  "model": model_info, "version": __version__}
-        if file_size is not None:
-            record["pixel_size_from"] = "file metadata"
-        elif method == "unet" and (prediction.scale is not None or cell_diameter_px is not None):
-            record["pixel_size_from"] = ("estimated from the image" if prediction.scale is not None
-                                         else f"cell diameter {cell_diameter_px} px")
-        write_results(out, path.stem, labels, image, size, record, overwrite=overwrite)
-        results.append((path, int(labels.max())))
-        yield Progress(i + 1, len(paths), "files")
-    return results
+    if not todo:
+        return
+    c, close = client_for(client, scheduler, workers, device=job.device)
+    futures: list = []
+    try:
+        token = unique_token(job.out)
+        gpu = gpu_resources(c, job.device)
+        mdl = c.scatter(job.model, broadcast=True, hash=False) if isinstance(job.model, tuple) else None
+        run = replace(job, model=None if mdl is not None else job.model, threads=threads_per_host(c))
+        futures = [c.submit(_frame_task, run, str(p), from_file[p], mdl, key=f"cellseg-frame-{k}-{token}",
+                            pure=False, retries=2, resources=gpu) for k, p in enumerate(todo)]
+        index = {f.key: p for f, p in zip(futures, todo, strict=True)}
+        for fut in as_completed(futures):
+            counts[index[fut.key]] = fut.result()  # a frame's error is the batch's error
+            yield Progress(len(counts), total, "files")
+    finally:
+        if futures:  # stopped early (Cancel, an error): free the cluster
+            c.cancel([f for f in futures if not f.done()])
+        for obj in close:
+            obj.close()

@@ -16,8 +16,22 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("segment", help="segment images; writes <stem>_masks.tif, <stem>_cells.csv "
                                        "and <stem>_params.json")
-    p.add_argument("images", nargs="+", type=Path, help="TIFF / PNG images (grey or RGB)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    p.add_argument("images", nargs="*", type=Path, help="TIFF / PNG images (grey or RGB)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created); with --zarr: the "
+                                                          "output zarr")
+    p.add_argument("--zarr", default=None, metavar="SLIDE",
+                   help="a whole slide (zarr, OME-Zarr or tiled TIFF) segmented block by block: "
+                        "the same as 'segment-large SLIDE'")
+    p.add_argument("--resume", action="store_true",
+                   help="skip images whose outputs were written with these very settings; finish the rest")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--workers", type=int, default=None,
+                   help="run one task per image on a local dask cluster of N workers")
+    g.add_argument("--scheduler", default=None,
+                   help="run one task per image on a dask cluster, e.g. tcp://host:8786 (workers must "
+                        "read the images and write --out)")
+    p.add_argument("--block", type=int, default=4096, help="with --zarr: block side in px")
+    p.add_argument("--halo", type=int, default=64, help="with --zarr: context around a block in px")
     p.add_argument("--method", choices=("unet", "classic"), default="unet")
     p.add_argument("--channel", type=int, default=None, help="RGB channel (default: the one with signal)")
     p.add_argument("--pixel-size", type=_pixel_size_arg, default=None,
@@ -57,6 +71,18 @@ def _segment(args: argparse.Namespace) -> int:
     from .io import check_output_folder, result_paths
     from .progress import drain
 
+    if args.zarr is not None:
+        if args.images:
+            raise ValueError("give either images or --zarr SLIDE, not both")
+        if args.method != "unet" or args.pixel_size == "auto" or args.cell_diameter is not None:
+            raise ValueError("--zarr runs the unet method on the model's grid: no --method classic, "
+                             "--pixel-size auto or --cell-diameter (rescale the slide first)")
+        args.image = args.zarr
+        return _segment_large(args)
+    if not args.images:
+        raise ValueError("no images given (or --zarr SLIDE for a whole slide)")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
     # Every argument is checked before any image is read or any work done.
     if args.pixel_size != "auto":
         validate.optional_pixel_size(args.pixel_size, "--pixel-size")
@@ -78,10 +104,18 @@ def _segment(args: argparse.Namespace) -> int:
         SegmentParams(**params)  # a value out of range is an error now, not after the model ran
         choose_device(args.device)
     check_output_folder(args.out)
+
+    def show(p) -> None:
+        if len(args.images) > 1:
+            print(f"\r  {p.text()}", end="", file=sys.stderr, flush=True)
+
     results = drain(iter_segment_files(
         args.images, args.out, args.method, params, pixel_size=args.pixel_size, model=args.model,
         device=args.device, channel=args.channel, overwrite=args.overwrite,
-        cell_diameter_px=args.cell_diameter))
+        cell_diameter_px=args.cell_diameter, resume=args.resume, workers=args.workers,
+        scheduler=args.scheduler), show)
+    if len(args.images) > 1:
+        print(file=sys.stderr)
     for path, n in results:
         print(f"{path.name}: {n} cells -> {result_paths(args.out, path.stem)['labels']}")
     return 0
@@ -293,14 +327,17 @@ def _segment_large(args: argparse.Namespace) -> int:
     if args.out.exists() and not (args.resume or args.overwrite):
         raise FileExistsError(f"{args.out} exists; pass --resume to finish it or --overwrite to start again")
 
+    # segment --zarr also passes --seed-split / --h: refused block-wise with a reason, not ignored
+    names = ("sensitivity", "h_probability", "cell_threshold", "seed_split", "h")
+    params = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
     def show(p) -> None:
         print(f"\r  {p.text()}", end="", file=sys.stderr, flush=True)
 
     result = segment_large(args.image, args.out, block=args.block, halo=args.halo, resume=args.resume,
                            overwrite=args.overwrite, pixel_size=args.pixel_size, model=args.model,
                            workers=args.workers, scheduler=args.scheduler, device=args.device,
-                           progress=show, sensitivity=args.sensitivity, h_probability=args.h_probability,
-                           cell_threshold=args.cell_threshold)
+                           progress=show, **params)
     print(file=sys.stderr)
     healed = f", {len(result.healed)} healed with a wider halo" if result.healed else ""
     print(f"{result.n_cells} cells in {result.n_blocks} blocks ({len(result.computed)} computed, "
@@ -309,9 +346,36 @@ def _segment_large(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert a (striped or tiled) TIFF slide to OME-Zarr, band by band "
+                                       "(for segment --zarr / segment-large and napari)")
+    p.add_argument("image", type=Path, help="a TIFF: 2-D grey or RGB(A) (one channel is kept)")
+    p.add_argument("--out", type=Path, required=True, help="the OME-Zarr folder to write")
+    p.add_argument("--chunk", type=int, default=1024, help="chunk side in px (default 1024)")
+    p.add_argument("--channel", type=int, default=None, help="RGB channel to keep (default: the one with signal)")
+    p.add_argument("--pixel-size", type=float, default=None, help="µm per pixel (default: the TIFF's metadata)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .workflows.convert import convert_to_zarr
+
+    def show(p) -> None:
+        print(f"\r  {p.text()}", end="", file=sys.stderr, flush=True)
+
+    r = convert_to_zarr(args.image, args.out, chunk=args.chunk, channel=args.channel,
+                        pixel_size=args.pixel_size, overwrite=args.overwrite, progress=show)
+    print(file=sys.stderr)
+    size = f"{r.pixel_size:g} µm/px" if r.pixel_size else "no pixel size"
+    chan = f", channel {r.channel}" if r.channel is not None else ""
+    print(f"{r.shape[0]} x {r.shape[1]} {r.dtype}{chan}, {r.levels} levels, {size} -> {r.path}")
+    return 0
+
+
 COMMANDS = {
     "segment": (_add_segment, _segment),
     "segment-large": (_add_segment_large, _segment_large),
+    "convert": (_add_convert, _convert),
     "evaluate": (_add_evaluate, _evaluate),
     "train": (_add_train, _train),
     "noise-sweep": (_add_noise_sweep, _noise_sweep),

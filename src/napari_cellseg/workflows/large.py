@@ -33,6 +33,7 @@ provisional labels named by first-pixel position), which make ``resume`` possibl
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -49,6 +50,7 @@ import numpy as np
 from ..core.cells import CellStage
 from ..core.params import Grid, SegmentParams
 from ..progress import Progress, drain
+from .engine import client_for, gpu_resources, set_threads, threads_per_host, unique_token
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ def _open_source(source):
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"no such image: {path}")
-        return _read_path(path), ("path", str(path))
+        return _reopen(("path", str(path))), ("path", str(path))
     shape = getattr(source, "shape", None)
     if shape is None:
         source = np.asarray(source)
@@ -126,9 +128,18 @@ def _read_path(path: Path):
     return _squeeze2d(node, str(path))
 
 
+@functools.lru_cache(maxsize=4)
+def _read_path_cached(path: str, mtime_ns: int):
+    """One open store per file and process (a TIFF's index is parsed once, its handle kept
+    open for the tasks that follow, not leaked per task)."""
+    return _read_path(Path(path))
+
+
 def _reopen(spec):
     kind, value = spec
-    return _read_path(Path(value)) if kind == "path" else value
+    if kind != "path":
+        return value
+    return _read_path_cached(str(value), Path(value).stat().st_mtime_ns)
 
 
 def _read(arr, rows: slice, cols: slice) -> np.ndarray:
@@ -223,19 +234,6 @@ class _OffsetImage:
         return self.data[rows.start - self.r0 : rows.stop - self.r0, cols.start - self.c0 : cols.stop - self.c0]
 
 
-def _set_threads(threads: dict) -> None:
-    import torch
-    from distributed import get_worker
-
-    try:
-        address = get_worker().address
-    except ValueError:  # not on a worker (called directly)
-        address = None
-    n = threads.get(address) or threads.get("*") or 1
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(int(n))
-
-
 def _block_task(run: _Run, i: int, j: int, source=None, model=None) -> dict:
     """Segment block (i, j): write its provisional labels chunk, its owned-cell list and
     table part, then its done marker (last, so a killed task leaves the block undone)."""
@@ -247,7 +245,7 @@ def _block_task(run: _Run, i: int, j: int, source=None, model=None) -> dict:
     # Scattered data come as arguments (dask resolves futures only there).
     run = replace(run, source=run.source if source is None else source,
                   model=run.model if model is None else model)
-    _set_threads(run.threads)
+    set_threads(run.threads)
     net, _ = resolve_model(run.model)
     arr = _reopen(run.source)
     H, W = run.shape
@@ -419,48 +417,6 @@ def _provisional(out):
 
 
 # --------------------------------------------------------------------------- the run
-def _client(client, scheduler, workers, processes):
-    """(client, what to close at the end)."""
-    if client is not None:
-        return client, []
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        c = Client(scheduler)
-        return c, [c]
-    n = workers or max(1, min(os.cpu_count() or 1, _memory_gib() // 3))
-    # Loopback only; threads in this process talk in-process.
-    where = {"host": "127.0.0.1"} if processes else {}
-    cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=processes,
-                           dashboard_address="127.0.0.1:0", **where)
-    c = Client(cluster)
-    return c, [c, cluster]
-
-
-def _memory_gib() -> int:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
-    except (ValueError, OSError, AttributeError):
-        return 4
-
-
-def _threads_per_host(client) -> dict:
-    """Torch threads for each worker: its host's cores shared by the tasks that run there
-    at once (the nanny sets OMP_NUM_THREADS=1, so torch would otherwise use one)."""
-    try:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-    except TypeError:  # older distributed: every worker by default
-        workers = client.scheduler_info()["workers"]
-    cores = client.run(os.cpu_count)
-    host = {a: a.split("//")[-1].rsplit(":", 1)[0] for a in workers}
-    tasks: dict[str, int] = {}
-    for a, w in workers.items():
-        tasks[host[a]] = tasks.get(host[a], 0) + int(w.get("nthreads", 1))
-    out = {a: max(1, int(cores.get(a) or 1) // tasks[host[a]]) for a in workers}
-    out["*"] = min(out.values()) if out else 1
-    return out
-
-
 def _check_params(p: SegmentParams) -> None:
     if p.seed_split == "shape":
         raise ValueError("seed_split='shape' needs Otsu levels of the whole image's LoG response and is "
@@ -609,21 +565,23 @@ def iter_segment_large(
     todo = [ij for ij in blocks if not _marker(out, "blocks", *ij).exists()]
     result = LargeResult(out, shape, 0, len(blocks), computed=list(todo),
                          skipped=[ij for ij in blocks if ij not in todo])
-    c, close = _client(client, scheduler, workers, processes) if todo or not _all_relabelled(out, blocks) \
+    c, close = client_for(client, scheduler, workers, processes, device) if todo or not _all_relabelled(out, blocks) \
         else (None, [])
+    futures: list = []
     try:
         if c is not None:
-            token = f"{abs(hash((str(out.resolve()), time.time()))) % 10**8:08d}"
+            token = unique_token(out.resolve())
+            gpu = gpu_resources(c, device)
             src = c.scatter(source_spec, broadcast=True, hash=False) if source_spec[0] == "array" else None
             mdl = c.scatter(model, broadcast=True, hash=False) if isinstance(model, tuple) else None
             run = _Run(source_spec if src is None else ("array", None), str(out), shape, block, halo, mdl, p.to_dict(), (grid_px, info.cell_diameter_um),
                        net_stats, image_stats, device, tile, pixel_size or info.pixel_size,
-                       _threads_per_host(c))
+                       threads_per_host(c))
             run = replace(run, model=None if mdl is not None else model)
             done = len(blocks) - len(todo)
             yield Progress(done, len(blocks), "blocks", f"{done} of {len(blocks)} blocks done")
             futures = [c.submit(_block_task, run, i, j, src, mdl, key=f"cellseg-block-{i}-{j}-{token}",
-                                pure=False, retries=2) for i, j in todo]
+                                pure=False, retries=2, resources=gpu) for i, j in todo]
             for fut in as_completed(futures):
                 fut.result()  # a block's error is the run's error
                 done += 1
@@ -639,6 +597,8 @@ def iter_segment_large(
                 fut.result()
                 yield Progress(k, len(relabel), "blocks", f"{k} of {len(relabel)} blocks relabelled")
     finally:
+        if futures and c is not None:  # stopped early (Cancel, an error): free the cluster
+            c.cancel([f for f in futures if not f.done()])
         for obj in close:
             obj.close()
     result.healed = _healed(out, blocks, halo)
