@@ -125,6 +125,41 @@ def test_blocks_equal_the_whole_image(tissue, client, tmp_path, block, halo):
     assert root.attrs["napari_cellseg"]["sample_stride"] == 1  # every pixel: exact percentiles
 
 
+@pytest.fixture(scope="module")
+def small_tissue(tissue):
+    """A 300 x 260 corner of the tissue and its whole-image answer."""
+    from napari_cellseg import segment
+
+    image = np.ascontiguousarray(tissue[0][:300, :260])
+    return image, segment(image, device="cpu")
+
+
+def test_any_block_and_halo_give_the_whole_image(small_tissue, client, tmp_path_factory):
+    """Property: for block sizes (multiples of 32, from 64 px) and halos (8-96 px) drawn by
+    hypothesis, the labels and the table equal the one-piece run's."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+
+    image, reference = small_tissue
+    expected = first_pixel_order(reference)
+
+    @hypothesis.settings(max_examples=6, deadline=None, derandomize=True, database=None)
+    @hypothesis.given(block=st.integers(2, 10).map(lambda k: 32 * k), halo=st.integers(8, 96))
+    def check(block, halo):
+        out = tmp_path_factory.mktemp("prop") / "out.zarr"
+        result, labels = run(image, out, client, block=block, halo=halo)
+        np.testing.assert_array_equal(first_pixel_order(labels), expected)
+        assert result.n_cells == int(reference.max())
+        import pandas as pd
+
+        table = pd.read_csv(result.table_path)
+        assert table["label"].tolist() == list(range(1, result.n_cells + 1))
+        areas = np.bincount(labels.ravel())[1:]
+        np.testing.assert_array_equal(table["area_px"].to_numpy(), areas)
+
+    check()
+
+
 def test_a_too_small_halo_is_healed(tissue, client, tmp_path):
     image, reference = tissue
     result, labels = run(image, tmp_path / "out.zarr", client, block=320, halo=16)
