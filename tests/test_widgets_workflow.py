@@ -41,11 +41,11 @@ def test_every_manifest_widget_docks_through_the_plugin_manager(make_napari_view
     viewer = make_napari_viewer()  # discovers the installed plugins
     manifest = PluginManager.instance().get_manifest("napari-cellseg")
     names = [w.display_name for w in manifest.contributions.widgets]
-    assert len(names) == 9
+    assert len(names) == 10
     for name in names:
         dock, widget = viewer.window.add_plugin_dock_widget("napari-cellseg", name)
         assert dock.widget() is not None and widget is not None, name
-    assert len(viewer.window.dock_widgets) == 9
+    assert len(viewer.window.dock_widgets) == 10
 
 
 @pytest.fixture
@@ -366,6 +366,12 @@ def test_batch_writes_what_the_cli_writes(make_napari_viewer, qtbot, tmp_path, t
         record = json.loads((tmp_path / "out" / f"img{i}_params.json").read_text())
         assert record["method"] == "unet" and record["cells"] == expected.max()
     assert widget._runner.status.value.startswith("2 images")
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
+    widget.run()  # done with these settings: skipped, nothing rewritten
+    wait_done(qtbot, widget._runner)
+    assert widget._runner.status.value.startswith("2 images")
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == stamps
+    widget._resume.value = False
     widget.run()  # the outputs exist now: refused before any work, as a notification
     wait_done(qtbot, widget._runner)
     assert "already exist" in widget._runner.status.value

@@ -86,6 +86,7 @@ class Runner:
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = status_label()
         self.worker = None
+        self._gen = None
         self.cancel_button.changed.connect(self.cancel)
 
     @property
@@ -107,14 +108,20 @@ class Runner:
 
         if self.running:
             raise RuntimeError(f"{self.title} is already running; wait or press Cancel")
+        gen = generator(*args, **kwargs)
+
+        def run():  # the generator is ours, so that Cancel can close it (see _on_finished)
+            return (yield from gen)
+
         # Errors go to _on_error (a notification), not re-raised into the event loop.
-        worker = create_worker(generator, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+        worker = create_worker(run, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(on_yield or self.show_progress)
         worker.returned.connect(on_done)
         worker.errored.connect(self._on_error)
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
         self.worker = worker
+        self._gen = gen
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.progress.visible = True
@@ -147,6 +154,13 @@ class Runner:
         self.run_button.enabled = True
         self.cancel_button.enabled = False
         self.progress.visible = False
+        if self.worker is not None and self.worker.abort_requested and self._gen is not None:
+            # Cancelled: the worker left the generator suspended. Closing it runs its
+            # clean-up (a cluster's tasks cancelled and the cluster shut down) off the GUI thread.
+            import threading
+
+            threading.Thread(target=self._gen.close, name=f"{self.title} clean-up", daemon=True).start()
+        self._gen = None
         self.worker = None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, Container, FileEdit, FloatSpinBox
+from magicgui.widgets import CheckBox, Container, FileEdit, FloatSpinBox, LineEdit, SpinBox
 
 from ..io import list_images
 from ._inputs import CELLS_LAYER, chosen_model, model_combo
@@ -29,9 +29,17 @@ class BatchWidget(Container):
         self._seeds = SeedControls()
         self._from_layer = CheckBox(value=True, text="Use the 'cells' layer's parameters")
         self._overwrite = CheckBox(value=False, text="Replace existing files")
+        self._resume = CheckBox(value=True, text="Skip images already done with these settings")
+        self._workers = SpinBox(value=0, min=0, max=256, label="Workers",
+                                tooltip="0: one image after another in napari; N: one task per image on "
+                                        "a local dask cluster of N worker processes")
+        self._scheduler = LineEdit(value="", label="Dask scheduler",
+                                   tooltip="e.g. tcp://host:8786: run on that cluster (its workers must "
+                                           "read the images and write the output folder)")
         self._runner = Runner("Run batch", "Batch")
         self.extend([self._input, self._output, self._model, self._pixel_size, *self._seeds.widgets,
-                     self._from_layer, self._overwrite, *self._runner.widgets])
+                     self._from_layer, self._overwrite, self._resume, self._workers, self._scheduler,
+                     *self._runner.widgets])
         self._runner.on_run(self.run)
         self.results = None
 
@@ -49,13 +57,17 @@ class BatchWidget(Container):
             raise ValueError("choose the folder of images to segment")
         if self._output.value is None:
             raise ValueError("choose an output folder")
+        if self._workers.value and self._scheduler.value.strip():
+            raise ValueError("give either a number of local workers or a dask scheduler, not both")
         images = list_images(Path(self._input.value))
         if not images:
             raise ValueError(f"no TIFF / PNG images in {self._input.value}")
         return self._runner.start(
             iter_segment_files, images, Path(self._output.value), "unet", self.params(),
             pixel_size=float(self._pixel_size.value) or None, model=chosen_model(self._model),
-            overwrite=bool(self._overwrite.value), on_done=self._on_done)
+            overwrite=bool(self._overwrite.value), resume=bool(self._resume.value),
+            workers=int(self._workers.value) or None, scheduler=self._scheduler.value.strip() or None,
+            on_done=self._on_done)
 
     def _on_done(self, results) -> None:
         self.results = results
