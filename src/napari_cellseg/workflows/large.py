@@ -151,8 +151,8 @@ def _read(arr, rows: slice, cols: slice) -> np.ndarray:
 
 def _sample(arr, stride: int) -> np.ndarray:
     """``arr[::stride, ::stride]`` read in bands of rows (bounded memory)."""
-    h = arr.shape[0]
-    band = max(stride, (4096 // stride) * stride)
+    h, w = arr.shape
+    band = max(stride, (2**26 // max(w, 1) // stride) * stride)  # ~64 Mpx read at a time
     parts = [_read(arr, slice(r, min(r + band, h)), slice(None))[::stride, ::stride]
              for r in range(0, h, band)]
     return np.concatenate(parts).astype(np.float32)
@@ -624,26 +624,31 @@ def _healed(out: Path, blocks, halo: int) -> dict[str, int]:
 
 def _write_table(out: Path, blocks, shape, block: int) -> int:
     """cells.csv: the parts in block order (= final id order), renamed 1..K, with the
-    bright/dim class of the whole table (Otsu between all per-cell means)."""
+    bright/dim class of the whole table (Otsu between all per-cell means). Streamed: the
+    driver holds one part and the column of means (8 bytes per cell), not the table."""
     import pandas as pd
 
     from ..core.classic import two_class_cutoff
     from ..core.measure import TABLE_COLUMNS
 
-    parts = [pd.read_csv(_work(out) / "parts" / f"{i}.{j}.csv") for i, j in blocks]
-    parts = [t for t in parts if len(t)]
-    if not parts:
-        table = pd.DataFrame({c: pd.Series(dtype=float) for c in TABLE_COLUMNS})
-    else:
-        table = pd.concat(parts, ignore_index=True)
-        table["label"] = np.arange(1, len(table) + 1)
-        means = table["mean_intensity"].to_numpy()
-        table["bright"] = means > two_class_cutoff(means) if len(table) else []
-        table = table[list(TABLE_COLUMNS)]
+    parts = [_work(out) / "parts" / f"{i}.{j}.csv" for i, j in blocks]
+    means = [pd.read_csv(f, usecols=["mean_intensity"])["mean_intensity"].to_numpy() for f in parts]
+    cut = two_class_cutoff(np.concatenate(means)) if sum(len(m) for m in means) else 0.0
+    del means
     tmp = out / ".cells.csv.tmp"
-    table.to_csv(tmp, index=False)
+    n = 0
+    with tmp.open("w", newline="") as stream:
+        stream.write(",".join(TABLE_COLUMNS) + "\n")
+        for f in parts:
+            table = pd.read_csv(f)
+            if not len(table):
+                continue
+            table["label"] = np.arange(n + 1, n + len(table) + 1)
+            table["bright"] = table["mean_intensity"].to_numpy() > cut
+            table[list(TABLE_COLUMNS)].to_csv(stream, index=False, header=False)
+            n += len(table)
     os.replace(tmp, out / "cells.csv")
-    return len(table)
+    return n
 
 
 def segment_large(source, out, *, block: int = 4096, halo: int = 64, client=None, resume: bool = True,
