@@ -50,6 +50,9 @@ RECIPES: dict[str, list[dict]] = {
     # Pretraining on synthetic tissue in the dense set's look (model.data.tissue_pairs: 64
     # images of 256 px, no real pixel), then base's two steps from the pretrained weights.
     # The pretraining is the same for every fold (it sees no real image): trained once.
+    # A 4th output class, the line where two cells touch (model/targets.py): foreground at
+    # inference, a ridge for the watershed, so touching cells part there and share it.
+    "touch": [{"config": {**_BASE_1, "touch_class": True}}, {"config": {**_BASE_2, "touch_class": True}}],
     "pretrain": [{"config": {**_BASE_1, "epochs": 30}, "tissue": 64, "shared": True},
                  {"config": _BASE_1}, {"config": _BASE_2}],
 }

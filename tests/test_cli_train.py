@@ -83,6 +83,11 @@ def test_train_on_every_pixel(pairs, tmp_path, capsys, monkeypatch):
     for bad in ("5/4", "2", "0/4", "x/y"):
         assert cli.main(["train", *common, "--out", str(tmp_path / "bad"), "--val-band", bad]) == 2
         assert "--val-band" in capsys.readouterr().err
+    # --touch-class: a new network with a 4th output; fine-tuning a 3-class one refuses it in words.
+    assert cli.main(["train", *common, "--out", str(tmp_path / "touch"), "--touch-class"]) == 0
+    assert load_model(tmp_path / "touch.safetensors")[0].config.n_classes == 4
+    assert cli.main(["train", *common, "--out", str(tmp_path / "t2"), "--touch-class", "--init", str(out)]) == 2
+    assert "no touch class" in capsys.readouterr().err
 
 
 def test_unpaired_training_files_are_named(pairs, tmp_path, capsys):

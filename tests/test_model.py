@@ -238,8 +238,12 @@ def test_contact_lines_and_their_loss_weight():
     assert c[4, 13] and c[4, 14]  # the gap between cells 2 and 3
     assert not c[4, 3] and not c[0, 0] and not c[4, 19]
     ex = make_example(np.ones((9, 20), np.float32), labels)
-    assert np.all(ex.target[c] == targets.CONTACT)
-    assert np.all(ex.target[~c] != targets.CONTACT)
+    # The touching line is coded TOUCH (background weighted as CONTACT for 3 classes), the
+    # background gap CONTACT.
+    line = targets.touching_border(labels)
+    assert np.all(ex.target[c & line] == targets.TOUCH)
+    assert np.all(ex.target[c & ~line] == targets.CONTACT)
+    assert not np.isin(ex.target[~c], [targets.CONTACT, targets.TOUCH]).any()
 
     # Two pixels, both background: a confident one (loss a) and an undecided contact
     # pixel (loss log 3). Weight 3 on contacts: (a + 3 log 3) / 4.
@@ -263,9 +267,11 @@ def test_soft_seed_targets_codes_probabilities_and_losses():
     labels[1:10, 1:10] = 1  # a 9 x 9 cell: rim depth 1/5, centre 5/5
     ex = make_example(np.ones((11, 11), np.float32), labels, seed_target="soft")
     t = ex.target
+    k = round(0.7 * targets.SOFT_LEVELS)  # the code of share 0.7
+    share = k / targets.SOFT_LEVELS
     assert t[0, 0] == targets.BACKGROUND
     assert t[1, 5] == targets.SOFT  # depth 0.2 < 0.25: share 0 (all cytoplasm)
-    assert t[3, 5] == targets.SOFT + 175  # depth 0.6: share (0.6 - 0.25) / 0.5 = 0.7
+    assert t[3, 5] == targets.SOFT + k  # depth 0.6: share (0.6 - 0.25) / 0.5 = 0.7
     assert t[5, 5] == targets.SOFT + targets.SOFT_LEVELS  # depth 1: all seed
     # Where nucleus labels exist (synthetic images) the seeds stay hard.
     nuclei = np.zeros_like(labels)
@@ -277,18 +283,18 @@ def test_soft_seed_targets_codes_probabilities_and_losses():
 
     probs = targets.target_probabilities(torch.from_numpy(t[None].astype(np.int64)))
     torch.testing.assert_close(probs.sum(1), torch.ones(1, 11, 11))
-    assert probs[0, :, 3, 5].tolist() == pytest.approx([0.7, 0.3, 0.0])
+    assert probs[0, :, 3, 5].tolist() == pytest.approx([share, 1 - share, 0.0])
     assert probs[0, :, 0, 0].tolist() == [0.0, 0.0, 1.0]
 
-    # Two pixels: a graded cell pixel (share 0.7) and a background pixel; class weights 2, 1, 1.
+    # Two pixels: a graded cell pixel (share ~0.7) and a background pixel; class weights 2, 1, 1.
     logits = torch.tensor([[1.0, 0.0], [0.0, 0.5], [-1.0, 2.0]])[None, :, None, :]  # (1, 3, 1, 2)
-    code = torch.tensor([[[targets.SOFT + 175, targets.BACKGROUND]]])
+    code = torch.tensor([[[targets.SOFT + k, targets.BACKGROUND]]])
     w = torch.tensor([2.0, 1.0, 1.0])
     lp = torch.log_softmax(logits, 1)[0, :, 0].numpy()  # (3, 2)
-    ce = (-(2 * 0.7 * lp[0, 0] + 0.3 * lp[1, 0]) - lp[2, 1]) / (2 * 0.7 + 0.3 + 1)
+    ce = (-(2 * share * lp[0, 0] + (1 - share) * lp[1, 0]) - lp[2, 1]) / (2 * share + (1 - share) + 1)
     assert loss_fn(logits, code, w, "ce").item() == pytest.approx(ce, rel=1e-5)
     p = np.exp(lp)
-    tgt = np.array([[0.7, 0.0], [0.3, 0.0], [0.0, 1.0]])
+    tgt = np.array([[share, 0.0], [1 - share, 0.0], [0.0, 1.0]])
     per_class = np.sqrt(((p - tgt) ** 2).mean(1))
     assert loss_fn(logits, code, w, "rmsd").item() == pytest.approx(
         (per_class * [2, 1, 1]).sum() / 4, rel=1e-4)
@@ -298,7 +304,7 @@ def test_soft_seed_targets_codes_probabilities_and_losses():
     assert core.sum() == 9
     _, y = PatchSampler([ex], patch=16).sample(np.random.default_rng(0), 4)
     assert int((y == targets.SOFT + targets.SOFT_LEVELS).sum()) == 4 * 9
-    assert int((y == targets.SOFT + 175).sum()) == 4 * int((t == targets.SOFT + 175).sum())
+    assert int((y == targets.SOFT + k).sum()) == 4 * int((t == targets.SOFT + k).sum())
 
 
 def test_split_pair_and_sampler():

@@ -185,6 +185,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="loss weights of seed, cytoplasm, background")
     p.add_argument("--contact-weight", type=float, default=d.contact_weight,
                    help="loss weight of the background between two cells (1: as any pixel)")
+    p.add_argument("--touch-class", action="store_true",
+                   help="a new network gets a 4th output, where two cells touch (their shared border "
+                        "is given back to them); fine-tuning keeps the initial model's classes")
     p.add_argument("--seed-target", choices=("hard", "soft"), default=d.seed_target,
                    help="seed class of cell pixels: hard (relative depth > 0.5) or soft (graded by depth)")
     p.add_argument("--init", default=None, help="fine-tune from this model (name or path)")
@@ -227,7 +230,8 @@ def _train(args: argparse.Namespace) -> int:
                       steps_per_epoch=args.steps_per_epoch, loss=args.loss, seed=args.seed,
                       class_weights=tuple(float(w) for w in args.class_weights.split(",")),
                       device=args.device, threads=args.threads, precision=args.precision, ema=args.ema,
-                      contact_weight=args.contact_weight, seed_target=args.seed_target)
+                      contact_weight=args.contact_weight, seed_target=args.seed_target,
+                      touch_class=args.touch_class)
     pairs = load_pairs(args.images, args.masks, args.channel)
     live = sys.stderr.isatty()  # a live bar in a terminal, nothing in logs
 

@@ -37,6 +37,13 @@ STAGES = ("preprocessed", "seed_probability", "cytoplasm_probability", "backgrou
           "seed_enhancement", "seed_mask", "seeds", "cells")
 
 
+def foreground_probability(probabilities: np.ndarray) -> np.ndarray:
+    """Seed + cytoplasm (+ touch, for a 4-class model) probability: the pixels that may
+    belong to a cell."""
+    fg = probabilities[0] + probabilities[1]
+    return fg + probabilities[3] if len(probabilities) > 3 else fg
+
+
 @dataclass
 class Prediction:
     """UNet output for one image, with the stages that make re-segmentation instant.
@@ -47,7 +54,7 @@ class Prediction:
     """
 
     image: np.ndarray  # input image (M, N)
-    probabilities: np.ndarray  # (3, m, n) on the model grid: seed, cytoplasm, background
+    probabilities: np.ndarray  # (3 or 4, m, n) on the model grid: seed, cytoplasm, background[, touch]
     grid_image: np.ndarray  # preprocessed image on the model grid
     grid: Grid  # the model grid's pixel size and the model's typical cell diameter (µm)
     defaults: SegmentParams = field(default_factory=SegmentParams)
@@ -71,6 +78,17 @@ class Prediction:
     def cell_probability(self) -> np.ndarray:
         return self.probabilities[0] + self.probabilities[1]
 
+    @property
+    def touch_probability(self) -> np.ndarray | None:
+        """A 4-class model's touch probability (where two cells touch), else None."""
+        return self.probabilities[3] if len(self.probabilities) > 3 else None
+
+    @property
+    def foreground_probability(self) -> np.ndarray:
+        """What the cell threshold applies to: the cell probability, plus the touch
+        probability of a 4-class model (its touching lines belong to cells)."""
+        return foreground_probability(self.probabilities)
+
     @cached_property
     def confidence(self) -> float:
         """Mean over pixels of the most likely class's probability (1/3 to 1): low when
@@ -88,7 +106,8 @@ class Prediction:
 
     @cached_property
     def cell_stage(self) -> CellStage:
-        return CellStage(self.cell_probability, self.grid_image, self.grid)
+        return CellStage(self.cell_probability, self.grid_image, self.grid,
+                         foreground_probability=self.foreground_probability)
 
     def params(self, params: SegmentParams | Mapping | None = None, **overrides) -> SegmentParams:
         """The defaults, updated by ``params`` (a SegmentParams or a mapping) and

@@ -90,7 +90,7 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
         The image is too small for any trial, or no zoom shows the network any cells.
     """
     from .model.inference import predict_probabilities
-    from .pipeline import Prediction
+    from .pipeline import Prediction, foreground_probability
 
     image = np.asarray(image, dtype=np.float32)
     model_px = float(info.pixel_size or 0.5)
@@ -104,7 +104,7 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
         if min(grid_crop.shape) < 32 or np.ptp(grid_crop) == 0:
             continue
         probs = predict_probabilities(net, grid_crop, device=device, normalize=info.normalize)
-        cellish = probs[0] + probs[1] > 0.5
+        cellish = foreground_probability(probs) > 0.5
         score = float(probs.max(axis=0)[cellish].mean()) if cellish.mean() >= MIN_CELL_SHARE else 0.0
         trials.append((z, score))
         if best is None or score > best[1]:

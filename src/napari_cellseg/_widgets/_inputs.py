@@ -22,6 +22,7 @@ PREPROCESSED_LAYER = "preprocessed"
 SEED_PROBABILITY_LAYER = "seed probability"
 CYTOPLASM_PROBABILITY_LAYER = "cytoplasm probability"
 BACKGROUND_PROBABILITY_LAYER = "background probability"
+TOUCH_PROBABILITY_LAYER = "touch probability"
 
 # The Compare widget's layers: what -> layer name.
 COMPARE_LAYERS = {"TP": "true positives", "FP": "false positives", "FN": "false negatives (missed)"}
@@ -31,6 +32,7 @@ PROBABILITY_LAYERS = {
     SEED_PROBABILITY_LAYER: ("seed_probability", "magenta", True),
     CYTOPLASM_PROBABILITY_LAYER: ("cytoplasm_probability", "green", True),
     BACKGROUND_PROBABILITY_LAYER: ("background_probability", "gray", False),
+    TOUCH_PROBABILITY_LAYER: ("touch_probability", "yellow", False),  # 4-class models only
 }
 
 # Display names of the keys of ``Prediction.stages()``; the seed enhancement is named by

@@ -51,6 +51,10 @@ class PredictWidget(Container):
             show_layer(self._viewer, prediction.to_input(prediction.grid_image), PREPROCESSED_LAYER,
                        "image", metadata=meta, visible=False)
         for name, (attribute, colour, visible) in PROBABILITY_LAYERS.items():
+            if getattr(prediction, attribute) is None:  # the touch map of a 3-class model
+                if name in self._viewer.layers:  # left by a 4-class model: not this prediction's
+                    self._viewer.layers.remove(name)
+                continue
             data = prediction.to_input(getattr(prediction, attribute))
             layer = show_layer(self._viewer, data, name, "image", metadata=meta, colormap=colour,
                                blending="additive", contrast_limits=(0.0, 1.0), visible=visible)

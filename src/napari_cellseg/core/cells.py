@@ -230,7 +230,10 @@ class CellStage:
     Parameters
     ----------
     cell_probability : (M, N) ndarray
-        Seed + cytoplasm probability on the model grid.
+        Seed + cytoplasm probability on the model grid: the watershed's landscape.
+    foreground_probability : (M, N) ndarray, optional
+        What ``cell_threshold`` applies to (default: ``cell_probability``); a 4-class
+        model's adds the touch probability, so that touching cells share their border.
     image : (M, N) ndarray
         The preprocessed image on the same grid (the paper's intensity transform and the
         dim-cell filter read it).
@@ -244,11 +247,18 @@ class CellStage:
     percentile-normalised image.
     """
 
-    def __init__(self, cell_probability: np.ndarray, image: np.ndarray, grid: Grid):
+    def __init__(self, cell_probability: np.ndarray, image: np.ndarray, grid: Grid,
+                 foreground_probability: np.ndarray | None = None):
         self.cell_probability = np.asarray(cell_probability, dtype=np.float32)
         self.image = np.asarray(image)
         if self.cell_probability.shape != self.image.shape:
             raise ValueError(f"cell probability {self.cell_probability.shape} and image "
+                             f"{self.image.shape} differ in shape")
+        # A 4-class model's touch pixels are foreground but not landscape (model/targets.py).
+        self.foreground_probability = (self.cell_probability if foreground_probability is None
+                                       else np.asarray(foreground_probability, dtype=np.float32))
+        if self.foreground_probability.shape != self.image.shape:
+            raise ValueError(f"foreground probability {self.foreground_probability.shape} and image "
                              f"{self.image.shape} differ in shape")
         self.grid = grid
         self._graphs: dict[float, BasinGraph] = {}  # intensity weight -> basins of its landscape
@@ -295,7 +305,7 @@ class CellStage:
         key = (float(p.intensity_weight), p.background, t)
         if key not in self._foregrounds:
             graph = self.graph(p)
-            values = self.cell_probability if p.background == "probability" else graph.landscape
+            values = self.foreground_probability if p.background == "probability" else graph.landscape
             mask = values > t
             self._foregrounds[key] = (mask, graph.foreground_counts(mask))
         return self._foregrounds[key]

@@ -14,7 +14,16 @@ import numpy as np
 import torch
 
 from ..core.preprocess import percentile_normalize
-from .targets import BACKGROUND, CONTACT, IGNORE, contact_lines, encode_soft_seeds, make_targets
+from .targets import (
+    BACKGROUND,
+    CONTACT,
+    IGNORE,
+    TOUCH,
+    contact_lines,
+    encode_soft_seeds,
+    make_targets,
+    touching_border,
+)
 
 
 @dataclass
@@ -35,8 +44,10 @@ def make_example(
     normalize: tuple[float, float] = (1.0, 99.8),
     seed_target: str = "hard",
 ) -> Example:
-    """Normalise an image and build its 3-class target, with the background between two
-    cells marked ``CONTACT`` (the loss counts it as background, weighted). ``seed_target``
+    """Normalise an image and build its training target: the 3 classes, the background
+    between two cells marked ``CONTACT`` (the loss counts it as background, weighted) and
+    the line where two cells touch marked ``TOUCH`` (background weighted like ``CONTACT``
+    for a 3-class model, the touch class for a 4-class one). ``seed_target``
     "soft": graded seeds where no nucleus labels are given (``targets.encode_soft_seeds``).
 
     Raises
@@ -53,6 +64,7 @@ def make_example(
                          f"mask shape {labels.shape}")
     target = make_targets(labels, nucleus_labels)
     target[contact_lines(labels) & (target == BACKGROUND)] = CONTACT
+    target[touching_border(labels)] = TOUCH  # the touching line itself (see targets.py)
     if seed_target == "soft" and nucleus_labels is None:
         target = encode_soft_seeds(target, labels)
     return Example(percentile_normalize(image, *normalize), target, labels.astype(np.int32), name)

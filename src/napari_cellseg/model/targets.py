@@ -23,6 +23,16 @@ For training, :func:`contact_lines` marks the background that separates two cell
 touching line, and background within ``gap`` px of two cells); the loss may weight it
 more (``TrainConfig.contact_weight``), as the original U-Net weighted the gaps between
 touching cells, because a cell-probability bridge there merges two cells.
+
+**Touch class** (a 4-class model, ``TrainConfig.touch_class``): the touching line itself
+(cell pixels next to another cell, coded ``TOUCH`` in every training target) is a class
+of its own instead of background. The expert masks share borders, so these pixels belong
+to cells; a 3-class model learns to call them background and leaves gaps the truth does
+not have. At inference (``pipeline.Prediction``) touch pixels count as foreground, while
+the watershed's landscape (seed + cytoplasm) keeps its ridge there, so two touching
+cells still part on that line and then share it, as in the DSB 2018 winners' contour /
+touch outputs. For a 3-class model ``TOUCH`` is background weighted like ``CONTACT``
+(the targets of earlier versions, exactly).
 """
 
 from __future__ import annotations
@@ -32,9 +42,13 @@ from scipy import ndimage as ndi
 
 SEED, CYTOPLASM, BACKGROUND = 0, 1, 2
 CONTACT = 3  # background between two cells, in training targets only (see contact_lines)
+TOUCH_CLASS = 3  # the touch class's index in a 4-class model's output
 # Training targets only: a cell pixel with seed share s is coded SOFT + round(s * SOFT_LEVELS)
 # (uint8, so that it crops, rotates and pads like the class codes; see encode_soft_seeds).
-SOFT, SOFT_LEVELS = 4, 250
+SOFT, SOFT_LEVELS = 4, 248
+# Training targets only: a cell pixel on the line where it touches another cell (background
+# for a 3-class model, the touch class for a 4-class one). Above every SOFT code.
+TOUCH = 253
 SOFT_RAMP = (0.25, 0.75)  # relative depths where the seed share is 0 and 1
 # Training targets only: a pixel the loss ignores (a cell cut by the edge of a held-out band,
 # whose true outline lies in pixels the run may not see). Above every SOFT code.
@@ -128,7 +142,7 @@ def seed_share(labels: np.ndarray, ramp: tuple[float, float] = SOFT_RAMP) -> np.
 
 def encode_soft_seeds(target: np.ndarray, labels: np.ndarray, ramp: tuple[float, float] = SOFT_RAMP) -> np.ndarray:
     """Recode the cell pixels (seed or cytoplasm) of a class target as graded seeds:
-    ``SOFT + round(share * SOFT_LEVELS)``. Background and CONTACT pixels are kept."""
+    ``SOFT + round(share * SOFT_LEVELS)``. Background, CONTACT and TOUCH pixels are kept."""
     out = np.array(target, dtype=np.uint8, copy=True)
     cell = (out == SEED) | (out == CYTOPLASM)
     share = seed_share(labels, ramp)
@@ -139,14 +153,19 @@ def encode_soft_seeds(target: np.ndarray, labels: np.ndarray, ramp: tuple[float,
 def target_probabilities(target, n_classes: int = 3):
     """(B, H, W) integer training codes -> (B, n_classes, H, W) float probabilities:
     one-hot for class codes (CONTACT and IGNORE count as background; the loss gives
-    IGNORE pixels no weight), ``[s, 1 - s, 0]`` for graded
-    seeds. Takes and returns torch tensors (imported here: this module stays numpy-only)."""
+    IGNORE pixels no weight; TOUCH is the touch class with 4 classes, else background),
+    ``[s, 1 - s, 0]`` for graded seeds. Takes and returns torch tensors (imported here:
+    this module stays numpy-only)."""
     import torch
     import torch.nn.functional as F
 
-    soft = (target >= SOFT) & (target != IGNORE)
-    hard = torch.where((target == CONTACT) | (target == IGNORE), BACKGROUND, target)
+    if n_classes not in (3, 4):
+        raise ValueError(f"a model has 3 classes (seed, cytoplasm, background) or 4 (+ touch), not {n_classes}")
+    soft = (target >= SOFT) & (target <= SOFT + SOFT_LEVELS)
+    hard = torch.where((target == CONTACT) | (target == IGNORE) | (target == TOUCH), BACKGROUND, target)
     hard = torch.where(soft, CYTOPLASM, hard)
+    if n_classes == 4:
+        hard = torch.where(target == TOUCH, TOUCH_CLASS, hard)
     probs = F.one_hot(hard, n_classes).permute(0, 3, 1, 2).float()
     if bool(soft.any()):
         share = torch.where(soft, (target - SOFT).float() / SOFT_LEVELS, 0.0)

@@ -25,7 +25,7 @@ from ..progress import Progress
 from .data import Example, PatchSampler
 from .inference import choose_device, cpu_bf16
 from .store import ModelInfo, save_model
-from .targets import CONTACT, IGNORE, target_probabilities
+from .targets import CONTACT, IGNORE, TOUCH, target_probabilities
 from .unet import UNet, UNetConfig
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class TrainConfig:
     steps_per_epoch: int = 50
     loss: str = "ce"  # "ce" (class-weighted cross-entropy) or "rmsd" (the paper's)
     contact_weight: float = 1.0  # loss weight of the background between two cells (1: plain)
-    class_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # seed, cytoplasm, background
+    class_weights: tuple[float, ...] = (1.0, 1.0, 1.0)  # seed, cytoplasm, background[, touch]
     synthetic_fraction: float = 0.2  # share of patches from synthetic whole-cell images
     seed: int = 0
     device: str = "auto"
@@ -51,6 +51,7 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bfloat16 where native: CPU AVX-512 BF16 / AMX, CUDA), "bf16", "fp32"
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
     seed_target: str = "hard"  # "hard" (depth > 0.5) or "soft" (graded by depth; see targets.py)
+    touch_class: bool = False  # a new network gets a 4th output: where two cells touch (targets.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,7 +78,9 @@ def loss_fn(
         logits = logits[..., margin:-margin, margin:-margin]
         target = target[..., margin:-margin, margin:-margin]
     probs_t = target_probabilities(target, logits.shape[1]).to(logits.dtype)
-    pixel_w = torch.where(target == CONTACT, float(contact_weight), 1.0).to(logits.dtype)
+    # With 3 classes the touching line is background, weighted as the other contacts.
+    contact = (target == CONTACT) | ((target == TOUCH) & (logits.shape[1] == 3))
+    pixel_w = torch.where(contact, float(contact_weight), 1.0).to(logits.dtype)
     pixel_w = pixel_w * (target != IGNORE)
     if kind == "ce":
         cw = weights.to(logits.dtype)[None, :, None, None] * probs_t
@@ -89,6 +92,17 @@ def loss_fn(
     per_class = torch.sqrt((w * (prob - probs_t) ** 2).sum(dim=(0, 2, 3)) + 1e-12)
     total = torch.sqrt((w[:, 0] * (prob.sum(dim=1) - 1.0) ** 2).sum() + 1e-12)
     return (weights * per_class).sum() / weights.sum() + total
+
+
+def class_weights(cfg: TrainConfig, n_classes: int) -> tuple[float, ...]:
+    """One loss weight per output class: ``cfg.class_weights``, with the touch class of a
+    4-class model weighted as the cytoplasm when only three are given."""
+    w = tuple(float(v) for v in cfg.class_weights)
+    if len(w) == 3 and n_classes == 4:
+        w = (*w, w[1])
+    if len(w) != n_classes:
+        raise ValueError(f"{len(w)} class weights for a model with {n_classes} classes")
+    return w
 
 
 @dataclass
@@ -166,7 +180,7 @@ def train(
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1), eta_min=cfg.lr * 0.05)
-    weights = torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
+    weights = torch.tensor(class_weights(cfg, model.config.n_classes), dtype=torch.float32, device=device)
     sampler = PatchSampler(train_examples, synthetic, cfg.patch, cfg.synthetic_fraction)
     state = TrainState()
     ckpt = Path(checkpoint) if checkpoint else None
@@ -300,14 +314,20 @@ def _save_checkpoint(path: Path, weights: dict, opt, sched, state: TrainState, e
     tmp.replace(path)
 
 
-def new_model(channels: Sequence[int] | None = None, init: str | Path | None = None) -> tuple[UNet, ModelInfo]:
-    """A fresh UNet, or one initialised from saved weights for fine-tuning."""
+def new_model(channels: Sequence[int] | None = None, init: str | Path | None = None,
+              touch_class: bool = False) -> tuple[UNet, ModelInfo]:
+    """A fresh UNet (3 classes, or 4 with the touch class), or one initialised from saved
+    weights for fine-tuning, which keeps its classes (``touch_class`` asks for 4)."""
+    n_classes = 4 if touch_class else 3
     if init is not None:
         from .store import load_model
 
         model, info = load_model(init)
+        if touch_class and model.config.n_classes != 4:
+            raise ValueError(f"{init} has {model.config.n_classes} output classes, no touch class: "
+                             "fine-tuning keeps a model's classes; train a new network for the touch class")
         return model, info
-    config = UNetConfig(channels=tuple(channels)) if channels else UNetConfig()
+    config = UNetConfig(channels=tuple(channels), n_classes=n_classes) if channels else UNetConfig(n_classes=n_classes)
     return UNet(config), ModelInfo(config=config)
 
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-CLASSES = ("seed", "cytoplasm", "background")
+CLASSES = ("seed", "cytoplasm", "background")  # a 4-class model adds "touch" (targets.py)
 PAPER_CHANNELS = (32, 64, 128, 128, 256)
 LIGHT_CHANNELS = (16, 32, 64, 128)
 

@@ -296,8 +296,8 @@ class _WholeImageCellStage(CellStage):
     """A :class:`~napari_cellseg.core.cells.CellStage` whose dim-cell filter reads the
     window normalised with whole-image percentiles (not the window's own)."""
 
-    def __init__(self, cell_probability, image, grid: Grid, normalized: np.ndarray):
-        super().__init__(cell_probability, image, grid)
+    def __init__(self, cell_probability, image, grid: Grid, normalized: np.ndarray, foreground=None):
+        super().__init__(cell_probability, image, grid, foreground_probability=foreground)
         self._whole_image_normalized = normalized
 
     @property
@@ -312,6 +312,7 @@ def _segment_window(run: _Run, net, arr, plan, core, win, p: SegmentParams, grid
 
     from ..core.seeds import MIN_SEED_FLOOR, SEED_SMOOTHING_UM, SeedStage
     from ..model.inference import iter_probabilities_region
+    from ..pipeline import foreground_probability
 
     H, W = run.shape
     y0, y1, x0, x1 = win
@@ -334,8 +335,8 @@ def _segment_window(run: _Run, net, arr, plan, core, win, p: SegmentParams, grid
                                             tile=run.tile))
     del data, src
     seed_stage = SeedStage(probs[0], grid)
-    cell_stage = _WholeImageCellStage(probs[0] + probs[1], image, grid,
-                                      _normalizer(run.image_stats)(image))
+    cell_stage = _WholeImageCellStage(probs[0] + probs[1], image, grid, _normalizer(run.image_stats)(image),
+                                      foreground=foreground_probability(probs))
     seeds = seed_stage.seeds(p)
     cells = cell_stage.segment(seeds, p)
     # The band where the window's answer may differ from the whole image's: within the

@@ -141,7 +141,7 @@ def iter_train(
         if v is not None:
             val_ex.append(v)
         all_labels.append(labels)
-    model, info = new_model(channels, init=init)
+    model, info = new_model(channels, init=init, touch_class=cfg.touch_class)
     cfg = _fit_patch(cfg, train_ex, model.config.divisor)
     _record_units(info, all_labels, pixel_size)
     info.extra["val_fraction"] = val_fraction  # a benchmark must know whether its strips were trained on
