@@ -177,3 +177,21 @@ def test_cli_zarr_is_the_block_wise_run(frames, tmp_path, capsys):
     assert "not available block-wise" in capsys.readouterr().err
     assert main(["segment", str(frames[0]), "--zarr", str(frames[0]), "--out", str(tmp_path / "c")]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_gpu_tasks_ask_for_a_gpu_resource_only_where_workers_declare_one(caplog):
+    from napari_cellseg.workflows.engine import gpu_resources
+
+    class FakeClient:
+        def __init__(self, resources):
+            self.resources = resources
+
+        def scheduler_info(self, n_workers=-1):
+            return {"workers": {"tcp://w1": {"nthreads": 1, "resources": self.resources}}}
+
+    assert gpu_resources(FakeClient({"GPU": 1}), "cuda") == {"GPU": 1}
+    assert gpu_resources(FakeClient({"GPU": 1}), "cuda:1") == {"GPU": 1}
+    assert gpu_resources(FakeClient({"GPU": 1}), "cpu") is None
+    with caplog.at_level("WARNING"):
+        assert gpu_resources(FakeClient({}), "cuda") is None
+    assert "no worker declares a GPU resource" in caplog.text
