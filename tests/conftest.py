@@ -33,3 +33,21 @@ def tiny_model():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def kill_busy_worker():
+    """``kill(client, pids, prefix) -> (pid, keys)``: SIGKILL a worker that is running a
+    task whose key starts with ``prefix``; returns its pid and the keys it was running."""
+    import os
+    import signal
+
+    def kill(client, pids: dict, prefix: str) -> tuple[int, list[str]]:
+        busy = {a: [str(k) for k in keys if str(k).startswith(prefix)]
+                for a, keys in client.processing().items()}
+        address = next((a for a, keys in busy.items() if keys), None)
+        assert address is not None, f"no {prefix} task in flight: {busy}"
+        os.kill(pids[address], signal.SIGKILL)
+        return pids[address], busy[address]
+
+    return kill

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +121,8 @@ def test_one_task_per_frame_on_the_engine_gives_the_serial_answer(frames, serial
     assert_same_outputs(out, serial)
 
 
-def test_a_worker_killed_mid_batch_leaves_each_output_written_once(frames, serial, client, tmp_path):
+def test_a_worker_killed_mid_batch_leaves_each_output_written_once(frames, serial, client, tmp_path,
+                                                                   kill_busy_worker):
     out = tmp_path / "out"
     pids = client.run(os.getpid)
     gen = iter_segment_files(frames, out, "unet", device="cpu", client=client)
@@ -133,12 +133,7 @@ def test_a_worker_killed_mid_batch_leaves_each_output_written_once(frames, seria
         except StopIteration:
             break
         if victim is None and step.done >= 1:
-            busy = {a: [str(k) for k in keys if str(k).startswith("cellseg-frame-")]
-                    for a, keys in client.processing().items()}
-            address = next((a for a, keys in busy.items() if keys), None)
-            assert address is not None, f"no frame in flight after the first: {busy}"
-            victim = pids[address]
-            os.kill(victim, signal.SIGKILL)
+            victim, _ = kill_busy_worker(client, pids, "cellseg-frame-")
     assert victim is not None
     assert_same_outputs(out, serial)  # every output once, no staging left, none half-written
     client.wait_for_workers(2, timeout=60)

@@ -110,7 +110,7 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def test_a_worker_killed_mid_run_changes_nothing(slide, client, undisturbed, tmp_path):
+def test_a_worker_killed_mid_run_changes_nothing(slide, client, undisturbed, tmp_path, kill_busy_worker):
     from napari_cellseg.workflows.large import iter_segment_large
 
     out = tmp_path / "slide.zarr"
@@ -124,15 +124,10 @@ def test_a_worker_killed_mid_run_changes_nothing(slide, client, undisturbed, tmp
             result = stop.value
             break
         if victim is None and step.done >= 1:  # the first block is done: kill a busy worker
-            busy = {a: [str(k) for k in keys if str(k).startswith("cellseg-block-")]
-                    for a, keys in client.processing().items()}
-            address = next((a for a, keys in busy.items() if keys), None)
-            assert address is not None, f"no block in flight after the first: {busy}"
-            victim = pids[address]
-            os.kill(victim, signal.SIGKILL)
+            victim, keys = kill_busy_worker(client, pids, "cellseg-block-")
             assert not wait_gone([victim], 30)
             # Its blocks that were still unfinished when it died: (i, j) from the task key.
-            blocks = [tuple(int(x) for x in k.split("-")[2:4]) for k in busy[address]]
+            blocks = [tuple(int(x) for x in k.split("-")[2:4]) for k in keys]
             in_flight = [ij for ij in blocks if not (out / "_work" / "blocks" / f"{ij[0]}.{ij[1]}.json").exists()]
     assert victim is not None and in_flight, "the kill came too late: no block was in flight"
     assert len(result.computed) == N_BLOCKS
