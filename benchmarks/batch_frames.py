@@ -8,7 +8,9 @@ dense-tissue sample, turned and flipped) to a temporary folder, then runs, as a 
 peak RSS is its own) and checks that every frame has exactly its three outputs. A
 ``--serial`` frame subset runs in one process, one after another, for the per-frame
 cost without the engine; then ``--resume`` on the full folder shows how long skipping
-the done frames takes. Prints one JSON record.
+the done frames takes. ``--viewer`` (needs a display, e.g. Xvfb) then runs the same
+folder from napari's Batch widget with the same number of workers, into another folder,
+and checks that its outputs equal the CLI's. Prints one JSON record.
 """
 
 from __future__ import annotations
@@ -59,12 +61,53 @@ def run_cli(args: list[str]) -> dict:
     return {"seconds": round(float(dt), 1), "driver_peak_rss_mib": round(float(rss))}
 
 
+VIEWER = r"""
+import json, sys, time
+from pathlib import Path
+import napari
+from qtpy.QtWidgets import QApplication
+from napari_cellseg._widgets.batch import BatchWidget
+
+folder, out, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+viewer = napari.Viewer(show=False)
+widget = BatchWidget(viewer)
+viewer.window.add_dock_widget(widget)
+widget._input.value = folder
+widget._output.value = out
+widget._workers.value = workers
+t = time.perf_counter()
+widget.run()
+app = QApplication.instance()
+while widget._runner.worker is not None:
+    app.processEvents()
+    time.sleep(0.1)
+print(json.dumps({"seconds_in_viewer": round(time.perf_counter() - t, 1), "status": widget._runner.status.value}))
+"""
+
+
+def same_outputs(a: Path, b: Path) -> bool:
+    """Equal masks and tables, file by file (the params differ only in nothing but paths)."""
+    import pandas as pd
+    import tifffile
+
+    names = sorted(f.name for f in a.iterdir())
+    if names != sorted(f.name for f in b.iterdir()):
+        return False
+    for name in names:
+        if name.endswith("_masks.tif") and not np.array_equal(tifffile.imread(a / name), tifffile.imread(b / name)):
+            return False
+        if name.endswith("_cells.csv") and not pd.read_csv(a / name).equals(pd.read_csv(b / name)):
+            return False
+    return True
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=1000)
     ap.add_argument("--side", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--serial", type=int, default=50, help="frames run one after another in one process")
+    ap.add_argument("--viewer", action="store_true", help="also run the folder from the Batch widget")
     args = ap.parse_args()
     record: dict = {"frames": args.frames, "side": args.side, "workers": args.workers,
                     "cpu": next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
@@ -94,6 +137,14 @@ def main() -> None:
         record["cells"] = {"total": int(sum(cells)), "min_per_frame": int(min(cells))}
         record["resume_all_done"] = run_cli(["segment", *every, "--out", str(out), "--resume",
                                              "--workers", str(args.workers)])
+        if args.viewer:
+            vout = Path(tmp) / "viewer"
+            proc = subprocess.run([sys.executable, "-c", VIEWER, str(folder), str(vout), str(args.workers)],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"the viewer run failed:\n{proc.stderr[-3000:]}")
+            record["viewer"] = json.loads(proc.stdout.strip().splitlines()[-1])
+            record["viewer"]["equals_cli"] = same_outputs(vout, out)
     print(json.dumps(record, indent=1))
 
 
