@@ -92,7 +92,7 @@ def _cells_written(job: _Job, path: Path) -> int:
     return int(json.loads(output_paths(path, Path(job.out))["params"].read_text())["cells"])
 
 
-def _segment_file(job: _Job, path: Path, file_size: float | None, net=None) -> int:
+def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
     """Segment one file and put its outputs in place (see the module notes); the number
     of cells."""
     image = read_image(path, job.channel)
@@ -111,7 +111,7 @@ def _segment_file(job: _Job, path: Path, file_size: float | None, net=None) -> i
         from .model.store import resolve_model
         from .pipeline import predict
 
-        net = net if net is not None else resolve_model(job.model)
+        net = resolve_model(job.model)  # loaded once per process (resolve_model keeps it)
         try:
             prediction = predict(image, image_size, net, job.device, cell_diameter_px=job.cell_diameter_px)
         except ValueError as err:
