@@ -25,8 +25,8 @@ def main() -> None:
     from skimage.segmentation import find_boundaries
 
     from napari_cellseg.core.preprocess import percentile_normalize
-    from napari_cellseg.model.targets import CYTOPLASM, SEED, make_targets
     from napari_cellseg.io import load_pairs
+    from napari_cellseg.model.targets import CYTOPLASM, SEED, make_targets
 
     folder = dense_or_exit()
     _, image, labels = load_pairs(folder, folder)[0]
