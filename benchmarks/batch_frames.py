@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _viewer import RUN_WIDGET
 
 
 def make_frames(folder: Path, n: int, side: int) -> list[Path]:
@@ -61,11 +62,10 @@ def run_cli(args: list[str]) -> dict:
     return {"seconds": round(float(dt), 1), "driver_peak_rss_mib": round(float(rss))}
 
 
-VIEWER = r"""
-import json, sys, time
+VIEWER = RUN_WIDGET + r"""
+import json, sys
 from pathlib import Path
 import napari
-from qtpy.QtWidgets import QApplication
 from napari_cellseg._widgets.batch import BatchWidget
 
 folder, out, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
@@ -75,13 +75,8 @@ viewer.window.add_dock_widget(widget)
 widget._input.value = folder
 widget._output.value = out
 widget._workers.value = workers
-t = time.perf_counter()
-widget.run()
-app = QApplication.instance()
-while widget._runner.worker is not None:
-    app.processEvents()
-    time.sleep(0.1)
-print(json.dumps({"seconds_in_viewer": round(time.perf_counter() - t, 1), "status": widget._runner.status.value}))
+seconds = run_widget(widget)
+print(json.dumps({"seconds_in_viewer": round(seconds, 1), "status": widget._runner.status.value}))
 """
 
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _viewer import RUN_WIDGET
 
 
 def write_tiff(path: Path, size: int) -> None:
@@ -99,11 +100,9 @@ def run(cmd: list[str]) -> dict:
     return {"seconds": round(time.perf_counter() - t, 1), **memory, "last_line": out.strip().splitlines()[-1]}
 
 
-VIEWER = r"""
-import json, sys, time
-import numpy as np
+VIEWER = RUN_WIDGET + r"""
+import json, sys
 import napari
-from qtpy.QtWidgets import QApplication
 from napari_cellseg._widgets.slide import SLIDE_CELLS_LAYER, SlideWidget
 
 slide, out, block, workers = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -115,13 +114,7 @@ widget._image.value = layer
 widget._output.value = out
 widget._block.value = block
 widget._workers.value = workers
-t = time.perf_counter()
-widget.run()
-app = QApplication.instance()
-while widget._runner.worker is not None:
-    app.processEvents()
-    time.sleep(0.1)
-dt = time.perf_counter() - t
+dt = run_widget(widget)
 labels = viewer.layers[SLIDE_CELLS_LAYER]
 print(json.dumps({"seconds_in_viewer": round(dt, 1), "status": widget._runner.status.value,
                   "multiscale": bool(labels.multiscale), "source_sent": str(widget.result.path)}))
