@@ -43,8 +43,8 @@ def slide_source(layer):
     or TIFF: each worker reads its own blocks), else its data (level 0 of a multiscale;
     sent to every worker, so only for what fits in memory)."""
     path = getattr(getattr(layer, "source", None), "path", None)
-    if path and Path(str(path)).exists() and (Path(str(path)).suffix.lower() in (".tif", ".tiff", ".zarr")
-                                              or Path(str(path)).is_dir()):
+    file = Path(str(path)) if path else None
+    if file is not None and (file.is_dir() or (file.exists() and file.suffix.lower() in (".tif", ".tiff", ".zarr"))):
         return str(path)
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     if getattr(layer, "rgb", False):
