@@ -102,9 +102,6 @@ def iter_convert(source, out, *, chunk: int = 1024, channel: int | None = None,
         real_pixels(arr.dtype, str(source))
         H, W, axis = _layout(arr.shape, channel, source)
         lead = len(arr.shape) - (3 if axis is not None else 2)
-        if axis is not None and channel is None:
-            channel = _live_channel(arr, H, lead)
-            logger.info("%s: RGB slide, keeping channel %d (%s)", source.name, channel, "RGBA"[channel])
         levels = 1
         while max(H, W) / 2 ** (levels - 1) > min_level_size:  # until the coarsest fits a screen
             levels += 1
@@ -114,6 +111,9 @@ def iter_convert(source, out, *, chunk: int = 1024, channel: int | None = None,
         if step > 4 * chunk:
             logger.warning("%s stores %d rows per strip: each band decodes %d rows (about %.1f GB)",
                            source.name, strip, step, step * W * np.dtype(arr.dtype).itemsize * 4 / 1e9)
+        if axis is not None and channel is None:
+            channel = _live_channel(arr, H, lead, step)
+            logger.info("%s: RGB slide, keeping channel %d (%s)", source.name, channel, "RGBA"[channel])
         tmp = out.with_name(f".{out.name}.partial")
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -160,13 +160,16 @@ def iter_convert(source, out, *, chunk: int = 1024, channel: int | None = None,
     return ConvertResult(out, (H, W), str(dtype), levels, pixel_size, channel)
 
 
-def _live_channel(arr, H: int, lead: int) -> int:
-    """The channel with signal, chosen on a strided sample (as for a frame)."""
+def _live_channel(arr, H: int, lead: int, step: int) -> int:
+    """The channel with signal, chosen on a strided sample (as for a frame), read in
+    bands of ``step`` rows (whole strips: each strip is decoded once)."""
     from ..io import select_channel
 
     stride = max(1, H // 512)
-    rows = [np.asarray(arr[(0,) * lead + (r, slice(None, None, stride))]) for r in range(0, H, stride)]
-    _, used = select_channel(np.stack(rows))
+    # rows 0, stride, 2 * stride ... of the whole slide, whatever the band they fall in
+    parts = [_band(arr, slice(r, min(r + step, H)), lead, None)[(-r) % stride :: stride, ::stride]
+             for r in range(0, H, step)]
+    _, used = select_channel(np.concatenate(parts))
     if used is None:
         raise ValueError("the slide has several live colour channels; choose one with channel= (--channel)")
     return used
