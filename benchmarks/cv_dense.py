@@ -53,6 +53,9 @@ RECIPES: dict[str, list[dict]] = {
     # A 4th output class, the line where two cells touch (model/targets.py): foreground at
     # inference, a ridge for the watershed, so touching cells part there and share it.
     "touch": [{"config": {**_BASE_1, "touch_class": True}}, {"config": {**_BASE_2, "touch_class": True}}],
+    # The touch class at the cost of base: base's step 1 (shared), then step 2 with the 4th
+    # output grown onto the 3-class network (model.train.add_touch_class).
+    "touch_ft": [{"reuse": ("base", 0)}, {"config": {**_BASE_2, "touch_class": True}}],
     "pretrain": [{"config": {**_BASE_1, "epochs": 30}, "tissue": 64, "shared": True},
                  {"config": _BASE_1}, {"config": _BASE_2}],
 }
@@ -91,7 +94,7 @@ def cmd_train(args) -> None:
     dense_or_exit()
     pairs = load_pairs(DENSE, DENSE)
     init = None
-    for i, stage in enumerate(RECIPES[args.recipe]):
+    for i, stage in enumerate(RECIPES[args.recipe][:args.stages]):
         out = stage_path(args.recipe, args.fold, i, args.folds)
         if "reuse" in stage:
             other, j = stage["reuse"]
@@ -232,6 +235,7 @@ def main() -> None:
     t.add_argument("--folds", type=int, default=5)
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--stages", type=int, default=None, help="train only the recipe's first N stages")
     s = sub.add_parser("score", help="score every fold that has a model")
     s.add_argument("--recipe", choices=sorted(RECIPES), default="base")
     s.add_argument("--folds", type=int, default=5)

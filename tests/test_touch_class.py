@@ -133,11 +133,32 @@ def test_a_four_class_model_trains_saves_and_segments(tmp_path):
     np.testing.assert_allclose(pred.probabilities.sum(axis=0), 1.0, atol=1e-3)
     np.testing.assert_allclose(pred.foreground_probability, 1.0 - pred.background_probability, atol=1e-3)
     assert pred.segment().shape == pairs[0][1].shape
-    # Fine-tuning keeps its classes; asking a 3-class model for a touch class is refused.
+    # Fine-tuning keeps a 4-class model's classes.
     again = drain(iter_train(pairs, tmp_path / "ft", init=result.path, config=TrainConfig(
         **{**cfg.to_dict(), "touch_class": False}), val_fraction=0))
     assert load_model(again.path)[0].config.n_classes == 4
+    # A 3-class model fine-tuned with the touch class grows the 4th output.
     three = drain(iter_train(pairs, tmp_path / "three", config=TrainConfig(
         **{**cfg.to_dict(), "touch_class": False}), val_fraction=0, channels=(4, 8, 16)))
-    with pytest.raises(ValueError, match="no touch class"):
-        drain(iter_train(pairs, tmp_path / "bad", init=three.path, config=cfg, val_fraction=0))
+    grown = drain(iter_train(pairs, tmp_path / "grown", init=three.path, config=cfg, val_fraction=0))
+    net, info = load_model(grown.path)
+    assert net.config.n_classes == 4 and info.extra["touch_class_added"] is True
+
+
+def test_a_three_class_model_grows_a_touch_output_that_starts_from_its_answer():
+    from napari_cellseg.model.train import add_touch_class
+
+    torch.manual_seed(0)
+    three, info = new_model((4, 8))
+    three.eval()
+    four, grown = add_touch_class(three, info)
+    four.eval()
+    assert four.config.n_classes == 4 and grown.config.n_classes == 4 and grown.extra["touch_class_added"]
+    x = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        a, b = three(x), four(x)
+    torch.testing.assert_close(b[:, :3], a)  # the old outputs unchanged
+    torch.testing.assert_close(b[:, 3], a[:, 2] - 4.0)  # touch = background's logit - 4
+    p3, p4 = torch.softmax(a, 1), torch.softmax(b, 1)
+    # seed and cytoplasm probabilities move by at most e^-4 ~ 1.8 % of themselves
+    assert torch.all((p4[:, :2] - p3[:, :2]).abs() <= 0.02 * p3[:, :2] + 1e-6)

@@ -26,7 +26,7 @@ from .data import Example, PatchSampler
 from .inference import choose_device, cpu_bf16
 from .store import ModelInfo, save_model
 from .targets import CONTACT, IGNORE, TOUCH, target_probabilities
-from .unet import UNet, UNetConfig
+from .unet import CLASSES, UNet, UNetConfig
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,10 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0: off
     seed_target: str = "hard"  # "hard" (depth > 0.5) or "soft" (graded by depth; see targets.py)
     touch_class: bool = False  # a new network gets a 4th output: where two cells touch (targets.py)
+    # Seconds of training allowed (0: no limit). The learning-rate schedule is fitted to the
+    # epochs that the first one says will fit, and training stops after the epoch that would
+    # leave no room for another (or mid-epoch, past the limit); the record says so.
+    time_budget_s: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -197,6 +201,10 @@ def train(
         logger.info("resumed from %s at epoch %d", ckpt, state.epoch)
     val_batches = _validation_batches(val_examples, cfg.patch)
     steps = cfg.steps_per_epoch
+    budget = float(cfg.time_budget_s or 0.0)
+    if budget < 0 or not math.isfinite(budget):
+        raise ValueError(f"time budget must be a positive number of seconds (0: none), got {cfg.time_budget_s}")
+    started = time.perf_counter()
 
     try:
         while state.epoch < cfg.epochs:
@@ -205,6 +213,8 @@ def train(
             model.train()
             losses = []
             for step in range(steps):
+                if budget and step and time.perf_counter() - started > budget:
+                    break  # out of time mid-epoch: this epoch ends here
                 losses.append(_step(model, opt, sampler, rng, weights, cfg, device, bf16, epoch, step))
                 if ema is not None:
                     ema.update_parameters(model)
@@ -225,6 +235,16 @@ def train(
             if validate is not None:
                 record.update(validate(model))
             record["seconds"] = time.perf_counter() - t0
+            if len(losses) < steps:
+                record["steps"] = len(losses)
+            stop = False
+            if budget:
+                elapsed = time.perf_counter() - started
+                if epoch == 1:  # the cosine schedule ends with the epochs that fit
+                    sched.T_max = max(1, min(cfg.epochs, int(budget // max(record["seconds"], 1e-3))))
+                if state.epoch < cfg.epochs and (elapsed + record["seconds"] > budget or epoch >= sched.T_max):
+                    record["stopped"] = f"time budget of {budget:.0f} s"
+                    stop = True
             score = record.get("score", -record.get("val_loss", record["train_loss"]))
             record["best"] = score > state.best_score
             if record["best"]:
@@ -233,6 +253,9 @@ def train(
             if ckpt:
                 _save_checkpoint(ckpt, model.state_dict() if raw is None else raw, opt, sched, state, ema)
             yield Progress(epoch, cfg.epochs, "epochs", message=epoch_line(record, cfg.epochs), info=record)
+            if stop:
+                logger.info("stopped after epoch %d of %d: %s", epoch, cfg.epochs, record["stopped"])
+                break
             if raw is not None and state.epoch < cfg.epochs:
                 model.load_state_dict(raw)
     finally:
@@ -323,12 +346,34 @@ def new_model(channels: Sequence[int] | None = None, init: str | Path | None = N
         from .store import load_model
 
         model, info = load_model(init)
-        if touch_class and model.config.n_classes != 4:
-            raise ValueError(f"{init} has {model.config.n_classes} output classes, no touch class: "
-                             "fine-tuning keeps a model's classes; train a new network for the touch class")
+        if touch_class and model.config.n_classes == 3:
+            model, info = add_touch_class(model, info)
         return model, info
     config = UNetConfig(channels=tuple(channels), n_classes=n_classes) if channels else UNetConfig(n_classes=n_classes)
     return UNet(config), ModelInfo(config=config)
+
+
+def add_touch_class(model: UNet, info: ModelInfo, offset: float = 4.0) -> tuple[UNet, ModelInfo]:
+    """The same network with a 4th output, "touch", for fine-tuning a 3-class model into one
+    with the touch class (the line where two cells touch was "background" to it).
+
+    The touch output starts as a copy of the background output with its logit lowered by
+    ``offset``, so the new model first predicts what the old one did (touch probability
+    about e^-4 of background's) and training moves the contact lines over. (Hand-written:
+    resizing a head is a few lines of tensor copies, not a library's job.)
+    """
+    import dataclasses
+
+    config = dataclasses.replace(model.config, n_classes=4)
+    grown = UNet(config)
+    state = model.state_dict()
+    w, b = state["head.weight"], state["head.bias"]  # (3, C, 1, 1), (3,)
+    bg = CLASSES.index("background")
+    state["head.weight"] = torch.cat([w, w[bg:bg + 1]], dim=0)
+    state["head.bias"] = torch.cat([b, b[bg:bg + 1] - offset], dim=0)
+    grown.load_state_dict(state)
+    info = dataclasses.replace(info, config=config, extra={**info.extra, "touch_class_added": True})
+    return grown, info
 
 
 def save_trained(path: str | Path, model: UNet, info: ModelInfo, history: list[dict],
