@@ -223,3 +223,44 @@ def test_a_model_fine_tuned_on_larger_cells_records_their_size_and_segments_them
     assert mean_ap() > 0.85
     assert mean_ap(seed_split="shape") > 0.88
     assert mean_ap(seed_split="shape", cell_diameter=7.5) < 0.88  # the old record fails the bound
+
+
+def test_annotated_region_is_the_labelled_box_grown_by_the_margin():
+    from napari_cellseg.workflows.training import annotated_region
+
+    labels = np.zeros((200, 300), np.int32)
+    labels[50:60, 100:180] = 1
+    labels[90:95, 120:125] = 2
+    assert annotated_region(labels, margin=16) == (slice(34, 111), slice(84, 196))
+    # grown to 64 px where the box is smaller, centred, inside the image
+    small = np.zeros((100, 100), np.int32)
+    small[2:6, 90:95] = 3
+    assert annotated_region(small, margin=2, min_side=64) == (slice(0, 64), slice(36, 100))
+    with pytest.raises(ValueError, match="no labelled cell"):
+        annotated_region(np.zeros((10, 10), np.int32))
+
+
+def test_time_budget_stops_training_and_says_so():
+    from napari_cellseg.model.train import TrainConfig, new_model, train
+
+    pairs = _pairs(2)
+    from napari_cellseg.model.data import split_pair
+
+    examples = [split_pair(image, labels, 0, name=name)[0] for name, image, labels in pairs]
+    model, _ = new_model((4, 8))
+    cfg = TrainConfig(epochs=50, steps_per_epoch=3, batch=2, patch=48, margin=4, device="cpu",
+                      precision="fp32", time_budget_s=1e-6)
+    gen = train(model, examples, [], cfg)
+    records = []
+    try:
+        while True:
+            p = next(gen)
+            if p.info is not None:
+                records.append(p.info)
+    except StopIteration as stop:
+        state = stop.value
+    # past the budget after the first step: epoch 1 ends there, and training stops
+    assert len(records) == 1 and state.epoch == 1
+    assert records[0]["steps"] == 1 and records[0]["stopped"] == "time budget of 0 s"
+    with pytest.raises(ValueError, match="time budget"):
+        next(train(model, examples, [], TrainConfig(**{**cfg.to_dict(), "time_budget_s": -1.0})))

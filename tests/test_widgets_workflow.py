@@ -380,11 +380,15 @@ def test_batch_writes_what_the_cli_writes(make_napari_viewer, qtbot, tmp_path, t
 def test_fine_tune_in_viewer_adds_a_model(make_napari_viewer, qtbot, tissue, user_models):
     from napari_cellseg._widgets.segment_cells import SegmentCellsWidget
     from napari_cellseg._widgets.train import TrainWidget
+    from napari_cellseg.model.store import load_model
 
     viewer = make_napari_viewer()
     image, labels = tissue
-    viewer.add_image(image[:128, :128], name="img")
-    viewer.add_labels(labels[:128, :128], name="corrected")
+    viewer.add_image(image[:192, :192], name="img")
+    # One annotated region: only the cells of rows 40-139, columns 30-129 are labelled.
+    region = np.zeros((192, 192), labels.dtype)
+    region[40:140, 30:130] = labels[40:140, 30:130]
+    viewer.add_labels(region, name="corrected")
     segment = SegmentCellsWidget(viewer)
     widget = TrainWidget(viewer)
     widget._labels.value = viewer.layers["corrected"]
@@ -392,14 +396,26 @@ def test_fine_tune_in_viewer_adds_a_model(make_napari_viewer, qtbot, tissue, use
     widget._epochs.value = 2
     widget._steps.value = 2
     widget._name.value = "finetuned"
+    assert widget._region.value and widget._resegment.value and widget._minutes.value == 5
     widget.run()
     wait_done(qtbot, widget._runner)
     assert widget.saved == user_models / "finetuned.safetensors" and widget.saved.exists()
     assert len(widget.history) == 2 and "val_mAP" in widget.history[-1]
     assert "finetuned" in segment._model.choices
-    from napari_cellseg.model.store import load_model
-
-    assert load_model(widget.saved)[1].extra["val_fraction"] == 0.2  # what a benchmark checks
+    info = load_model(widget.saved)[1]
+    assert info.extra["val_fraction"] == 0.2  # what a benchmark checks
+    # What it trained on: the annotated box grown by 16 px, its cells, the model it started from.
+    rows = np.flatnonzero(region.any(axis=1))
+    cols = np.flatnonzero(region.any(axis=0))
+    box = f"img[{rows[0] - 16}:{rows[-1] + 17}, {cols[0] - 16}:{cols[-1] + 17}]"
+    assert info.extra["trained_on"] == [{"name": box, "shape": [rows[-1] - rows[0] + 33, cols[-1] - cols[0] + 33],
+                                         "cells": len(np.unique(region)) - 1}]
+    assert info.extra["fine_tuned_from"]["name"] == "dense_tcells"
+    assert info.pixel_size == 0.5 and info.cell_diameter_um > 0
+    # The whole image re-segmented with the new model, beside the old cells.
+    cells = viewer.layers["cells (finetuned)"]
+    assert cells.data.shape == (192, 192) and cells.data.max() > 100
+    assert cells.metadata["model"] == "finetuned" and "cells in layer" in widget._runner.status.value
     widget.run()  # the same name again: refused, as a notification, nothing overwritten
     wait_done(qtbot, widget._runner)
     assert "exists" in widget._runner.status.value

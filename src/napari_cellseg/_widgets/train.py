@@ -1,29 +1,36 @@
 """Train / fine-tune in the viewer: the current image and a corrected labels layer (or
-a folder of image / mask pairs), live loss and validation figures, a named model."""
+a folder of image / mask pairs), live loss and validation figures, a named model.
+
+The quick path: annotate the cells of one region (or correct a few cells) in a labels
+layer, press Train: it fine-tunes on that region within a time budget (5 minutes by
+default) and then re-segments the whole image with the new model, as a layer beside the
+old cells."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
     FileEdit,
+    FloatSpinBox,
     LineEdit,
     SpinBox,
     create_widget,
 )
 
+from ..progress import Progress
 from ._inputs import model_choices
-from ._layers import image_plane, pixel_size_of
+from ._layers import image_plane, pixel_size_of, show_layer
 from ._runner import Runner
 
 if TYPE_CHECKING:
     import napari
-
-    from ..progress import Progress
 
 FROM_SCRATCH = "(from scratch)"
 
@@ -44,33 +51,52 @@ class TrainWidget(Container):
         self._init = ComboBox(choices=lambda *_: [*model_choices(), FROM_SCRATCH], label="Start from")
         if DEFAULT_MODEL in self._init.choices:  # the README's promise: it fine-tunes
             self._init.value = DEFAULT_MODEL
-        self._epochs = SpinBox(value=10, min=1, max=1000, label="Epochs")
+        self._region = CheckBox(value=True, text="Only the annotated region", tooltip=(
+            "train on the box around the labelled cells (every cell inside it must be "
+            "labelled: unlabelled pixels there are taught as background)"))
+        self._epochs = SpinBox(value=40, min=1, max=1000, label="Epochs")
         self._steps = SpinBox(value=20, min=1, max=10000, label="Steps per epoch")
+        self._minutes = FloatSpinBox(value=5.0, min=0.0, max=24 * 60.0, step=1.0, label="Time budget (min)",
+                                     tooltip="training stops within this time (0: run every epoch)")
+        self._resegment = CheckBox(value=True, text="Re-segment the image with the new model")
         self._name = LineEdit(value="my_model", label="Save as")
         self._runner = Runner("Train", "Training")
-        self.extend([self._image, self._labels, self._use_folder, self._folder, self._init,
-                     self._epochs, self._steps, self._name, *self._runner.widgets])
+        self.extend([self._image, self._labels, self._region, self._use_folder, self._folder, self._init,
+                     self._epochs, self._steps, self._minutes, self._resegment, self._name,
+                     *self._runner.widgets])
         self._runner.on_run(self.run)
         self.saved: Path | None = None
         self.history: list[dict] = []
+        self._budget = (time.monotonic(), 0.0)  # (start, seconds) of the run in progress
 
-    def _pairs(self) -> tuple[list, float | None]:
-        """(name, image, labels) pairs and their pixel size (None: unknown)."""
+    def _pairs(self) -> tuple[list, float | None, np.ndarray | None]:
+        """(name, image, labels) pairs, their pixel size (None: unknown) and the whole
+        image they come from (None for a folder)."""
         if self._use_folder.value:
             from ..io import load_pairs
 
             if self._folder.value is None:
                 raise ValueError("choose the folder of image / mask pairs")
             folder = Path(self._folder.value)
-            return load_pairs(folder, folder), None
+            return load_pairs(folder, folder), None, None
         layer = self._image.value
+        if layer is None:
+            raise ValueError("choose the image layer")
         image = image_plane(layer, self._viewer)
         labels = self._labels.value
         if labels is None:
             raise ValueError("choose the corrected labels layer")
         if labels.data.shape != image.shape:
             raise ValueError(f"labels {labels.data.shape} and image {image.shape} differ in shape")
-        return [(layer.name, image, labels.data)], pixel_size_of(layer)
+        data = np.asarray(labels.data)
+        name = layer.name
+        if self._region.value:
+            from ..workflows.training import annotated_region
+
+            rows, cols = annotated_region(data)
+            name = f"{layer.name}[{rows.start}:{rows.stop}, {cols.start}:{cols.stop}]"
+            return [(name, image[rows, cols], data[rows, cols])], pixel_size_of(layer), image
+        return [(name, image, data)], pixel_size_of(layer), image
 
     def run(self, *_):
         """Train in a worker: per-step progress, Cancel within a step."""
@@ -78,11 +104,14 @@ class TrainWidget(Container):
 
         init = None if self._init.value == FROM_SCRATCH else self._init.value
         cfg = TrainConfig(epochs=int(self._epochs.value), steps_per_epoch=int(self._steps.value),
-                          batch=8, lr=3e-4 if init else 1e-3)
-        pairs, pixel_size = self._pairs()
+                          batch=8, lr=3e-4 if init else 1e-3, time_budget_s=60.0 * float(self._minutes.value))
+        pairs, pixel_size, image = self._pairs()
+        resegment = (image, pixel_size) if self._resegment.value and image is not None else None
         self.history = []
+        self._budget = (time.monotonic(), cfg.time_budget_s)
         return self._runner.start(_train_named, pairs, self._name.value, init=init, config=cfg,
-                                  pixel_size=pixel_size, on_done=self._on_done, on_yield=self._on_progress)
+                                  pixel_size=pixel_size, resegment=resegment,
+                                  on_done=self._on_done, on_yield=self._on_progress)
 
     def _on_progress(self, p: Progress) -> None:
         if p.info is not None and "epoch" in p.info:
@@ -92,20 +121,43 @@ class TrainWidget(Container):
             self._runner.status.value += f"  (last epoch: {_epoch_summary(self.history[-1])})"
         elif p.info is not None and "epoch" in p.info:
             self._runner.status.value = f"Training: epoch {p.done}/{p.total}  {_epoch_summary(p.info)}"
+        started, budget = self._budget
+        if budget and p.unit in ("steps", "epochs"):
+            self._runner.status.value += f"  ({(time.monotonic() - started) / 60:.1f} of {budget / 60:g} min)"
 
-    def _on_done(self, result) -> None:
+    def _on_done(self, done) -> None:
+        result, cells = done
         self.saved = Path(result.path)
-        self._runner.status.value = f"saved model {self.saved.stem!r} ({self.saved})"
+        text = f"saved model {self.saved.stem!r} ({self.saved})"
+        stopped = result.history[-1].get("stopped") if result.history else None
+        if stopped:
+            text += f"; stopped after epoch {result.history[-1]['epoch']} ({stopped})"
+        if cells is not None:
+            source = self._image.value.name if self._image.value is not None else None
+            layer = show_layer(self._viewer, cells, f"cells ({self.saved.stem})", "labels", metadata={
+                "stage": "cells", "model": self.saved.stem, "source": source})
+            text += f"; {int(cells.max())} cells in layer {layer.name!r}"
+        self._runner.status.value = text
         self._init.reset_choices()
 
 
-def _train_named(pairs, name: str, **kwargs):
-    """The training workflow saving to the user model folder under ``name``; a bad or
-    taken name is an error of the worker (shown as a notification)."""
+def _train_named(pairs, name: str, resegment=None, **kwargs):
+    """The training workflow saving to the user model folder under ``name``, then (with
+    ``resegment`` = (image, pixel size)) the whole image segmented with the new model;
+    returns (TrainResult, cells or None). A bad or taken name is an error of the worker
+    (shown as a notification)."""
     from ..model.registry import user_model_path
     from ..workflows.training import iter_train
 
-    return (yield from iter_train(pairs, user_model_path(name), val_fraction=0.2, **kwargs))
+    result = yield from iter_train(pairs, user_model_path(name), val_fraction=0.2, **kwargs)
+    if resegment is None:
+        return result, None
+    from ..pipeline import iter_predict
+
+    image, pixel_size = resegment
+    yield Progress(0, 1, "images", message="re-segmenting the image with the new model")
+    prediction = yield from iter_predict(image, pixel_size, model=result.path)
+    return result, prediction.segment()
 
 
 def _epoch_summary(record: dict) -> str:

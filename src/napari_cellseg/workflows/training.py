@@ -144,6 +144,13 @@ def iter_train(
     model, info = new_model(channels, init=init, touch_class=cfg.touch_class)
     cfg = _fit_patch(cfg, train_ex, model.config.divisor)
     _record_units(info, all_labels, pixel_size)
+    info.extra["trained_on"] = [
+        {"name": str(name), "shape": list(np.shape(labels)), "cells": int(len(np.unique(labels)) - (labels == 0).any())}
+        for (name, _, _), labels in zip(pairs, all_labels, strict=True)]
+    if init is not None:
+        from ..model.store import model_record
+
+        info.extra["fine_tuned_from"] = {k: v for k, v in model_record(init).items() if k != "path"}
     info.extra["val_fraction"] = val_fraction  # a benchmark must know whether its strips were trained on
     if val_band is not None:
         info.extra["val_band"] = list(val_band)
@@ -185,6 +192,34 @@ def iter_train(
         gen.close()  # cancelled: the loop stops now and leaves the model in eval mode
     save_trained(out, model, info, state.history, cfg, overwrite=True)
     return TrainResult(out, best if val_ex else None, state.history, info)
+
+
+def annotated_region(labels: np.ndarray, margin: int = 16, min_side: int = 64) -> tuple[slice, slice]:
+    """The box around every labelled pixel, grown by ``margin`` px and to at least
+    ``min_side`` px where the image allows: the part of an image a user annotated (one
+    crop, or a few cells) to fine-tune on. Every cell inside it must be labelled, since
+    unlabelled pixels in it are taught as background.
+
+    Raises
+    ------
+    ValueError
+        No labelled pixel.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"annotated region: expected 2-D labels, got shape {labels.shape}")
+    rows, cols = np.nonzero(np.any(labels > 0, axis=1))[0], np.nonzero(np.any(labels > 0, axis=0))[0]
+    if not len(rows):
+        raise ValueError("the labels layer has no labelled cell: annotate the cells of a region first")
+    box = []
+    for lo, hi, n in ((rows[0], rows[-1] + 1, labels.shape[0]), (cols[0], cols[-1] + 1, labels.shape[1])):
+        lo, hi = max(int(lo) - margin, 0), min(int(hi) + margin, n)
+        side = min(min_side, n)
+        if hi - lo < side:  # centred on the annotation, inside the image
+            lo = max(0, min((lo + hi) // 2 - side // 2, n - side))
+            hi = lo + side
+        box.append(slice(lo, hi))
+    return box[0], box[1]
 
 
 def _fit_patch(cfg: TrainConfig, examples: Sequence[Example], divisor: int) -> TrainConfig:
