@@ -36,6 +36,21 @@ def test_auto_scale_recovers_a_known_scale(tissue, drawn):
     assert len(estimate.trials) >= 5
 
 
+def test_auto_scale_leaves_an_image_near_the_model_scale_as_it_is(tissue):
+    from napari_cellseg.scale import KEEP
+
+    image, _ = tissue
+    net, info = resolve_model(None)
+    x = rescale(image, 1.2)  # 20 % off: inside the range the network works over
+    estimate = estimate_scale(x, net, info, "cpu")
+    assert 1 / KEEP < estimate.measured_zoom < KEEP and estimate.measured_zoom != 1.0
+    assert estimate.zoom == 1.0 and estimate.pixel_size == info.pixel_size and estimate.kept_model_scale
+    # the cells' size is still reported as measured
+    assert estimate.cell_diameter_px == pytest.approx(15.0 * 1.2, rel=0.15)
+    auto, default = ncs.predict(x, pixel_size="auto", device="cpu"), ncs.predict(x, device="cpu")
+    np.testing.assert_array_equal(auto.segment(), default.segment())
+
+
 def test_auto_scale_through_predict_segments_a_rescaled_image(tissue):
     image, labels = tissue
     big = np.kron(image, np.ones((2, 2), np.float32))  # the same cells at 0.25 µm/px

@@ -230,11 +230,13 @@ def iter_predict(
         scale = estimate_scale(validate.image_2d(image), net, info, device)
         pixel_size = scale.pixel_size
         logger.info("automatic scale: %.3g µm per pixel (cells about %.1f px across; network "
-                    "confidence %.2f)", pixel_size, scale.cell_diameter_px, scale.confidence)
+                    "confidence %.2f)%s", pixel_size, scale.cell_diameter_px, scale.confidence,
+                    f"; measured {scale.measured_zoom * info.pixel_size:.3g} µm, within a factor √2 of the "
+                    "model's: the image is used at the model's scale" if scale.kept_model_scale else "")
     grid_image, grid_px = preprocess(image, pixel_size, info.pixel_size, tophat_um)
     if np.ptp(grid_image) == 0:
         # A constant image holds no cell; normalising it would only amplify nothing.
-        probs = np.zeros((3, *grid_image.shape), np.float32)
+        probs = np.zeros((net.config.n_classes, *grid_image.shape), np.float32)
         probs[2] = 1.0
         yield Progress(1, 1, "tiles")
     else:

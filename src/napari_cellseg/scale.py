@@ -2,16 +2,17 @@
 
 A user often does not know (or mistypes) the pixel size, and the network is sensitive to
 scale (±10 % costs 0.03-0.05 mAP on the dense set). :func:`estimate_scale` tries a few
-zooms of one small crop, on a ladder of factors of √2, and keeps the zoom at which the
-network is most sure of the cells it sees (the mean probability of the likeliest class over
-the pixels it calls cell); it then refines that zoom by the median size of the cells
+zooms of a few small crops (the busiest windows of the image, apart from each other), on a
+ladder of factors of √2, and keeps the zoom at which the network is most sure of the cells
+it sees (the mean probability of the likeliest class over the pixels it calls cell,
+averaged over the crops); it then refines that zoom by the median size of the cells
 segmented there against the model's typical cell.
 
-Measured (2026-11-22): the estimate follows a rescaled image within 4.5 % (the bundled
-samples and a dense T-cell frame drawn at 0.5x, 1x and 2x), but its absolute value on the
-dense T-cell frames (true 0.5 µm) ranged 0.31-0.59 µm, and on their narrow validation
-strips it cost 0.2 mAP against the known pixel size: the network, trained at one scale,
-gives a weak scale signal on that look. Hence opt-in ("auto"), not the default.
+A zoom within a factor ``KEEP`` (√2) of 1 is not applied: the image is used at the
+model's scale, as when no pixel size is given. The network works over that range, while
+the estimate itself varies by 20-40 % on one look (2026-11-22: 0.31-0.59 µm on dense
+T-cell frames of true 0.5 µm, one crop each), and each such error costs more than the
+mismatch it would correct. The measured value is kept in the estimate.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from .core.preprocess import rescale
 ZOOMS = tuple(float(z) for z in np.round(2.0 ** np.arange(-2.0, 2.01, 0.5), 4))  # 0.25 ... 4
 CROP_SIDE = 128  # px on the model's grid, per trial
 MIN_CELL_SHARE = 0.02  # a trial whose crop the network calls cell below this share scores 0
+N_CROPS = 3  # trial crops per image: the busiest windows that do not overlap
+KEEP = float(np.sqrt(2.0))  # a zoom closer to 1 than this factor is not applied
 
 
 @dataclass(frozen=True)
@@ -42,20 +45,32 @@ class ScaleEstimate:
     cell_diameter_px: float
     confidence: float
     trials: tuple[tuple[float, float], ...]
+    measured_zoom: float = 1.0  # before the prior: zoom is 1 where this is within KEEP of 1
+
+    @property
+    def kept_model_scale(self) -> bool:
+        """The estimate was close enough to the model's scale to leave the image as it is."""
+        return self.zoom == 1.0 and self.measured_zoom != 1.0
 
 
-def _busiest_centre(image: np.ndarray, side: int) -> tuple[int, int]:
-    """The centre of the ``side``-px window with the most intensity variance (cells, not
-    empty background), on a coarse grid of windows."""
+def _busiest_centres(image: np.ndarray, side: int, n: int = N_CROPS) -> list[tuple[int, int]]:
+    """The centres of up to ``n`` ``side``-px windows with the most intensity variance
+    (cells, not empty background), on a coarse grid of windows, none overlapping another."""
     h, w = image.shape
     step = max(min(side, h, w) // 2, 1)
-    best, centre = -1.0, (h // 2, w // 2)
+    windows = []
     for r in range(0, max(h - side, 0) + 1, step):
         for c in range(0, max(w - side, 0) + 1, step):
             v = float(np.var(image[r : r + side : 4, c : c + side : 4]))
-            if v > best:
-                best, centre = v, (r + min(side, h) // 2, c + min(side, w) // 2)
-    return centre
+            windows.append((v, r + min(side, h) // 2, c + min(side, w) // 2))
+    windows.sort(key=lambda t: -t[0])
+    chosen: list[tuple[int, int]] = []
+    for _, r, c in windows:
+        if all(abs(r - r2) >= side or abs(c - c2) >= side for r2, c2 in chosen):
+            chosen.append((r, c))
+            if len(chosen) == n:
+                break
+    return chosen
 
 
 def _crop(image: np.ndarray, centre: tuple[int, int], side: int) -> np.ndarray:
@@ -96,35 +111,44 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
     model_px = float(info.pixel_size or 0.5)
     grid = Grid(model_px, info.cell_diameter_um)
     model_diameter = info.cell_diameter_um / model_px  # px on the model's grid
-    centre = _busiest_centre(image, round(side / min(zooms)))
+    centres = _busiest_centres(image, round(side / min(zooms)))
     trials, best = [], None
     for z in zooms:
-        crop = _crop(image, centre, max(round(side / z), 1))
-        grid_crop = rescale(crop, z) if z != 1 else crop
-        if min(grid_crop.shape) < 32 or np.ptp(grid_crop) == 0:
+        crops, scores = [], []
+        for centre in centres:
+            crop = _crop(image, centre, max(round(side / z), 1))
+            grid_crop = rescale(crop, z) if z != 1 else crop
+            if min(grid_crop.shape) < 32 or np.ptp(grid_crop) == 0:
+                continue
+            probs = predict_probabilities(net, grid_crop, device=device, normalize=info.normalize)
+            cellish = foreground_probability(probs) > 0.5
+            scores.append(float(probs.max(axis=0)[cellish].mean()) if cellish.mean() >= MIN_CELL_SHARE else 0.0)
+            crops.append((grid_crop, probs))
+        if not scores:
             continue
-        probs = predict_probabilities(net, grid_crop, device=device, normalize=info.normalize)
-        cellish = foreground_probability(probs) > 0.5
-        score = float(probs.max(axis=0)[cellish].mean()) if cellish.mean() >= MIN_CELL_SHARE else 0.0
+        score = float(np.mean(scores))
         trials.append((z, score))
         if best is None or score > best[1]:
-            best = (z, score, grid_crop, probs)
+            best = (z, score, crops)
     if best is None:
         raise ValueError(f"cannot estimate the scale of this image (shape {image.shape}): it is "
                          "constant, or too small at every zoom tried; give its pixel size or cell "
                          "diameter instead")
-    z, score, grid_crop, probs = best
+    z, score, crops = best
     if score == 0.0:
         raise ValueError("the network sees no cells at any scale tried: give the pixel size "
                          "or the cell diameter instead")
-    cells, _ = Prediction(grid_crop, probs, grid_crop, grid, SegmentParams()).segment_grid()
-    areas = np.bincount(cells.ravel())[1:]
-    areas = areas[areas > 0]
+    areas = []
+    for grid_crop, probs in crops:
+        cells, _ = Prediction(grid_crop, probs, grid_crop, grid, SegmentParams()).segment_grid()
+        a = np.bincount(cells.ravel())[1:]
+        areas.append(a[a > 0])
+    areas = np.concatenate(areas)
     refined = z
     if len(areas):
         diameter = 2.0 * np.sqrt(np.median(areas) / np.pi)  # px on the trial's grid
         # Between the neighbouring trials: the size refines the zoom, it does not replace it.
         refined = float(np.clip(z * model_diameter / diameter, z / np.sqrt(2), z * np.sqrt(2)))
-    return ScaleEstimate(pixel_size=refined * model_px, zoom=refined,
-                         cell_diameter_px=model_diameter / refined, confidence=score,
-                         trials=tuple(trials))
+    zoom = 1.0 if 1 / KEEP < refined < KEEP else refined
+    return ScaleEstimate(pixel_size=zoom * model_px, zoom=zoom, cell_diameter_px=model_diameter / refined,
+                         confidence=score, trials=tuple(trials), measured_zoom=refined)
