@@ -38,10 +38,13 @@ def test_train_resume_and_fine_tune(pairs, tmp_path, capsys):
     # Fine-tune from the saved model, with graded seed targets.
     tuned = tmp_path / "tuned.safetensors"
     assert cli.main(["train", *map(str, common), "--out", str(tuned), "--epochs", "1", "--init", str(out),
-                     "--seed-target", "soft"]) == 0
+                     "--seed-target", "soft", "--minutes", "5"]) == 0
     tuned_info = load_model(tuned)[1]
     assert tuned_info.config.channels == (4, 8, 16)
     assert tuned_info.extra["train_config"]["seed_target"] == "soft"
+    assert tuned_info.extra["train_config"]["time_budget_s"] == 300.0
+    assert tuned_info.extra["fine_tuned_from"]["name"] == "m"
+    assert [r["name"] for r in tuned_info.extra["trained_on"]] == ["img0", "img1"]
     # No silent overwrite.
     assert cli.main(["train", *map(str, common), "--out", str(out), "--epochs", "1"]) == 2
 
@@ -83,11 +86,12 @@ def test_train_on_every_pixel(pairs, tmp_path, capsys, monkeypatch):
     for bad in ("5/4", "2", "0/4", "x/y"):
         assert cli.main(["train", *common, "--out", str(tmp_path / "bad"), "--val-band", bad]) == 2
         assert "--val-band" in capsys.readouterr().err
-    # --touch-class: a new network with a 4th output; fine-tuning a 3-class one refuses it in words.
+    # --touch-class: a new network with a 4th output; a 3-class --init model grows one.
     assert cli.main(["train", *common, "--out", str(tmp_path / "touch"), "--touch-class"]) == 0
     assert load_model(tmp_path / "touch.safetensors")[0].config.n_classes == 4
-    assert cli.main(["train", *common, "--out", str(tmp_path / "t2"), "--touch-class", "--init", str(out)]) == 2
-    assert "no touch class" in capsys.readouterr().err
+    assert cli.main(["train", *common, "--out", str(tmp_path / "t2"), "--touch-class", "--init", str(out)]) == 0
+    grown, grown_info = load_model(tmp_path / "t2.safetensors")
+    assert grown.config.n_classes == 4 and grown_info.extra["touch_class_added"] is True
 
 
 def test_unpaired_training_files_are_named(pairs, tmp_path, capsys):

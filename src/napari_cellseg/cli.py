@@ -187,7 +187,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="loss weight of the background between two cells (1: as any pixel)")
     p.add_argument("--touch-class", action="store_true",
                    help="a new network gets a 4th output, where two cells touch (their shared border "
-                        "is given back to them); fine-tuning keeps the initial model's classes")
+                        "is given back to them); a 3-class --init model grows the 4th output")
     p.add_argument("--seed-target", choices=("hard", "soft"), default=d.seed_target,
                    help="seed class of cell pixels: hard (relative depth > 0.5) or soft (graded by depth)")
     p.add_argument("--init", default=None, help="fine-tune from this model (name or path)")
@@ -210,6 +210,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="µm per pixel of the images (default: the --init model's, else 0.5)")
     p.add_argument("--channel", type=int, default=None)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="time budget: stop in time, the learning-rate schedule fitted to the epochs "
+                        "that fit (0: run every epoch)")
     p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
     p.add_argument("--overwrite", action="store_true")
 
@@ -231,7 +234,7 @@ def _train(args: argparse.Namespace) -> int:
                       class_weights=tuple(float(w) for w in args.class_weights.split(",")),
                       device=args.device, threads=args.threads, precision=args.precision, ema=args.ema,
                       contact_weight=args.contact_weight, seed_target=args.seed_target,
-                      touch_class=args.touch_class)
+                      touch_class=args.touch_class, time_budget_s=60.0 * args.minutes)
     pairs = load_pairs(args.images, args.masks, args.channel)
     live = sys.stderr.isatty()  # a live bar in a terminal, nothing in logs
 
