@@ -53,12 +53,12 @@ def dense_case(scale: float):
     return [(name, *rescale_pair(image, labels, scale)) for name, image, labels in validation_strips()]
 
 
-def synthetic_case(look: str, scale: float, n: int = 3):
+def synthetic_case(look: str, scale: float, n: int = 3, first_seed: int = 500):
     from napari_cellseg.core import synthetic as syn
 
     out = []
     for k in range(n):
-        seed = 500 + k
+        seed = first_seed + k
         side = round(256 * max(scale, 1))
         if look == "whole_cell":
             s = syn.make_whole_cell_image(seed=seed, shape=(side, side), cell_radius=9.0 * scale)
