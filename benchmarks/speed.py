@@ -3,7 +3,8 @@
     python benchmarks/speed.py [--threads 2] [--device cpu] [--repeat 3]
 
 Measures: UNet inference alone (Mpx/s), the whole default segmentation from the raw
-image (Mpx/s), re-segmentation latency after an h or a sensitivity change (ms), metric
+image (Mpx/s), the automatic scale estimate (s, and its share of the segmentation's time;
+``pixel_size="auto"`` adds it), re-segmentation latency after an h or a sensitivity change (ms), metric
 evaluation of a 1040 x 1159 pair with ~2,000 cells each (s), and peak memory (RSS, MiB;
 peak GPU memory on CUDA). On a CPU with native bfloat16 the UNet runs in it;
 ``NAPARI_CELLSEG_CPU_BF16=0`` measures float32. Uses a real dense T-cell frame when
@@ -68,6 +69,9 @@ def main() -> None:
     _, t_net, _t_net_med = timed(lambda: predict_probabilities(net, image, device=args.device), args.repeat)
     pred, t_all, _t_all_med = timed(lambda: ncs.predict(image, model=(net, info), device=args.device).segment(),
                                    args.repeat)
+    from napari_cellseg.scale import estimate_scale
+
+    _, t_scale, _ = timed(lambda: estimate_scale(image.astype(np.float32), net, info, args.device), args.repeat)
     prediction = ncs.predict(image, model=(net, info), device=args.device)
     prediction.warm()
     prediction.segment()
@@ -84,6 +88,7 @@ def main() -> None:
         "cpu_bfloat16": args.device == "cpu" and cpu_bf16(),
         "unet_mpx_per_s": mpx / t_net, "unet_seconds": t_net,
         "segmentation_mpx_per_s": mpx / t_all, "segmentation_seconds": t_all,
+        "auto_scale_seconds": t_scale, "auto_scale_share_of_segmentation": t_scale / t_all,
         "resegment_h_ms_median": 1e3 * statistics.median(lat_h), "resegment_h_ms_max": 1e3 * max(lat_h),
         "resegment_sensitivity_ms_median": 1e3 * statistics.median(lat_s),
         "resegment_sensitivity_ms_max": 1e3 * max(lat_s),
