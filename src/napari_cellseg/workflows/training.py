@@ -205,15 +205,17 @@ def annotated_region(labels: np.ndarray, margin: int = 16, min_side: int = 64) -
     ValueError
         No labelled pixel.
     """
+    from scipy import ndimage as ndi
+
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"annotated region: expected 2-D labels, got shape {labels.shape}")
-    rows, cols = np.nonzero(np.any(labels > 0, axis=1))[0], np.nonzero(np.any(labels > 0, axis=0))[0]
-    if not len(rows):
+    found = ndi.find_objects((labels > 0).astype(np.uint8))
+    if not found:
         raise ValueError("the labels layer has no labelled cell: annotate the cells of a region first")
     box = []
-    for lo, hi, n in ((rows[0], rows[-1] + 1, labels.shape[0]), (cols[0], cols[-1] + 1, labels.shape[1])):
-        lo, hi = max(int(lo) - margin, 0), min(int(hi) + margin, n)
+    for sl, n in zip(found[0], labels.shape, strict=True):
+        lo, hi = max(sl.start - margin, 0), min(sl.stop + margin, n)
         side = min(min_side, n)
         if hi - lo < side:  # centred on the annotation, inside the image
             lo = max(0, min((lo + hi) // 2 - side // 2, n - side))
