@@ -45,6 +45,7 @@ def test_auto_scale_leaves_an_image_near_the_model_scale_as_it_is(tissue):
     estimate = estimate_scale(x, net, info, "cpu")
     assert 1 / KEEP < estimate.measured_zoom < KEEP and estimate.measured_zoom != 1.0
     assert estimate.zoom == 1.0 and estimate.pixel_size == info.pixel_size and estimate.kept_model_scale
+    assert estimate.measured_pixel_size == pytest.approx(info.pixel_size * estimate.measured_zoom)
     # the cells' size is still reported as measured
     assert estimate.cell_diameter_px == pytest.approx(15.0 * 1.2, rel=0.15)
     auto, default = ncs.predict(x, pixel_size="auto", device="cpu"), ncs.predict(x, device="cpu")

@@ -37,11 +37,12 @@ STAGES = ("preprocessed", "seed_probability", "cytoplasm_probability", "backgrou
           "seed_enhancement", "seed_mask", "seeds", "cells")
 
 
-def foreground_probability(probabilities: np.ndarray) -> np.ndarray:
+def foreground_probability(probabilities: np.ndarray, cell: np.ndarray | None = None) -> np.ndarray:
     """Seed + cytoplasm (+ touch, for a 4-class model) probability: the pixels that may
-    belong to a cell."""
-    fg = probabilities[0] + probabilities[1]
-    return fg + probabilities[3] if len(probabilities) > 3 else fg
+    belong to a cell. ``cell``: the seed + cytoplasm sum when the caller has it already;
+    for a 3-class model it is returned as it is (no copy)."""
+    cell = probabilities[0] + probabilities[1] if cell is None else cell
+    return cell + probabilities[3] if len(probabilities) > 3 else cell
 
 
 @dataclass
@@ -106,8 +107,9 @@ class Prediction:
 
     @cached_property
     def cell_stage(self) -> CellStage:
-        return CellStage(self.cell_probability, self.grid_image, self.grid,
-                         foreground_probability=self.foreground_probability)
+        cell = self.cell_probability
+        return CellStage(cell, self.grid_image, self.grid,
+                         foreground_probability=foreground_probability(self.probabilities, cell))
 
     def params(self, params: SegmentParams | Mapping | None = None, **overrides) -> SegmentParams:
         """The defaults, updated by ``params`` (a SegmentParams or a mapping) and
@@ -231,7 +233,7 @@ def iter_predict(
         pixel_size = scale.pixel_size
         logger.info("automatic scale: %.3g µm per pixel (cells about %.1f px across; network "
                     "confidence %.2f)%s", pixel_size, scale.cell_diameter_px, scale.confidence,
-                    f"; measured {scale.measured_zoom * info.pixel_size:.3g} µm, within a factor √2 of the "
+                    f"; measured {scale.measured_pixel_size:.3g} µm, within a factor √2 of the "
                     "model's: the image is used at the model's scale" if scale.kept_model_scale else "")
     grid_image, grid_px = preprocess(image, pixel_size, info.pixel_size, tophat_um)
     if np.ptp(grid_image) == 0:

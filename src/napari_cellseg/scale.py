@@ -48,6 +48,11 @@ class ScaleEstimate:
     measured_zoom: float = 1.0  # before the prior: zoom is 1 where this is within KEEP of 1
 
     @property
+    def measured_pixel_size(self) -> float:
+        """The pixel size (µm) the measurement says, before the prior."""
+        return self.pixel_size / self.zoom * self.measured_zoom
+
+    @property
     def kept_model_scale(self) -> bool:
         """The estimate was close enough to the model's scale to leave the image as it is."""
         return self.zoom == 1.0 and self.measured_zoom != 1.0

@@ -255,8 +255,9 @@ class CellStage:
             raise ValueError(f"cell probability {self.cell_probability.shape} and image "
                              f"{self.image.shape} differ in shape")
         # A 4-class model's touch pixels are foreground but not landscape (model/targets.py).
-        self.foreground_probability = (self.cell_probability if foreground_probability is None
-                                       else np.asarray(foreground_probability, dtype=np.float32))
+        self.foreground_probability = (
+            self.cell_probability if foreground_probability is None or foreground_probability is cell_probability
+            else np.asarray(foreground_probability, dtype=np.float32))
         if self.foreground_probability.shape != self.image.shape:
             raise ValueError(f"foreground probability {self.foreground_probability.shape} and image "
                              f"{self.image.shape} differ in shape")

@@ -335,8 +335,9 @@ def _segment_window(run: _Run, net, arr, plan, core, win, p: SegmentParams, grid
                                             tile=run.tile))
     del data, src
     seed_stage = SeedStage(probs[0], grid)
-    cell_stage = _WholeImageCellStage(probs[0] + probs[1], image, grid, _normalizer(run.image_stats)(image),
-                                      foreground=foreground_probability(probs))
+    cell = probs[0] + probs[1]
+    cell_stage = _WholeImageCellStage(cell, image, grid, _normalizer(run.image_stats)(image),
+                                      foreground=foreground_probability(probs, cell))
     seeds = seed_stage.seeds(p)
     cells = cell_stage.segment(seeds, p)
     # The band where the window's answer may differ from the whole image's: within the
