@@ -1,7 +1,7 @@
 """How the shipped model travels: AP@0.5 on images it was not tuned on, at 0.5x, 1x and 2x,
 with no parameter set by the user.
 
-    python benchmarks/generalization.py [--model NAME] [--scales 0.5,1,2] [--json F]
+    python benchmarks/generalization.py [--model NAME] [--scales 0.5,1,2] [--cases ...] [--json F]
 
 Cases (each scored with exact or expert truth):
 
@@ -13,6 +13,10 @@ Cases (each scored with exact or expert truth):
   model's training mix), ``membrane`` (bright rims: also in the mix), ``tissue`` (the
   dense set's look with unstained neighbours; never trained on), ``nuclei`` (a DNA
   stain: filled nuclei of varied brightness, blurred, with shot noise; never trained on).
+
+and ``frames``: the auto scale's estimate alone on the 7 whole dense frames (trained on,
+so no AP): the measured pixel size over the true one, per frame (``--frames-only`` runs
+just this).
 
 Columns, for each case and scale:
 
@@ -101,11 +105,29 @@ def score(pairs, model, pixel_size) -> dict:
     return out
 
 
+def frames_case(model, scale: float) -> list[float]:
+    """The auto scale's measured pixel size over the true one on each whole dense frame."""
+    from _data import DENSE, dense_or_exit
+
+    from napari_cellseg.io import load_pairs
+    from napari_cellseg.model.store import load_model
+    from napari_cellseg.scale import estimate_scale
+
+    net, info = load_model(model)
+    out = []
+    for _, image, labels in load_pairs(dense_or_exit(), DENSE):
+        image, _ = rescale_pair(image, labels, scale)
+        est = estimate_scale(image, net, info, "cpu")
+        out.append(round(est.measured_pixel_size / (MODEL_PX / scale), 3))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--scales", default="0.5,1,2")
-    ap.add_argument("--cases", default="dense,whole_cell,membrane,tissue,nuclei")
+    ap.add_argument("--cases", default="dense,whole_cell,membrane,tissue,nuclei,frames")
+    ap.add_argument("--frames-only", action="store_true", help="only the auto scale on the whole frames")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from napari_cellseg.model.store import resolve_model
@@ -113,10 +135,17 @@ def main() -> None:
     model = resolve_model(args.model)
     scales = [float(s) for s in args.scales.split(",")]
     report = {"model": args.model or "shipped", "scales": scales, "cases": {}}
-    for case in args.cases.split(","):
+    cases = ["frames"] if args.frames_only else args.cases.split(",")
+    for case in cases:
         report["cases"][case] = {}
         for scale in scales:
             t0 = time.perf_counter()
+            if case == "frames":
+                ratios = frames_case(args.model, scale)
+                report["cases"][case][str(scale)] = {"measured_over_true_px": ratios}
+                print(f"frames     x{scale:<4g} auto scale, measured / true pixel size: {ratios} "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+                continue
             pairs = dense_case(scale) if case == "dense" else synthetic_case(case, scale)
             # The true pixel size: the dense set is 0.5 µm/px; a synthetic image drawn with
             # cells `scale` times the model's size is at 0.5 / scale µm/px.
