@@ -133,6 +133,59 @@ def test_validation_fuses_the_network_once_per_epoch(tmp_path, monkeypatch):
     assert len(fused) == 2  # 2 epochs x 3 validation strips: one fused copy per epoch
 
 
+def test_a_held_out_strip_without_cells_is_not_scored(tmp_path):
+    """An image whose right-hand strip has no labelled cell (a blank margin, as the dense
+    frames have) would score AP 0 at every epoch and pick the best epoch blindly: it
+    trains whole, and the run says so."""
+    (name, image, labels), other = _pairs(2)
+    labels = labels.copy()
+    labels[:, round(labels.shape[1] * 0.8) - 12:] = 0  # no cell reaches the held-out strip
+    gen = iter_train([(name, image, labels), other], tmp_path / "m", config=_tiny_config(epochs=1), channels=TINY)
+    first = next(gen)
+    assert "validating on 1 of 2" in first.message and "no labelled cell in the held-out part of img0" in first.message
+    result = drain(gen)
+    assert result.info.extra["no_validation_cells"] == ["img0"]
+    assert result.best is not None  # img1's strip still validates
+    alone = drain(iter_train([(name, image, labels)], tmp_path / "alone", config=_tiny_config(epochs=1),
+                             channels=TINY))
+    assert alone.best is None and "val_mAP" not in alone.history[-1]
+
+
+@pytest.mark.parametrize(("start", "scores", "kept"), [
+    (0.5, [0.4, 0.6, 0.55], 2),  # epoch 2 beats the starting model and epoch 3
+    (0.9, [0.4, 0.6, 0.55], None),  # nothing beats it: the last epoch is saved, and it says so
+])
+def test_a_fine_tune_keeps_the_best_epoch_only_if_it_beats_the_start(tmp_path, tiny_model, monkeypatch,
+                                                                     start, scores, kept):
+    from napari_cellseg.workflows import training
+
+    net, info = tiny_model
+    init = save_model(tmp_path / "init", net, info)
+    given = iter([start, *scores])
+    monkeypatch.setattr(training, "validation_scores", lambda *a, **k: dict.fromkeys(("val_mAP", "score"), next(given)))
+    weights = {}  # the weights after each epoch
+    gen = iter_train(_pairs(1), tmp_path / "tuned", init=init, config=_tiny_config(epochs=3), keep_best=True)
+    messages = []
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        messages.append(p.message or "")
+        if p.info is not None:
+            weights[p.info["epoch"]] = {k: v.clone() for k, v in gen.gi_frame.f_locals["model"].state_dict().items()}
+    assert any(f"starting model scores val AP {start:.3f}" in m for m in messages)
+    assert result.info.extra["start_val_mAP"] == start and result.info.extra["kept_epoch"] == kept
+    assert [r["best"] for r in result.history] == [s > start and s == max(scores[: i + 1]) for i, s in enumerate(scores)]
+    saved, saved_info = load_model(result.path)
+    expected = weights[kept if kept is not None else 3]
+    for k, v in saved.state_dict().items():
+        torch.testing.assert_close(v, expected[k])
+    assert saved_info.extra["kept_epoch"] == kept and len(saved_info.extra["history_tail"]) >= 1
+    assert (result.best is None) == (kept is None)
+
+
 def test_fused_copy_is_cached_and_rebuilt_when_the_weights_change(tiny_model):
     model, _ = tiny_model
     x = torch.rand(1, 1, 32, 32)

@@ -416,6 +416,13 @@ def test_fine_tune_in_viewer_adds_a_model(make_napari_viewer, qtbot, tissue, use
     cells = viewer.layers["cells (finetuned)"]
     assert cells.data.shape == (192, 192) and cells.data.max() > 100
     assert cells.metadata["model"] == "finetuned" and "cells in layer" in widget._runner.status.value
+    # The saved model is the best epoch if one beat the starting model on the held-out part.
+    start, kept = info.extra["start_val_mAP"], info.extra["kept_epoch"]
+    val = [r["val_mAP"] for r in widget.history]
+    if kept is None:
+        assert max(val) <= start and "NO epoch beat the starting model" in widget._runner.status.value
+    else:
+        assert val[kept - 1] == max(val) > start and f"kept epoch {kept}" in widget._runner.status.value
     widget.run()  # the same name again: refused, as a notification, nothing overwritten
     wait_done(qtbot, widget._runner)
     assert "exists" in widget._runner.status.value

@@ -132,6 +132,7 @@ class TrainWidget(Container):
         stopped = result.history[-1].get("stopped") if result.history else None
         if stopped:
             text += f"; stopped after epoch {result.history[-1]['epoch']} ({stopped})"
+        text += _kept_summary(result)
         if cells is not None:
             source = self._image.value.name if self._image.value is not None else None
             layer = show_layer(self._viewer, cells, f"cells ({self.saved.stem})", "labels", metadata={
@@ -149,7 +150,7 @@ def _train_named(pairs, name: str, resegment=None, **kwargs):
     from ..model.registry import user_model_path
     from ..workflows.training import iter_train
 
-    result = yield from iter_train(pairs, user_model_path(name), val_fraction=0.2, **kwargs)
+    result = yield from iter_train(pairs, user_model_path(name), val_fraction=0.2, keep_best=True, **kwargs)
     if resegment is None:
         return result, None
     from ..pipeline import iter_predict
@@ -158,6 +159,20 @@ def _train_named(pairs, name: str, resegment=None, **kwargs):
     yield Progress(0, 1, "images", message="re-segmenting the image with the new model")
     prediction = yield from iter_predict(image, pixel_size, model=result.path)
     return result, prediction.segment()
+
+
+def _kept_summary(result) -> str:
+    """Which epoch the saved model is, against the starting model on the held-out part."""
+    extra = result.info.extra
+    if "kept_epoch" not in extra:
+        return ""
+    kept, start = extra["kept_epoch"], extra.get("start_val_mAP")
+    start_text = f"; the starting model {start:.3f}" if start is not None else ""
+    if kept is None:
+        return ("; NO epoch beat the starting model on the held-out part of the annotations"
+                f"{start_text}: the saved model is the last epoch, compare its cells before using it")
+    score = next(r.get("val_mAP") for r in result.history if r["epoch"] == kept)
+    return f"; kept epoch {kept}, the best on the held-out part (val AP {score:.3f}{start_text})"
 
 
 def _epoch_summary(record: dict) -> str:

@@ -127,6 +127,7 @@ def train(
     validate: Callable[[UNet], dict[str, float]] | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    baseline: float = -math.inf,
 ) -> Generator[Progress, None, TrainState]:
     """Train ``model`` in place, yielding progress; return the final state.
 
@@ -145,6 +146,9 @@ def train(
         Where the training state is saved after every epoch (``.ckpt``), for resuming.
     resume : bool
         Continue from ``checkpoint`` when it exists.
+    baseline : float
+        The score an epoch must beat to be ``best`` (a fine-tune: the starting model's);
+        a resumed run keeps its checkpoint's best score.
 
     Yields
     ------
@@ -186,7 +190,7 @@ def train(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1), eta_min=cfg.lr * 0.05)
     weights = torch.tensor(class_weights(cfg, model.config.n_classes), dtype=torch.float32, device=device)
     sampler = PatchSampler(train_examples, synthetic, cfg.patch, cfg.synthetic_fraction)
-    state = TrainState()
+    state = TrainState(best_score=float(baseline))
     ckpt = Path(checkpoint) if checkpoint else None
     if resume and ckpt and ckpt.exists():
         saved = torch.load(ckpt, map_location=device, weights_only=True)

@@ -11,6 +11,7 @@ training labels (the minimum cell area and the LoG scales derive from it).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -65,6 +66,7 @@ def iter_train(
     channels: Sequence[int] | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    keep_best: bool = False,
 ) -> Generator[Progress, None, TrainResult]:
     """Train (or fine-tune) a model on image / label pairs and save it to ``out``.
 
@@ -97,6 +99,13 @@ def iter_train(
         Continue from ``<out>.ckpt`` when it exists.
     overwrite : bool
         Replace an existing ``out``.
+    keep_best : bool
+        Save the best epoch as ``out`` instead of the last (the Train widget's fine-tune).
+
+    A fine-tune with validation first scores the starting model on the held-out part
+    (``info.extra["start_val_mAP"]``): an epoch is "best" only if it beats it, so with
+    ``keep_best`` a fine-tune that never does keeps the last epoch and says so
+    (``info.extra["kept_epoch"]`` is then None).
 
     Yields
     ------
@@ -126,7 +135,7 @@ def iter_train(
     if not pairs:
         raise ValueError("no training images")
     cfg = config or TrainConfig()
-    train_ex, val_ex, all_labels = [], [], []
+    train_ex, val_ex, all_labels, unlabelled_val = [], [], [], []
     for name, image, labels in pairs:
         image, labels = np.asarray(image), np.asarray(labels)
         if labels.max(initial=0) == 0:
@@ -137,7 +146,16 @@ def iter_train(
             train_ex.extend(t)
         else:
             t, v = split_pair(image, labels, fraction, name=name, seed_target=cfg.seed_target)
+            if v is not None and not v.labels.any():
+                # A held-out strip without a labelled cell scores AP 0 at every epoch (any
+                # cell found there is a false positive), which would pick the best epoch
+                # blindly: such an image trains whole instead.
+                unlabelled_val.append(str(name))
+                t, v = split_pair(image, labels, 0, name=name, seed_target=cfg.seed_target)
             train_ex.append(t)
+        if v is not None and not v.labels.any():
+            unlabelled_val.append(str(name))  # a band without cells: nothing to score
+            v = None
         if v is not None:
             val_ex.append(v)
         all_labels.append(labels)
@@ -152,12 +170,19 @@ def iter_train(
 
         info.extra["fine_tuned_from"] = {k: v for k, v in model_record(init).items() if k != "path"}
     info.extra["val_fraction"] = val_fraction  # a benchmark must know whether its strips were trained on
+    if unlabelled_val:
+        info.extra["no_validation_cells"] = unlabelled_val  # trained whole (or their band left out)
     if val_band is not None:
         info.extra["val_band"] = list(val_band)
     synth = synthetic_examples(synthetic, seed=cfg.seed) if synthetic else []
 
-    if not val_ex:
+    if not val_ex and unlabelled_val:
+        held_out = f"no validation (no labelled cell in the held-out part of {', '.join(unlabelled_val)})"
+    elif not val_ex:
         held_out = "every pixel trained on, no validation"
+    elif unlabelled_val:
+        held_out = (f"validating on {len(val_ex)} of {len(pairs)} (no labelled cell in the held-out "
+                    f"part of {', '.join(unlabelled_val)})")
     elif val_band is not None:
         held_out = f"validating on band {val_band[0] + 1} of {val_band[1]} of {len(val_ex)}"
     elif len(val_ex) == len(train_ex):
@@ -173,8 +198,14 @@ def iter_train(
     def validate(m):
         return validation_scores(m, info, val_ex)
 
+    baseline = -math.inf
+    if init is not None and val_ex and not (resume and ckpt.exists()):
+        start = validate(model)["score"]
+        info.extra["start_val_mAP"] = baseline = start
+        yield Progress(0, cfg.epochs, "epochs", message=f"the starting model scores val AP {start:.3f}; "
+                       "an epoch must beat it to be kept as the best")
     gen = train(model, train_ex, val_ex, cfg, synth, validate=validate if val_ex else None,
-                checkpoint=ckpt, resume=resume)
+                checkpoint=ckpt, resume=resume, baseline=baseline)
     history: list[dict] = []
     try:
         while True:
@@ -190,8 +221,16 @@ def iter_train(
             yield p
     finally:
         gen.close()  # cancelled: the loop stops now and leaves the model in eval mode
+    best_epochs = [r["epoch"] for r in state.history if r.get("best")]
+    best_file = best if val_ex and best_epochs and best.exists() else None
+    if keep_best and val_ex:
+        info.extra["kept_epoch"] = best_epochs[-1] if best_file else None
+    if keep_best and best_file is not None:
+        from ..model.store import load_model
+
+        model.load_state_dict(load_model(best_file)[0].state_dict())
     save_trained(out, model, info, state.history, cfg, overwrite=True)
-    return TrainResult(out, best if val_ex else None, state.history, info)
+    return TrainResult(out, best_file, state.history, info)
 
 
 def annotated_region(labels: np.ndarray, margin: int = 16, min_side: int = 64) -> tuple[slice, slice]:
