@@ -52,6 +52,16 @@ def test_auto_scale_leaves_an_image_near_the_model_scale_as_it_is(tissue):
     np.testing.assert_array_equal(auto.segment(), default.segment())
 
 
+def test_a_zoom_on_the_keep_bound_keeps_the_model_scale():
+    from napari_cellseg.scale import KEEP, STEP, applied_zoom
+
+    reach = np.sqrt(STEP)  # how far the size may move the zoom from its rung
+    # From rung 1, from rung 2 and from rung 0.5 the refinement's limit lands on the bound.
+    for measured in (reach, 1 / reach, 2.0 / reach, 0.5 * reach, KEEP, 1 / KEEP):
+        assert applied_zoom(measured) == 1.0
+    assert applied_zoom(1.5) == 1.5 and applied_zoom(0.65) == 0.65
+
+
 def test_auto_scale_through_predict_segments_a_rescaled_image(tissue):
     image, labels = tissue
     # The same cells at 0.25 µm/px, interpolated as optics would draw them (a blocky

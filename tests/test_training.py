@@ -146,9 +146,12 @@ def test_a_held_out_strip_without_cells_is_not_scored(tmp_path):
     result = drain(gen)
     assert result.info.extra["no_validation_cells"] == ["img0"]
     assert result.best is not None  # img1's strip still validates
+    stale = tmp_path / "alone.best.safetensors"
+    stale.write_bytes(b"an earlier run's best epoch")
     alone = drain(iter_train([(name, image, labels)], tmp_path / "alone", config=_tiny_config(epochs=1),
                              channels=TINY))
     assert alone.best is None and "val_mAP" not in alone.history[-1]
+    assert not stale.exists()  # it would pass for this run's best epoch
 
 
 @pytest.mark.parametrize(("start", "scores", "kept"), [

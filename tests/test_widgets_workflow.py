@@ -400,6 +400,7 @@ def test_fine_tune_in_viewer_adds_a_model(make_napari_viewer, qtbot, tissue, use
     widget.run()
     wait_done(qtbot, widget._runner)
     assert widget.saved == user_models / "finetuned.safetensors" and widget.saved.exists()
+    assert not (user_models / "finetuned.best.safetensors").exists()  # the saved model is the kept epoch
     assert len(widget.history) == 2 and "val_mAP" in widget.history[-1]
     assert "finetuned" in segment._model.choices
     info = load_model(widget.saved)[1]
@@ -420,7 +421,7 @@ def test_fine_tune_in_viewer_adds_a_model(make_napari_viewer, qtbot, tissue, use
     start, kept = info.extra["start_val_mAP"], info.extra["kept_epoch"]
     val = [r["val_mAP"] for r in widget.history]
     if kept is None:
-        assert max(val) <= start and "NO epoch beat the starting model" in widget._runner.status.value
+        assert max(val) <= start and "NO epoch beat dense_tcells" in widget._runner.status.value
     else:
         assert val[kept - 1] == max(val) > start and f"kept epoch {kept}" in widget._runner.status.value
     widget.run()  # the same name again: refused, as a notification, nothing overwritten

@@ -10,10 +10,11 @@ way to the next rungs), by the median size of the cells segmented there against 
 model's typical cell.
 
 The ladder was of factors of √2 (9 zooms) until 2026-11-23. Rungs of 2 cost 5/9 of the
-network passes and measured as well or better (``benchmarks/generalization.py --frames``:
-on the 7 dense frames at 0.5x and 2x the √2 ladder's outliers at 0.77-0.85 of the true
-pixel size came to 0.99-1.06); the confidence is flat within a factor √2 of its peak, so
-the finer rungs mostly added noise that the size refinement then had to undo.
+network passes (``benchmarks/generalization.py``, 2026-11-23): on the 7 whole dense frames
+at 0.5x and 2x the √2 ladder's outliers at 0.77-0.85 of the true pixel size came to
+0.99-1.06 (case ``frames``), and mAP with auto rose on the synthetic looks at 0.5x
+(+0.10 to +0.15), but fell on the dense validation strips (0.5x / 1x / 2x: 0.402 / 0.513 /
+0.332 to 0.344 / 0.472 / 0.319), where the estimate fails with either ladder.
 
 A zoom within a factor ``KEEP`` (√2) of 1 is not applied: the image is used at the
 model's scale, as when no pixel size is given. The network works over that range, while
@@ -93,6 +94,13 @@ def _crop(image: np.ndarray, centre: tuple[int, int], side: int) -> np.ndarray:
     return image[r0 : r0 + side, c0 : c0 + side]
 
 
+def applied_zoom(measured: float) -> float:
+    """The zoom applied for a measured one: 1 (the model's scale) within a factor ``KEEP``
+    of 1, bounds included. Inclusive and in log space because a refinement stopped at its
+    reach from rung 1 lands on the bound itself, give or take rounding, on either side."""
+    return 1.0 if abs(np.log(measured)) <= np.log(KEEP) + 1e-9 else float(measured)
+
+
 def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
                    zooms: tuple[float, ...] = ZOOMS, side: int = CROP_SIDE) -> ScaleEstimate:
     """Estimate the pixel size (µm) that brings ``image``'s cells to the model's size.
@@ -166,6 +174,6 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
         # Half way to the neighbouring rungs: the size refines the zoom, it does not replace it.
         reach = np.sqrt(STEP)
         refined = float(np.clip(z * model_diameter / diameter, z / reach, z * reach))
-    zoom = 1.0 if 1 / KEEP < refined < KEEP else refined
+    zoom = applied_zoom(refined)
     return ScaleEstimate(pixel_size=zoom * model_px, zoom=zoom, cell_diameter_px=model_diameter / refined,
                          confidence=score, trials=tuple(trials), measured_zoom=refined)

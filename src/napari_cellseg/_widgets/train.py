@@ -167,12 +167,16 @@ def _kept_summary(result) -> str:
     if "kept_epoch" not in extra:
         return ""
     kept, start = extra["kept_epoch"], extra.get("start_val_mAP")
-    start_text = f"; the starting model {start:.3f}" if start is not None else ""
+    origin = (extra.get("fine_tuned_from") or {}).get("name", "the starting model")
+    start_text = f"; {origin}: {start:.3f}" if start is not None else ""
     if kept is None:
-        return ("; NO epoch beat the starting model on the held-out part of the annotations"
-                f"{start_text}: the saved model is the last epoch, compare its cells before using it")
+        best = max((r["val_mAP"] for r in result.history if "val_mAP" in r), default=float("nan"))
+        return (f"; NO epoch beat {origin} on the held-out right 20 % of the annotated region "
+                f"(best epoch val AP {best:.3f}{start_text}): {origin} did better there, keep using it "
+                "unless the new model's cells look better to you (it is the last epoch)")
     score = next(r.get("val_mAP") for r in result.history if r["epoch"] == kept)
-    return f"; kept epoch {kept}, the best on the held-out part (val AP {score:.3f}{start_text})"
+    return (f"; kept epoch {kept}, the best on the held-out right 20 % of the annotated region "
+            f"(val AP {score:.3f}{start_text})")
 
 
 def _epoch_summary(record: dict) -> str:

@@ -128,6 +128,7 @@ def train(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     baseline: float = -math.inf,
+    on_best: Callable[[UNet, list[dict]], None] | None = None,
 ) -> Generator[Progress, None, TrainState]:
     """Train ``model`` in place, yielding progress; return the final state.
 
@@ -149,6 +150,9 @@ def train(
     baseline : float
         The score an epoch must beat to be ``best`` (a fine-tune: the starting model's);
         a resumed run keeps its checkpoint's best score.
+    on_best : callable, optional
+        ``on_best(model, history)`` after a best epoch, before its checkpoint is written
+        (save the best weights there: a run stopped in between then resumes consistent).
 
     Yields
     ------
@@ -254,6 +258,8 @@ def train(
             if record["best"]:
                 state.best_score = score
             state.history.append(record)
+            if record["best"] and on_best is not None:
+                on_best(model, state.history)
             if ckpt:
                 _save_checkpoint(ckpt, model.state_dict() if raw is None else raw, opt, sched, state, ema)
             yield Progress(epoch, cfg.epochs, "epochs", message=epoch_line(record, cfg.epochs), info=record)

@@ -21,6 +21,7 @@ import numpy as np
 from ..core.params import Grid, SegmentParams
 from ..core.validate import finite_positive
 from ..model.data import Example, median_cell_diameter, split_band, split_pair, synthetic_examples
+from ..model.inference import choose_device
 from ..model.store import WEIGHTS_SUFFIX, ModelInfo
 from ..model.train import TrainConfig, new_model, save_trained, train
 from ..progress import Progress
@@ -34,8 +35,10 @@ _SIZE_DEFAULTS = ("cell_diameter", "min_cell_area", "seed_diameter")
 
 
 class TrainResult(NamedTuple):
-    """What a training run leaves: the saved model (last epoch), the best epoch's file
-    (None without validation), every epoch's record and the saved ModelInfo."""
+    """What a training run leaves: the saved model (the last epoch, or the best with
+    ``keep_best``), the best epoch's file (None without validation, or when no epoch of a
+    fine-tune beat the starting model; the saved model itself with ``keep_best``), every
+    epoch's record and the saved ModelInfo."""
 
     path: Path
     best: Path | None
@@ -100,12 +103,14 @@ def iter_train(
     overwrite : bool
         Replace an existing ``out``.
     keep_best : bool
-        Save the best epoch as ``out`` instead of the last (the Train widget's fine-tune).
+        Save the best epoch as ``out`` instead of the last, and no separate best file
+        (the Train widget). ``info.extra["kept_epoch"]`` says which epoch it is.
 
     A fine-tune with validation first scores the starting model on the held-out part
-    (``info.extra["start_val_mAP"]``): an epoch is "best" only if it beats it, so with
-    ``keep_best`` a fine-tune that never does keeps the last epoch and says so
-    (``info.extra["kept_epoch"]`` is then None).
+    (``info.extra["start_val_mAP"]``; not after a resume): an epoch is "best" only if it
+    beats it, so with ``keep_best`` a fine-tune that never does saves the last epoch and
+    says so (``kept_epoch`` None). A run that does not resume first removes a best file
+    left at ``out`` by an earlier run.
 
     Yields
     ------
@@ -198,15 +203,21 @@ def iter_train(
     def validate(m):
         return validation_scores(m, info, val_ex)
 
+    resuming = resume and ckpt.exists()
+    if not resuming:
+        best.unlink(missing_ok=True)  # an earlier run's: it would pass for this one's
     baseline = -math.inf
-    if init is not None and val_ex and not (resume and ckpt.exists()):
+    if init is not None and val_ex and not resuming:
+        model.to(choose_device(cfg.device))  # scored where (and in the precision) the epochs will be
         start = validate(model)["score"]
         info.extra["start_val_mAP"] = baseline = start
         yield Progress(0, cfg.epochs, "epochs", message=f"the starting model scores val AP {start:.3f}; "
                        "an epoch must beat it to be kept as the best")
+    def save_best(m, history):  # without validation there is no best epoch to keep
+        save_trained(best, m, info, history, cfg, overwrite=True)
+
     gen = train(model, train_ex, val_ex, cfg, synth, validate=validate if val_ex else None,
-                checkpoint=ckpt, resume=resume, baseline=baseline)
-    history: list[dict] = []
+                checkpoint=ckpt, resume=resume, baseline=baseline, on_best=save_best if val_ex else None)
     try:
         while True:
             try:
@@ -214,23 +225,24 @@ def iter_train(
             except StopIteration as stop:
                 state = stop.value
                 break
-            if p.info is not None:
-                history.append(p.info)
-                if p.info["best"] and val_ex:  # without validation there is no best epoch to keep
-                    save_trained(best, model, info, history, cfg, overwrite=True)
             yield p
     finally:
         gen.close()  # cancelled: the loop stops now and leaves the model in eval mode
     best_epochs = [r["epoch"] for r in state.history if r.get("best")]
     best_file = best if val_ex and best_epochs and best.exists() else None
-    if keep_best and val_ex:
+    if not keep_best:
+        save_trained(out, model, info, state.history, cfg, overwrite=True)
+        return TrainResult(out, best_file, state.history, info)
+    if val_ex:
         info.extra["kept_epoch"] = best_epochs[-1] if best_file else None
-    if keep_best and best_file is not None:
+    if best_file is not None:
         from ..model.store import load_model
 
         model.load_state_dict(load_model(best_file)[0].state_dict())
     save_trained(out, model, info, state.history, cfg, overwrite=True)
-    return TrainResult(out, best_file, state.history, info)
+    if best_file is not None:
+        best_file.unlink()  # the saved model is that epoch: no second copy in the model list
+    return TrainResult(out, out if best_file is not None else None, state.history, info)
 
 
 def annotated_region(labels: np.ndarray, margin: int = 16, min_side: int = 64) -> tuple[slice, slice]:
