@@ -45,6 +45,13 @@ def test_train_resume_and_fine_tune(pairs, tmp_path, capsys):
     assert tuned_info.extra["train_config"]["time_budget_s"] == 300.0
     assert tuned_info.extra["fine_tuned_from"]["name"] == "m"
     assert [r["name"] for r in tuned_info.extra["trained_on"]] == ["img0", "img1"]
+    # The fine-tune scored its start first; the last line says whether an epoch beat it.
+    start = tuned_info.extra["start_val_mAP"]
+    beaten = tuned_info.extra["history_tail"][-1]["val_mAP"] > start
+    text = capsys.readouterr().out
+    assert f"starting model scores val AP {start:.3f}" in text
+    assert ("no epoch beat the starting model" in text) != beaten
+    assert ("best epoch by validation" in text) == beaten
     # No silent overwrite.
     assert cli.main(["train", *map(str, common), "--out", str(out), "--epochs", "1"]) == 2
 

@@ -254,6 +254,10 @@ def _train(args: argparse.Namespace) -> int:
         channels=[int(c) for c in args.channels.split(",")], resume=args.resume,
         overwrite=args.overwrite), show)
     print(f"saved {result.path}" + (f" (best epoch by validation: {result.best})" if result.best else ""))
+    start = result.info.extra.get("start_val_mAP")
+    if start is not None and result.best is None:
+        print(f"note: no epoch beat the starting model {args.init!r} on the validation strips (its val AP "
+              f"{start:.3f}); it may be the better model for these images")
     return 0
 
 
