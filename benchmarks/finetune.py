@@ -57,14 +57,16 @@ def case_data(case: str):
     return crop[1], crop[2], synthetic_case(case, 1.0)
 
 
-def fine_tune(image, labels, minutes: float, out: Path):
-    """The Train widget's fine-tune (same settings), saving to ``out``."""
+def fine_tune(image, labels, minutes: float, out: Path, lr: float = 3e-4, freeze_norm: bool = False):
+    """The Train widget's fine-tune (same settings unless ``lr`` / ``freeze_norm`` differ),
+    saving to ``out``."""
     from napari_cellseg.model.train import TrainConfig
     from napari_cellseg.progress import drain
     from napari_cellseg.workflows.training import annotated_region, iter_train
 
     rows, cols = annotated_region(labels)
-    cfg = TrainConfig(epochs=40, steps_per_epoch=20, batch=8, lr=3e-4, time_budget_s=60.0 * minutes)
+    cfg = TrainConfig(epochs=40, steps_per_epoch=20, batch=8, lr=lr, time_budget_s=60.0 * minutes,
+                      freeze_norm=freeze_norm)
     t0 = time.perf_counter()
     result = drain(iter_train([("crop", image[rows, cols], labels[rows, cols])], out, init="dense_tcells",
                               config=cfg, val_fraction=0.2, keep_best=True))
@@ -77,6 +79,8 @@ def main() -> None:
     ap.add_argument("--cases", default="tissue,nuclei,whole_cell,membrane,dense")
     ap.add_argument("--json", default=None)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--lr", type=float, default=3e-4, help="learning rate (the widget's: 3e-4)")
+    ap.add_argument("--freeze-norm", action="store_true", help="batch-norm statistics frozen at the start model's")
     args = ap.parse_args()
     import torch
 
@@ -85,12 +89,14 @@ def main() -> None:
     from napari_cellseg.model.store import resolve_model
 
     shipped = resolve_model(None)
-    report = {"minutes": args.minutes, "torch_threads": torch.get_num_threads(), "cases": {}}
+    report = {"minutes": args.minutes, "torch_threads": torch.get_num_threads(), "lr": args.lr,
+              "freeze_norm": args.freeze_norm, "cases": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases.split(","):
             image, labels, test = case_data(case)
             before = score(test, shipped, None)
-            result, seconds = fine_tune(image, labels, args.minutes, Path(tmp) / f"{case}.safetensors")
+            result, seconds = fine_tune(image, labels, args.minutes, Path(tmp) / f"{case}.safetensors",
+                                        lr=args.lr, freeze_norm=args.freeze_norm)
             after = score(test, result.path, None)
             last = result.history[-1]
             row = {"before": before, "after": after, "train_s": round(seconds, 1), "epochs": last["epoch"],

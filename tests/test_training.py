@@ -189,6 +189,19 @@ def test_a_fine_tune_keeps_the_best_epoch_only_if_it_beats_the_start(tmp_path, t
     assert (result.best is None) == (kept is None)
 
 
+@pytest.mark.parametrize("freeze", [False, True])
+def test_freeze_norm_keeps_the_batch_norm_statistics(freeze):
+    model = UNet(UNetConfig(channels=TINY))
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    weights = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(".weight")}
+    examples = [make_example(img, lab, name=n) for n, img, lab in _pairs(1)]
+    drain(train(model, examples, config=_tiny_config(epochs=1, freeze_norm=freeze)))
+    after = model.state_dict()
+    same = [torch.equal(before[k], after[k]) for k in before]
+    assert all(same) if freeze else not any(same)
+    assert not all(torch.equal(weights[k], after[k]) for k in weights)  # the weights trained either way
+
+
 def test_fused_copy_is_cached_and_rebuilt_when_the_weights_change(tiny_model):
     model, _ = tiny_model
     x = torch.rand(1, 1, 32, 32)

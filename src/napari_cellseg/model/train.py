@@ -56,6 +56,9 @@ class TrainConfig:
     # epochs that the first one says will fit, and training stops after the epoch that would
     # leave no room for another (or mid-epoch, past the limit); the record says so.
     time_budget_s: float = 0.0
+    # Batch-norm statistics frozen at the initial model's (its layers in eval mode while the
+    # weights train): a fine-tune on one crop would otherwise replace them with that crop's.
+    freeze_norm: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -219,6 +222,10 @@ def train(
             t0 = time.perf_counter()
             epoch = state.epoch + 1
             model.train()
+            if cfg.freeze_norm:
+                for m in model.modules():
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                        m.eval()
             losses = []
             for step in range(steps):
                 if budget and step and time.perf_counter() - started > budget:
