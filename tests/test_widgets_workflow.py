@@ -412,6 +412,7 @@ def test_fine_tune_in_viewer_adds_a_model(make_napari_viewer, qtbot, tissue, use
     assert info.extra["trained_on"] == [{"name": box, "shape": [rows[-1] - rows[0] + 33, cols[-1] - cols[0] + 33],
                                          "cells": len(np.unique(region)) - 1}]
     assert info.extra["fine_tuned_from"]["name"] == "dense_tcells"
+    assert info.extra["train_config"]["lr"] == 1e-4 and info.extra["train_config"]["freeze_norm"] is True
     assert info.pixel_size == 0.5 and info.cell_diameter_um > 0
     # The whole image re-segmented with the new model, beside the old cells.
     cells = viewer.layers["cells (finetuned)"]

@@ -213,6 +213,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, default=0.0,
                    help="time budget: stop in time, the learning-rate schedule fitted to the epochs "
                         "that fit (0: run every epoch)")
+    p.add_argument("--freeze-norm", action="store_true",
+                   help="keep the --init model's batch-norm statistics (the Train widget's fine-tune, "
+                        "with --lr 1e-4: a few annotated cells then pull the model less far)")
     p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
     p.add_argument("--overwrite", action="store_true")
 
@@ -234,7 +237,8 @@ def _train(args: argparse.Namespace) -> int:
                       class_weights=tuple(float(w) for w in args.class_weights.split(",")),
                       device=args.device, threads=args.threads, precision=args.precision, ema=args.ema,
                       contact_weight=args.contact_weight, seed_target=args.seed_target,
-                      touch_class=args.touch_class, time_budget_s=60.0 * args.minutes)
+                      touch_class=args.touch_class, time_budget_s=60.0 * args.minutes,
+                      freeze_norm=args.freeze_norm)
     pairs = load_pairs(args.images, args.masks, args.channel)
     live = sys.stderr.isatty()  # a live bar in a terminal, nothing in logs
 
