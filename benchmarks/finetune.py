@@ -6,10 +6,11 @@ annotated crop, with the Train widget's settings, on the CPU.
 For each case the model is fine-tuned on one 256 x 256 crop with its exact (synthetic) or
 expert (dense) labels, exactly as the Train widget does it (``_widgets/train.py``: start
 from the shipped model, only the annotated region of the crop (its labelled box + 16 px),
-40 epochs x 20 steps x batch 8, lr 3e-4, the right 20 % of the region for validation, the
-starting model scored there first, the best epoch kept if one beats it, the time budget),
-and both models segment the same held-out images
-with no parameter set (no pixel size: the image taken at the model's own; the fine-tuned
+40 epochs x 20 steps x batch 8, lr 1e-4 with the batch-norm statistics frozen (until
+2026-11-23: lr 3e-4, free; ``--lr 3e-4 --no-freeze-norm``), the right 20 % of the region
+for validation, the starting model scored there first, the best epoch kept if one beats
+it, the time budget), and both models segment the same held-out images with no parameter
+set (no pixel size: the image taken at the model's own; the fine-tuned
 model carries the crop's measured cell diameter):
 
 * synthetic looks (``generalization.synthetic_case`` at 1x): the crop is a fresh image
@@ -57,7 +58,7 @@ def case_data(case: str):
     return crop[1], crop[2], synthetic_case(case, 1.0)
 
 
-def fine_tune(image, labels, minutes: float, out: Path, lr: float = 3e-4, freeze_norm: bool = False):
+def fine_tune(image, labels, minutes: float, out: Path, lr: float = 1e-4, freeze_norm: bool = True):
     """The Train widget's fine-tune (same settings unless ``lr`` / ``freeze_norm`` differ),
     saving to ``out``."""
     from napari_cellseg.model.train import TrainConfig
@@ -79,8 +80,9 @@ def main() -> None:
     ap.add_argument("--cases", default="tissue,nuclei,whole_cell,membrane,dense")
     ap.add_argument("--json", default=None)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--lr", type=float, default=3e-4, help="learning rate (the widget's: 3e-4)")
-    ap.add_argument("--freeze-norm", action="store_true", help="batch-norm statistics frozen at the start model's")
+    ap.add_argument("--lr", type=float, default=1e-4, help="learning rate (the widget's: 1e-4)")
+    ap.add_argument("--freeze-norm", action=argparse.BooleanOptionalAction, default=True,
+                    help="batch-norm statistics frozen at the start model's (the widget's: yes)")
     args = ap.parse_args()
     import torch
 
