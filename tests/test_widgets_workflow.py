@@ -434,9 +434,12 @@ def test_unknown_pixel_size_estimated_in_one_click(make_napari_viewer, qtbot, ti
     from napari_cellseg._widgets._inputs import CELLS_LAYER
     from napari_cellseg._widgets.segment_cells import SegmentCellsWidget
     from napari_cellseg.core.metrics import evaluate
+    from napari_cellseg.core.preprocess import rescale
 
     viewer = make_napari_viewer()
-    big = np.kron(tissue[0], np.ones((2, 2), np.float32))  # 0.25 µm/px, not said anywhere
+    # 0.25 µm/px, not said anywhere; interpolated as optics would draw it (a blocky
+    # pixel-doubled copy measures 0.288 µm, as in test_scale.py)
+    big = rescale(tissue[0].astype(np.float32), 2.0)
     viewer.add_image(big, name="unknown scale")
     widget = SegmentCellsWidget(viewer)
     viewer.window.add_dock_widget(widget)
