@@ -142,7 +142,8 @@ def test_a_held_out_strip_without_cells_is_not_scored(tmp_path):
     labels[:, round(labels.shape[1] * 0.8) - 12:] = 0  # no cell reaches the held-out strip
     gen = iter_train([(name, image, labels), other], tmp_path / "m", config=_tiny_config(epochs=1), channels=TINY)
     first = next(gen)
-    assert "validating on 1 of 2" in first.message and "no labelled cell in the held-out part of img0" in first.message
+    assert "validating on the held-out part in 1 of 2 images" in first.message
+    assert "no labelled cell in the held-out part of img0" in first.message
     result = drain(gen)
     assert result.info.extra["no_validation_cells"] == ["img0"]
     assert result.best is not None  # img1's strip still validates
@@ -152,6 +153,27 @@ def test_a_held_out_strip_without_cells_is_not_scored(tmp_path):
                              channels=TINY))
     assert alone.best is None and "val_mAP" not in alone.history[-1]
     assert not stale.exists()  # it would pass for this run's best epoch
+    # Cross-validation bands: a band without cells is named as such.
+    banded = labels.copy()
+    banded[:, 60:] = 0  # band 5 of 5 (columns 77-95) holds no cell
+    gen = iter_train([(name, image, banded), other], tmp_path / "cv", config=_tiny_config(epochs=1),
+                     channels=TINY, val_band=(4, 5))
+    first = next(gen)
+    gen.close()
+    assert "validating on band 5 of 5 in 1 of 2 images" in first.message
+    assert "no labelled cell in band 5 of 5 of img0" in first.message
+
+
+def test_a_resumed_fine_tune_keeps_its_start_score(tmp_path, tiny_model):
+    net, info = tiny_model
+    init = save_model(tmp_path / "init", net, info)
+    first = drain(iter_train(_pairs(1), tmp_path / "tuned", init=init, config=_tiny_config(epochs=1)))
+    start = first.info.extra["start_val_mAP"]
+    resumed = drain(iter_train(_pairs(1), tmp_path / "tuned", init=init, config=_tiny_config(epochs=2),
+                               resume=True, overwrite=True))
+    assert [r["epoch"] for r in resumed.history] == [1, 2]  # continued, not restarted
+    assert resumed.info.extra["start_val_mAP"] == start
+    assert load_model(resumed.path)[1].extra["start_val_mAP"] == start
 
 
 @pytest.mark.parametrize(("start", "scores", "kept"), [

@@ -119,6 +119,7 @@ class TrainState:
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
     best_score: float = -math.inf
+    baseline: float = -math.inf  # the score an epoch had to beat (a fine-tune's start)
 
 
 def train(
@@ -152,7 +153,7 @@ def train(
         Continue from ``checkpoint`` when it exists.
     baseline : float
         The score an epoch must beat to be ``best`` (a fine-tune: the starting model's);
-        a resumed run keeps its checkpoint's best score.
+        a resumed run keeps its checkpoint's best score and baseline.
     on_best : callable, optional
         ``on_best(model, history)`` after a best epoch, before its checkpoint is written
         (save the best weights there: a run stopped in between then resumes consistent).
@@ -197,7 +198,7 @@ def train(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1), eta_min=cfg.lr * 0.05)
     weights = torch.tensor(class_weights(cfg, model.config.n_classes), dtype=torch.float32, device=device)
     sampler = PatchSampler(train_examples, synthetic, cfg.patch, cfg.synthetic_fraction)
-    state = TrainState(best_score=float(baseline))
+    state = TrainState(best_score=float(baseline), baseline=float(baseline))
     ckpt = Path(checkpoint) if checkpoint else None
     if resume and ckpt and ckpt.exists():
         saved = torch.load(ckpt, map_location=device, weights_only=True)
@@ -206,7 +207,8 @@ def train(
         sched.load_state_dict(saved["scheduler"])
         if ema is not None and "ema" in saved:
             ema.load_state_dict(saved["ema"])
-        state = TrainState(int(saved["epoch"]), json.loads(saved["history"]), float(saved["best_score"]))
+        state = TrainState(int(saved["epoch"]), json.loads(saved["history"]), float(saved["best_score"]),
+                           float(saved.get("baseline", -math.inf)))
         rng = np.random.default_rng([cfg.seed, state.epoch])
         torch.manual_seed(cfg.seed + state.epoch)
         logger.info("resumed from %s at epoch %d", ckpt, state.epoch)
@@ -349,7 +351,7 @@ def _save_checkpoint(path: Path, weights: dict, opt, sched, state: TrainState, e
     torch.save({
         "model": weights, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
         "epoch": state.epoch, "history": json.dumps(state.history), "best_score": state.best_score,
-        **extra,
+        "baseline": state.baseline, **extra,
     }, tmp)
     tmp.replace(path)
 

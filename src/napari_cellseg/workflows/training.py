@@ -186,8 +186,9 @@ def iter_train(
     elif not val_ex:
         held_out = "every pixel trained on, no validation"
     elif unlabelled_val:
-        held_out = (f"validating on {len(val_ex)} of {len(pairs)} (no labelled cell in the held-out "
-                    f"part of {', '.join(unlabelled_val)})")
+        part = f"band {val_band[0] + 1} of {val_band[1]}" if val_band is not None else "the held-out part"
+        held_out = (f"validating on {part} in {len(val_ex)} of {len(pairs)} images (no labelled cell in "
+                    f"{part} of {', '.join(unlabelled_val)})")
     elif val_band is not None:
         held_out = f"validating on band {val_band[0] + 1} of {val_band[1]} of {len(val_ex)}"
     elif len(val_ex) == len(train_ex):
@@ -228,6 +229,8 @@ def iter_train(
             yield p
     finally:
         gen.close()  # cancelled: the loop stops now and leaves the model in eval mode
+    if resuming and math.isfinite(state.baseline):  # the start was scored before the resume
+        info.extra["start_val_mAP"] = state.baseline
     best_epochs = [r["epoch"] for r in state.history if r.get("best")]
     best_file = best if val_ex and best_epochs and best.exists() else None
     if not keep_best:
