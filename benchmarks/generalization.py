@@ -110,10 +110,9 @@ def frames_case(model, scale: float) -> list[float]:
     from _data import DENSE, dense_or_exit
 
     from napari_cellseg.io import load_pairs
-    from napari_cellseg.model.store import load_model
     from napari_cellseg.scale import estimate_scale
 
-    net, info = load_model(model)
+    net, info = model  # resolve_model's pair
     out = []
     for _, image, labels in load_pairs(dense_or_exit(), DENSE):
         image, _ = rescale_pair(image, labels, scale)
@@ -141,7 +140,7 @@ def main() -> None:
         for scale in scales:
             t0 = time.perf_counter()
             if case == "frames":
-                ratios = frames_case(args.model, scale)
+                ratios = frames_case(model, scale)
                 report["cases"][case][str(scale)] = {"measured_over_true_px": ratios}
                 print(f"frames     x{scale:<4g} auto scale, measured / true pixel size: {ratios} "
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -146,21 +146,22 @@ def iter_train(
         if labels.max(initial=0) == 0:
             raise ValueError(f"training pair {name!r} has no labelled cell")
         fraction = val_fraction if min(image.shape[:2]) >= MIN_SPLIT_SIDE else 0
-        if val_band is not None and fraction:
-            t, v = split_band(image, labels, val_band, name=name, seed_target=cfg.seed_target)
-            train_ex.extend(t)
+        banded = val_band is not None and fraction
+        if banded:
+            parts, v = split_band(image, labels, val_band, name=name, seed_target=cfg.seed_target)
         else:
             t, v = split_pair(image, labels, fraction, name=name, seed_target=cfg.seed_target)
-            if v is not None and not v.labels.any():
-                # A held-out strip without a labelled cell scores AP 0 at every epoch (any
-                # cell found there is a false positive), which would pick the best epoch
-                # blindly: such an image trains whole instead.
-                unlabelled_val.append(str(name))
-                t, v = split_pair(image, labels, 0, name=name, seed_target=cfg.seed_target)
-            train_ex.append(t)
+            parts = [t]
         if v is not None and not v.labels.any():
-            unlabelled_val.append(str(name))  # a band without cells: nothing to score
+            # A held-out part without a labelled cell scores AP 0 at every epoch (any cell
+            # found there is a false positive), which would pick the best epoch blindly: it
+            # is not scored. A right-hand strip trains with the rest instead; a CV band
+            # stays out of training.
+            unlabelled_val.append(str(name))
             v = None
+            if not banded:
+                parts = [split_pair(image, labels, 0, name=name, seed_target=cfg.seed_target)[0]]
+        train_ex.extend(parts)
         if v is not None:
             val_ex.append(v)
         all_labels.append(labels)
