@@ -11,6 +11,8 @@ once, by a model that never saw it.
     python benchmarks/cv_dense.py train --recipe base --fold 2 --threads 1
     # score every fold that has a model: per-fold and overall mAP@0.5 and pooled AP
     python benchmarks/cv_dense.py score --recipe base [--grid "h_probability=0.1,0.15,0.2"] [--json F]
+    # the same with a pixel size given 25 % too large (how much a wrong scale costs)
+    python benchmarks/cv_dense.py score --recipe base --pixel-size-error 1.25
 
 Rule for adopting a change (a recipe, a default): it must gain >= 0.015 on the mean over
 folds **and** in at least 4 of 5 folds (``compare``). With fewer folds scored (a screen)
@@ -56,6 +58,9 @@ RECIPES: dict[str, list[dict]] = {
     # The touch class at the cost of base: base's step 1 (shared), then step 2 with the 4th
     # output grown onto the 3-class network (model.train.add_touch_class).
     "touch_ft": [{"reuse": ("base", 0)}, {"config": {**_BASE_2, "touch_class": True}}],
+    # Zoom augmentation at the cost of base (issue 15: a model that travels): base's step 1
+    # (shared), then step 2 with half of its patches zoomed 0.6-1.6x (data.PatchSampler).
+    "scale_ft": [{"reuse": ("base", 0)}, {"config": {**_BASE_2, "scale_jitter": (0.6, 1.6), "scale_p": 0.5}}],
     "pretrain": [{"config": {**_BASE_1, "epochs": 30}, "tissue": 64, "shared": True},
                  {"config": _BASE_1}, {"config": _BASE_2}],
 }
@@ -157,15 +162,15 @@ def cmd_score(args) -> None:
         t0 = time.perf_counter()
         for name, image, labels in pairs:
             c0, c1 = band_columns(image.shape[1], band)
-            pred = ncs.predict(image[:, c0:c1], model=model, device=args.device, pixel_size=PIXEL_SIZE,
-                               flips=args.flips)
+            pred = ncs.predict(image[:, c0:c1], model=model, device=args.device,
+                               pixel_size=PIXEL_SIZE * args.pixel_size_error, flips=args.flips)
             for v, params in enumerate(variants):
                 results[fold][v].append((name, ncs.evaluate(labels[:, c0:c1], pred.segment(**params))))
         print(f"fold {fold}: {path}  ({time.perf_counter() - t0:.0f} s)", flush=True)
     if not results:
         sys.exit(f"no fold model of recipe {args.recipe!r} under {RUNS / args.recipe}")
     report = {"recipe": args.recipe, "folds": args.folds, "scored_folds": sorted(results),
-              "flips": args.flips, "variants": []}
+              "flips": args.flips, "pixel_size_error": args.pixel_size_error, "variants": []}
     for v, params in enumerate(variants):
         per_fold = {f: _summary([r for _, r in results[f][v]]) for f in results}
         every = [r for f in results for _, r in results[f][v]]
@@ -242,6 +247,9 @@ def main() -> None:
     s.add_argument("--grid", default=None, help='segmentation variants, e.g. "h_probability=0.1,0.2"')
     s.add_argument("--flips", action="store_true", help="test-time flip averaging")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--pixel-size-error", type=float, default=1.0,
+                   help="tell the pipeline a pixel size this many times the true one (robustness to "
+                        "a wrong scale: 1.25 = cells taken 25 %% smaller than they are)")
     s.add_argument("--shipped-as-fold5", action="store_true",
                    help="recipe base: the shipped model as fold 5 (see the module notes)")
     s.add_argument("--json", default=None)

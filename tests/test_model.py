@@ -328,6 +328,42 @@ def test_split_pair_and_sampler():
         make_example(scene.image, scene.labels[:, :10])
 
 
+def test_sampler_zoom_jitter_rebuilds_targets_at_the_new_scale():
+    from scipy import ndimage as ndi
+
+    def example(size):  # two disks of radius 5 (81 px), the right one cut by a band edge
+        yy, xx = np.mgrid[:size, :size] - size // 2
+        labels = np.zeros((size, size), np.int32)
+        labels[yy**2 + (xx + 7) ** 2 <= 25] = 1
+        labels[yy**2 + (xx - 7) ** 2 <= 25] = 2
+        ex = make_example(np.where(labels > 0, 1.0, 0.1), labels)
+        ex.target[labels == 2] = targets.IGNORE  # stays out of the loss at every zoom
+        return ex
+
+    # Off by default, and off it draws nothing more from the generator: old runs replay.
+    ex = example(64)
+    a = PatchSampler([ex], patch=64).sample(np.random.default_rng(3), 2)
+    b = PatchSampler([ex], patch=64, scale_jitter=(1, 1), scale_p=1).sample(np.random.default_rng(3), 2)
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    # Patch 64 + 2 x 16 context: the window is 192 px at zoom 0.5 and 48 px at zoom 2.
+    for zoom, size in ((0.5, 192), (2.0, 48), (0.5, 100)):  # 100 < 192: padded, placed at random
+        ex = example(size)
+        for seed in range(3):
+            x, y = PatchSampler([ex], patch=64, scale_jitter=(zoom, zoom), scale_p=1)._crop_zoomed(
+                np.random.default_rng(seed), ex, zoom)
+            assert x.shape == y.shape == (64, 64)
+            cell = (y == targets.SEED) | (y == targets.CYTOPLASM)
+            assert ndi.label(y == targets.SEED)[1] == 1  # one seed: the ignored cell has none
+            assert 0.6 * zoom**2 * 81 < cell.sum() < 1.4 * zoom**2 * 81  # area x zoom squared
+            assert 0.6 * zoom**2 * 81 < (y == targets.IGNORE).sum() < 1.4 * zoom**2 * 81
+            # image and targets stay registered: the cell is bright, the background dim
+            assert x[y == targets.SEED].min() > 0.8 and x[y == targets.BACKGROUND].mean() < 0.3
+    with pytest.raises(ValueError, match="scale_jitter"):
+        PatchSampler([ex], scale_jitter=(0, 2))
+    with pytest.raises(ValueError, match="scale_p"):
+        PatchSampler([ex], scale_jitter=(0.5, 2), scale_p=2)
+
+
 def test_save_load_round_trip(tmp_path, tiny_model):
     model, info = tiny_model
     info.cell_diameter_um = 9.0

@@ -32,8 +32,21 @@ class Example:
 
     image: np.ndarray  # (M, N) float32, percentile-normalised
     target: np.ndarray  # (M, N) uint8 training code (targets.py): class index, CONTACT or SOFT + seed share
-    labels: np.ndarray | None = None  # (M, N) int instance labels (for validation)
+    labels: np.ndarray | None = None  # (M, N) int instance labels (for validation, scale jitter)
     name: str = ""
+    nucleus_labels: np.ndarray | None = None  # what the seed targets came from, if given
+    seed_target: str = "hard"
+
+
+def build_target(labels: np.ndarray, nucleus_labels: np.ndarray | None = None,
+                 seed_target: str = "hard") -> np.ndarray:
+    """The training code of every pixel of a label image (see :func:`make_example`)."""
+    target = make_targets(labels, nucleus_labels)
+    target[contact_lines(labels) & (target == BACKGROUND)] = CONTACT
+    target[touching_border(labels)] = TOUCH  # the touching line itself (see targets.py)
+    if seed_target == "soft" and nucleus_labels is None:
+        target = encode_soft_seeds(target, labels)
+    return target
 
 
 def make_example(
@@ -62,12 +75,9 @@ def make_example(
     if image.shape != labels.shape:
         raise ValueError(f"{name or 'image'}: image shape {image.shape} differs from its "
                          f"mask shape {labels.shape}")
-    target = make_targets(labels, nucleus_labels)
-    target[contact_lines(labels) & (target == BACKGROUND)] = CONTACT
-    target[touching_border(labels)] = TOUCH  # the touching line itself (see targets.py)
-    if seed_target == "soft" and nucleus_labels is None:
-        target = encode_soft_seeds(target, labels)
-    return Example(percentile_normalize(image, *normalize), target, labels.astype(np.int32), name)
+    target = build_target(labels, nucleus_labels, seed_target)
+    return Example(percentile_normalize(image, *normalize), target, labels.astype(np.int32), name,
+                   None if nucleus_labels is None else np.asarray(nucleus_labels), seed_target)
 
 
 def split_pair(
@@ -233,7 +243,19 @@ def augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np.
 
 
 class PatchSampler:
-    """Random patches from a set of examples (real and synthetic)."""
+    """Random patches from a set of examples (real and synthetic).
+
+    ``scale_jitter=(lo, hi)``: with probability ``scale_p`` a patch is drawn at a random
+    zoom, log-uniform in ``[lo, hi]`` (2: cells twice as large), so the network sees its
+    cells at other sizes than the training pixel size. The image is resampled (linear,
+    anti-aliased when shrinking), the labels by nearest neighbour, and the targets are
+    built again from the resampled labels: a one-pixel border stays one pixel wide at
+    every zoom. Examples without labels are not zoomed.
+    """
+
+    #: context (px, at the patch's scale) around a zoomed patch when its targets are built,
+    #: so that a cell cut by the patch edge gets its seed from its whole outline
+    CONTEXT = 16
 
     def __init__(
         self,
@@ -241,7 +263,16 @@ class PatchSampler:
         synthetic: Sequence[Example] = (),
         patch: int = 176,
         synthetic_fraction: float = 0.2,
+        scale_jitter: tuple[float, float] = (1.0, 1.0),
+        scale_p: float = 0.5,
     ):
+        lo, hi = (float(v) for v in scale_jitter)
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_jitter must be (lo, hi) with 0 < lo <= hi, got {scale_jitter}")
+        if not 0 <= scale_p <= 1:
+            raise ValueError(f"scale_p must be in [0, 1], got {scale_p}")
+        self.scale_jitter = (lo, hi)
+        self.scale_p = scale_p if hi > lo or lo != 1 else 0.0
         self.real = [e for e in real if min(e.image.shape) >= 8]
         self.synthetic = list(synthetic)
         if not self.real and not self.synthetic:
@@ -266,6 +297,31 @@ class PatchSampler:
         y[:ph, :pw] = e.target[r0 : r0 + ph, c0 : c0 + pw]
         return x, y
 
+    def _crop_zoomed(self, rng: np.random.Generator, e: Example, zoom: float) -> tuple[np.ndarray, np.ndarray]:
+        from skimage.transform import resize
+
+        out = self.patch + 2 * self.CONTEXT
+        q = max(int(round(out / zoom)), 8)  # the window of the image that becomes the patch
+        # The window's corner; an image smaller than the window lies at a random place in it
+        # (a negative corner), padded with background, so the context border does not eat it.
+        corner = [int(rng.integers(min(0, n - q), max(0, n - q) + 1)) for n in e.image.shape]
+        win = tuple(slice(max(k, 0), k + q) for k in corner)
+        fill = []
+        for k, n in zip(corner, e.image.shape, strict=True):
+            before = max(-k, 0)
+            fill.append((before, q - before - (min(k + q, n) - max(k, 0))))
+        parts = [e.image[win], e.labels[win], e.target[win] == IGNORE]
+        if e.nucleus_labels is not None:
+            parts.append(e.nucleus_labels[win])
+        parts = [np.pad(a, fill) for a in parts]
+        x = resize(parts[0], (out, out), order=1, anti_aliasing=zoom < 1, preserve_range=True)
+        lab, ignore, *nuc = (resize(a, (out, out), order=0, anti_aliasing=False, preserve_range=True)
+                             for a in parts[1:])
+        y = build_target(lab.astype(np.int32), nuc[0].astype(np.int32) if nuc else None, e.seed_target)
+        y[ignore.astype(bool)] = IGNORE
+        inner = np.s_[self.CONTEXT : self.CONTEXT + self.patch, self.CONTEXT : self.CONTEXT + self.patch]
+        return x[inner].astype(np.float32), y[inner]
+
     def sample(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` augmented patches: images (n, 1, P, P) float32, codes (n, P, P) int64."""
         xs, ys = [], []
@@ -274,7 +330,11 @@ class PatchSampler:
                 e = self.synthetic[int(rng.integers(len(self.synthetic)))]
             else:
                 e = self.real[int(rng.choice(len(self.real), p=self.weights))]
-            x, y = augment(rng, *self._crop(rng, e))
+            if self.scale_p and e.labels is not None and rng.random() < self.scale_p:
+                zoom = float(np.exp(rng.uniform(*np.log(self.scale_jitter))))
+                x, y = augment(rng, *self._crop_zoomed(rng, e, zoom))
+            else:
+                x, y = augment(rng, *self._crop(rng, e))
             xs.append(x)
             ys.append(y)
         return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys).astype(np.int64))

@@ -59,6 +59,10 @@ class TrainConfig:
     # Batch-norm statistics frozen at the initial model's (its layers in eval mode while the
     # weights train): a fine-tune on one crop would otherwise replace them with that crop's.
     freeze_norm: bool = False
+    # Zoom augmentation (data.PatchSampler): with probability scale_p a patch is drawn at a
+    # zoom log-uniform in scale_jitter (cells that much larger); (1, 1): off.
+    scale_jitter: tuple[float, float] = (1.0, 1.0)
+    scale_p: float = 0.5
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -197,7 +201,8 @@ def train(
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1), eta_min=cfg.lr * 0.05)
     weights = torch.tensor(class_weights(cfg, model.config.n_classes), dtype=torch.float32, device=device)
-    sampler = PatchSampler(train_examples, synthetic, cfg.patch, cfg.synthetic_fraction)
+    sampler = PatchSampler(train_examples, synthetic, cfg.patch, cfg.synthetic_fraction,
+                           tuple(cfg.scale_jitter), cfg.scale_p)
     state = TrainState(best_score=float(baseline), baseline=float(baseline))
     ckpt = Path(checkpoint) if checkpoint else None
     if resume and ckpt and ckpt.exists():
