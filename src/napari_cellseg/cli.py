@@ -216,8 +216,22 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze-norm", action="store_true",
                    help="keep the --init model's batch-norm statistics (the Train widget's fine-tune, "
                         "with --lr 1e-4: a few annotated cells then pull the model less far)")
+    p.add_argument("--scale-jitter", default=None, metavar="LO,HI",
+                   help="zoom augmentation: half the patches drawn at a zoom between LO and HI "
+                        "(e.g. 0.6,1.6: cells 0.6-1.6x their size), so the model works at pixel sizes "
+                        "off its own; default: off")
     p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
     p.add_argument("--overwrite", action="store_true")
+
+
+def _scale_jitter(text: str | None) -> tuple[float, float]:
+    if text is None:
+        return (1.0, 1.0)
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--scale-jitter must be LO,HI (e.g. 0.6,1.6), got {text!r}") from None
+    return lo, hi
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -238,7 +252,7 @@ def _train(args: argparse.Namespace) -> int:
                       device=args.device, threads=args.threads, precision=args.precision, ema=args.ema,
                       contact_weight=args.contact_weight, seed_target=args.seed_target,
                       touch_class=args.touch_class, time_budget_s=60.0 * args.minutes,
-                      freeze_norm=args.freeze_norm)
+                      freeze_norm=args.freeze_norm, scale_jitter=_scale_jitter(args.scale_jitter))
     pairs = load_pairs(args.images, args.masks, args.channel)
     live = sys.stderr.isatty()  # a live bar in a terminal, nothing in logs
 
