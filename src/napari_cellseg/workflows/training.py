@@ -211,6 +211,10 @@ def iter_train(
     baseline = -math.inf
     if init is not None and val_ex and not resuming:
         model.to(choose_device(cfg.device))  # scored where (and in the precision) the epochs will be
+        if cfg.threads:  # and on as many threads (train() sets them again)
+            import torch
+
+            torch.set_num_threads(cfg.threads)
         start = validate(model)["score"]
         info.extra["start_val_mAP"] = baseline = start
         yield Progress(0, cfg.epochs, "epochs", message=f"the starting model scores val AP {start:.3f}; "
