@@ -176,7 +176,8 @@ class ModelInputs:
         self.auto_scale = CheckBox(value=False, text="Estimate the pixel size (experimental)",
                                    tooltip="a few small trial passes find the scale at which the "
                                            "cells look like the model's; unreliable on some images "
-                                           "(README, Known limits): give the pixel size if you know it")
+                                           "(README, Known limits): give the pixel size if you know it; "
+                                           "the dense_tcells_multiscale model loses less to a wrong scale")
         self.model = model_combo()
         self.device = ComboBox(value="auto", choices=("auto", "cpu", "cuda", "mps"), label="Device")
         self.image.changed.connect(self._on_image)
