@@ -301,7 +301,7 @@ class PatchSampler:
         from skimage.transform import resize
 
         out = self.patch + 2 * self.CONTEXT
-        q = max(int(round(out / zoom)), 8)  # the window of the image that becomes the patch
+        q = max(round(out / zoom), 8)  # the window of the image that becomes the patch
         # The window's corner; an image smaller than the window lies at a random place in it
         # (a negative corner), padded with background, so the context border does not eat it.
         corner = [int(rng.integers(min(0, n - q), max(0, n - q) + 1)) for n in e.image.shape]
