@@ -59,6 +59,8 @@ def test_train_resume_and_fine_tune(pairs, tmp_path, capsys):
     # A malformed zoom range is named, not a traceback.
     assert cli.main(["train", *map(str, common), "--out", str(tmp_path / "z"), "--scale-jitter", "2"]) == 2
     assert "--scale-jitter must be LO,HI" in capsys.readouterr().err
+    assert cli.main(["train", *map(str, common), "--out", str(tmp_path / "z"), "--scale-jitter", "1.6,0.6"]) == 2
+    assert "0 < LO <= HI" in capsys.readouterr().err
 
 
 def test_train_on_every_pixel(pairs, tmp_path, capsys, monkeypatch):

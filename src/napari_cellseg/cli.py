@@ -231,6 +231,8 @@ def _scale_jitter(text: str | None) -> tuple[float, float]:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise ValueError(f"--scale-jitter must be LO,HI (e.g. 0.6,1.6), got {text!r}") from None
+    if not 0 < lo <= hi:  # refused before any image is read
+        raise ValueError(f"--scale-jitter must be LO,HI with 0 < LO <= HI, got {text!r}")
     return lo, hi
 
 
