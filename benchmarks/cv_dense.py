@@ -252,7 +252,7 @@ def main() -> None:
     s.add_argument("--device", default="cpu")
     s.add_argument("--pixel-size-error", type=float, default=1.0,
                    help="tell the pipeline a pixel size this many times the true one (robustness to "
-                        "a wrong scale: 1.25 = cells taken 25 %% smaller than they are)")
+                        "a wrong scale: at 1.25 the cells reach the network 25 %% larger than they should)")
     s.add_argument("--shipped-as-fold5", action="store_true",
                    help="recipe base: the shipped model as fold 5 (see the module notes)")
     s.add_argument("--json", default=None)

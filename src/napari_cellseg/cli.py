@@ -225,15 +225,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _scale_jitter(text: str | None) -> tuple[float, float]:
+    from .model.data import check_scale_jitter
+
     if text is None:
         return (1.0, 1.0)
     try:
-        lo, hi = (float(v) for v in text.split(","))
+        values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise ValueError(f"--scale-jitter must be LO,HI (e.g. 0.6,1.6), got {text!r}") from None
-    if not 0 < lo <= hi:  # refused before any image is read
-        raise ValueError(f"--scale-jitter must be LO,HI with 0 < LO <= HI, got {text!r}")
-    return lo, hi
+        values = []
+    if len(values) != 2:
+        raise ValueError(f"--scale-jitter must be LO,HI (e.g. 0.6,1.6), got {text!r}")
+    try:  # the sampler's own check, here before any image is read
+        return check_scale_jitter(values)
+    except ValueError:
+        raise ValueError(f"--scale-jitter must be LO,HI with 0 < LO <= HI, got {text!r}") from None
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -242,6 +242,20 @@ def augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> tuple[np.
     return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
 
 
+def check_scale_jitter(scale_jitter) -> tuple[float, float]:
+    """A zoom range ``(lo, hi)`` as floats.
+
+    Raises
+    ------
+    ValueError
+        Not two numbers with ``0 < lo <= hi``.
+    """
+    lo, hi = (float(v) for v in scale_jitter)
+    if not 0 < lo <= hi:
+        raise ValueError(f"scale_jitter must be (lo, hi) with 0 < lo <= hi, got {tuple(scale_jitter)}")
+    return lo, hi
+
+
 class PatchSampler:
     """Random patches from a set of examples (real and synthetic).
 
@@ -266,9 +280,7 @@ class PatchSampler:
         scale_jitter: tuple[float, float] = (1.0, 1.0),
         scale_p: float = 0.5,
     ):
-        lo, hi = (float(v) for v in scale_jitter)
-        if not 0 < lo <= hi:
-            raise ValueError(f"scale_jitter must be (lo, hi) with 0 < lo <= hi, got {scale_jitter}")
+        lo, hi = check_scale_jitter(scale_jitter)
         if not 0 <= scale_p <= 1:
             raise ValueError(f"scale_p must be in [0, 1], got {scale_p}")
         self.scale_jitter = (lo, hi)
