@@ -364,6 +364,39 @@ def test_sampler_zoom_jitter_rebuilds_targets_at_the_new_scale():
         PatchSampler([ex], scale_jitter=(0.5, 2), scale_p=2)
 
 
+def test_sampler_blur_softens_the_image_not_the_targets():
+    from scipy import ndimage as ndi
+
+    from napari_cellseg.model import targets
+    from napari_cellseg.model.data import PatchSampler, make_example
+
+    labels = np.zeros((64, 64), np.int32)
+    labels[8:24, 8:24], labels[30:50, 34:54] = 1, 2
+    ex = make_example(np.where(labels > 0, 1.0, 0.0), labels)
+    x = ex.image[:32, :32].astype(np.float32)
+    # Off (the default), or on with blur_p 0: no draw from the generator, the image as it was.
+    for sampler in (PatchSampler([ex], patch=32), PatchSampler([ex], patch=32, blur=2.0, blur_p=0.0)):
+        rng = np.random.default_rng(5)
+        assert sampler._blurred(rng, x) is x
+        assert rng.random() == np.random.default_rng(5).random()
+    blurred = PatchSampler([ex], patch=32, blur=2.0, blur_p=1.0)._blurred(np.random.default_rng(5), x)
+    edges = lambda a: float((ndi.sobel(a) ** 2).sum())  # noqa: E731  (gradient energy)
+    assert blurred.dtype == np.float32 and edges(blurred) < 0.8 * edges(x)
+    assert abs(float(blurred.mean()) - float(x.mean())) < 0.05  # softer, not darker
+    # The targets are left as they were: a 32-px image in 32-px patches is the whole image,
+    # turned or flipped, so every patch has the same count of each class, blurred or not.
+    small = make_example(ex.image[:32, :32], labels[:32, :32])
+    counts = lambda y: [int((y == c).sum()) for c in (targets.SEED, targets.CYTOPLASM, targets.BACKGROUND)]  # noqa: E731
+    plain = [counts(y) for y in PatchSampler([small], patch=32).sample(np.random.default_rng(1), 4)[1]]
+    soft_x, soft_y = PatchSampler([small], patch=32, blur=2.0, blur_p=1.0).sample(np.random.default_rng(1), 4)
+    assert plain[0][0] > 0 and all(counts(y) == plain[0] for y in soft_y) and all(c == plain[0] for c in plain)
+    assert edges(soft_x[0, 0].numpy()) < 0.8 * edges(small.image)
+    with pytest.raises(ValueError, match="blur"):
+        PatchSampler([ex], blur=0.2)
+    with pytest.raises(ValueError, match="blur_p"):
+        PatchSampler([ex], blur=2.0, blur_p=1.5)
+
+
 def test_save_load_round_trip(tmp_path, tiny_model):
     model, info = tiny_model
     info.cell_diameter_um = 9.0

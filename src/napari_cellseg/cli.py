@@ -220,6 +220,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="zoom augmentation: half the patches drawn at a zoom between LO and HI "
                         "(e.g. 0.6,1.6: cells 0.6-1.6x their size), so the model works at pixel sizes "
                         "off its own; default: off")
+    p.add_argument("--blur", type=float, default=d.blur, metavar="SIGMA",
+                   help="blur augmentation: a third of the patches blurred by a Gaussian of sigma "
+                        "0.5-SIGMA px (e.g. 2), for images from a coarser optic; default: off")
     p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
     p.add_argument("--overwrite", action="store_true")
 
@@ -243,6 +246,7 @@ def _scale_jitter(text: str | None) -> tuple[float, float]:
 
 def _train(args: argparse.Namespace) -> int:
     from .io import load_pairs
+    from .model.data import check_blur
     from .model.train import TrainConfig
     from .progress import drain
     from .workflows.training import iter_train, model_paths
@@ -253,13 +257,18 @@ def _train(args: argparse.Namespace) -> int:
     if not 0 <= args.val_fraction < 1:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     val_band = _band(args.val_band) if args.val_band else None
+    try:  # the sampler's own check, here before any image is read
+        check_blur(args.blur)
+    except ValueError:
+        raise ValueError(f"--blur must be 0 (off) or a sigma of at least 0.5 px, got {args.blur}") from None
     cfg = TrainConfig(epochs=args.epochs, patch=args.patch, batch=args.batch, lr=args.lr,
                       steps_per_epoch=args.steps_per_epoch, loss=args.loss, seed=args.seed,
                       class_weights=tuple(float(w) for w in args.class_weights.split(",")),
                       device=args.device, threads=args.threads, precision=args.precision, ema=args.ema,
                       contact_weight=args.contact_weight, seed_target=args.seed_target,
                       touch_class=args.touch_class, time_budget_s=60.0 * args.minutes,
-                      freeze_norm=args.freeze_norm, scale_jitter=_scale_jitter(args.scale_jitter))
+                      freeze_norm=args.freeze_norm, scale_jitter=_scale_jitter(args.scale_jitter),
+                      blur=args.blur)
     pairs = load_pairs(args.images, args.masks, args.channel)
     live = sys.stderr.isatty()  # a live bar in a terminal, nothing in logs
 

@@ -256,6 +256,16 @@ def check_scale_jitter(scale_jitter) -> tuple[float, float]:
     return lo, hi
 
 
+def check_blur(blur, blur_p: float = 0.3) -> tuple[float, float]:
+    """``(blur, blur_p)`` as floats, or ValueError: blur is 0 (off) or the largest sigma
+    (px, >= 0.5), blur_p a probability."""
+    blur, blur_p = float(blur), float(blur_p)
+    if not (blur == 0 or 0.5 <= blur < float("inf")) or not 0 <= blur_p <= 1:
+        raise ValueError(f"blur must be 0 (off) or a sigma of at least 0.5 px, and blur_p in [0, 1]; "
+                         f"got blur={blur}, blur_p={blur_p}")
+    return blur, blur_p
+
+
 class PatchSampler:
     """Random patches from a set of examples (real and synthetic).
 
@@ -265,6 +275,10 @@ class PatchSampler:
     anti-aliased when shrinking), the labels by nearest neighbour, and the targets are
     built again from the resampled labels: a one-pixel border stays one pixel wide at
     every zoom. Examples without labels are not zoomed.
+
+    ``blur=s``: with probability ``blur_p`` a patch's image (not its targets) is blurred by
+    a Gaussian of sigma uniform in [0.5, s] px, as a coarser optic or a thicker section
+    would blur it: the cells are where they were, their edges softer. 0: off.
     """
 
     #: context (px, at the patch's scale) around a zoomed patch when its targets are built,
@@ -279,10 +293,14 @@ class PatchSampler:
         synthetic_fraction: float = 0.2,
         scale_jitter: tuple[float, float] = (1.0, 1.0),
         scale_p: float = 0.5,
+        blur: float = 0.0,
+        blur_p: float = 0.3,
     ):
         lo, hi = check_scale_jitter(scale_jitter)
         if not 0 <= scale_p <= 1:
             raise ValueError(f"scale_p must be in [0, 1], got {scale_p}")
+        self.blur, blur_p = check_blur(blur, blur_p)
+        self.blur_p = blur_p if self.blur else 0.0
         self.scale_jitter = (lo, hi)
         self.scale_p = scale_p if hi > lo or lo != 1 else 0.0
         self.real = [e for e in real if min(e.image.shape) >= 8]
@@ -334,6 +352,15 @@ class PatchSampler:
         inner = np.s_[self.CONTEXT : self.CONTEXT + self.patch, self.CONTEXT : self.CONTEXT + self.patch]
         return x[inner].astype(np.float32), y[inner]
 
+    def _blurred(self, rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+        """``x`` blurred with probability ``blur_p`` (no draw at all when blur is off, so
+        that runs without it replay exactly)."""
+        if not self.blur_p or rng.random() >= self.blur_p:
+            return x
+        from scipy.ndimage import gaussian_filter
+
+        return gaussian_filter(x, float(rng.uniform(0.5, self.blur)), mode="reflect").astype(np.float32)
+
     def sample(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` augmented patches: images (n, 1, P, P) float32, codes (n, P, P) int64."""
         xs, ys = [], []
@@ -344,9 +371,11 @@ class PatchSampler:
                 e = self.real[int(rng.choice(len(self.real), p=self.weights))]
             if self.scale_p and e.labels is not None and rng.random() < self.scale_p:
                 zoom = float(np.exp(rng.uniform(*np.log(self.scale_jitter))))
-                x, y = augment(rng, *self._crop_zoomed(rng, e, zoom))
+                x, y = self._crop_zoomed(rng, e, zoom)
+                x, y = augment(rng, self._blurred(rng, x), y)
             else:
-                x, y = augment(rng, *self._crop(rng, e))
+                x, y = self._crop(rng, e)
+                x, y = augment(rng, self._blurred(rng, x), y)
             xs.append(x)
             ys.append(y)
         return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys).astype(np.int64))

@@ -63,6 +63,10 @@ class TrainConfig:
     # zoom log-uniform in scale_jitter (cells that much larger); (1, 1): off.
     scale_jitter: tuple[float, float] = (1.0, 1.0)
     scale_p: float = 0.5
+    # Blur augmentation (data.PatchSampler): with probability blur_p a patch's image is
+    # blurred, sigma uniform in [0.5, blur] px; 0: off.
+    blur: float = 0.0
+    blur_p: float = 0.3
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -202,7 +206,7 @@ def train(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1), eta_min=cfg.lr * 0.05)
     weights = torch.tensor(class_weights(cfg, model.config.n_classes), dtype=torch.float32, device=device)
     sampler = PatchSampler(train_examples, synthetic, cfg.patch, cfg.synthetic_fraction,
-                           tuple(cfg.scale_jitter), cfg.scale_p)
+                           tuple(cfg.scale_jitter), cfg.scale_p, cfg.blur, cfg.blur_p)
     state = TrainState(best_score=float(baseline), baseline=float(baseline))
     ckpt = Path(checkpoint) if checkpoint else None
     if resume and ckpt and ckpt.exists():
