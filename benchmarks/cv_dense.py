@@ -61,6 +61,11 @@ RECIPES: dict[str, list[dict]] = {
     # Zoom augmentation at the cost of base (issue 15: a model that travels): base's step 1
     # (shared), then step 2 with half of its patches zoomed 0.6-1.6x (data.PatchSampler).
     "scale_ft": [{"reuse": ("base", 0)}, {"config": {**_BASE_2, "scale_jitter": (0.6, 1.6), "scale_p": 0.5}}],
+    # The same over 0.5-2x, the range of generalization.py's scales (issue 15's target).
+    "scale_wide_ft": [{"reuse": ("base", 0)}, {"config": {**_BASE_2, "scale_jitter": (0.5, 2.0), "scale_p": 0.5}}],
+    # ... and a third of the patches blurred (sigma 0.5-2 px): a look-robust model (issue 15).
+    "travel_ft": [{"reuse": ("base", 0)}, {"config": {**_BASE_2, "scale_jitter": (0.5, 2.0), "scale_p": 0.5,
+                                                      "blur": 2.0, "blur_p": 0.3}}],
     # A moving average of the weights (decay 0.999, ~1,000 of step 2's 2,000 steps) is what
     # step 2 validates and saves: steadier than the last epoch (issue 14), at base's cost.
     "ema_ft": [{"reuse": ("base", 0)}, {"config": {**_BASE_2, "ema": 0.999}}],
