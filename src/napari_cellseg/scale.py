@@ -21,6 +21,18 @@ model's scale, as when no pixel size is given. The network works over that range
 the estimate itself varies by 20-40 % on one look (2026-11-22: 0.31-0.59 µm on dense
 T-cell frames of true 0.5 µm, one crop each), and each such error costs more than the
 mismatch it would correct. The measured value is kept in the estimate.
+
+Tried and not adopted (2026-11-23, the shipped model): choosing the rung by confidence
+minus 0.3 x |ln(median cell diameter found there / the model's)|, so that the cells'
+size votes at every rung. Share of images whose applied zoom came within 25 % of the
+truth: on generalization.py's images (the dense strips and four synthetic looks at 0.5x,
+1x, 2x) 0.63 -> 0.82 (the dense strips 0.38 -> 0.67); on images it was not chosen on (the 7
+whole frames and new synthetic seeds at 0.5x, 0.6x, 1.4x, 2x) only 0.64 -> 0.75, the
+frames 0.89 -> 0.86 (at 1.4x the size vote pushed 4 of 7 frames 22-44 % too far). It also
+needs a segmentation per trial crop and rung, each dearer than the network pass on it
+(0.09 s against 0.07 s for 128 px on one thread), which would break the 30 % budget.
+The network's sizes are the weak part: it draws cells near its training size at any zoom
+(on a dense strip at 1x, 12-16 px at zooms 0.5-2).
 """
 
 from __future__ import annotations
