@@ -1,7 +1,7 @@
 """The five-minute fine-tune: AP@0.5 before and after fine-tuning the shipped model on ONE
 annotated crop, with the Train widget's settings, on the CPU.
 
-    python benchmarks/finetune.py [--minutes 5] [--cases tissue,nuclei,whole_cell,membrane,dense] [--json F]
+    python benchmarks/finetune.py [--model NAME] [--minutes 5] [--cases tissue,nuclei,whole_cell,membrane,dense] [--json F]
 
 For each case the model is fine-tuned on one 256 x 256 crop with its exact (synthetic) or
 expert (dense) labels, exactly as the Train widget does it (``_widgets/train.py``: start
@@ -58,9 +58,10 @@ def case_data(case: str):
     return crop[1], crop[2], synthetic_case(case, 1.0)
 
 
-def fine_tune(image, labels, minutes: float, out: Path, lr: float = 1e-4, freeze_norm: bool = True):
-    """The Train widget's fine-tune (same settings unless ``lr`` / ``freeze_norm`` differ),
-    saving to ``out``."""
+def fine_tune(image, labels, minutes: float, out: Path, lr: float = 1e-4, freeze_norm: bool = True,
+              init: str = "dense_tcells"):
+    """The Train widget's fine-tune of ``init`` (same settings unless ``lr`` / ``freeze_norm``
+    differ), saving to ``out``."""
     from napari_cellseg.model.train import TrainConfig
     from napari_cellseg.progress import drain
     from napari_cellseg.workflows.training import annotated_region, iter_train
@@ -69,13 +70,14 @@ def fine_tune(image, labels, minutes: float, out: Path, lr: float = 1e-4, freeze
     cfg = TrainConfig(epochs=40, steps_per_epoch=20, batch=8, lr=lr, time_budget_s=60.0 * minutes,
                       freeze_norm=freeze_norm)
     t0 = time.perf_counter()
-    result = drain(iter_train([("crop", image[rows, cols], labels[rows, cols])], out, init="dense_tcells",
+    result = drain(iter_train([("crop", image[rows, cols], labels[rows, cols])], out, init=init,
                               config=cfg, val_fraction=0.2, keep_best=True))
     return result, time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="dense_tcells", help="the built-in model to start from")
     ap.add_argument("--minutes", type=float, default=5.0, help="the time budget (the widget's default: 5)")
     ap.add_argument("--cases", default="tissue,nuclei,whole_cell,membrane,dense")
     ap.add_argument("--json", default=None)
@@ -90,15 +92,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from napari_cellseg.model.store import resolve_model
 
-    shipped = resolve_model(None)
-    report = {"minutes": args.minutes, "torch_threads": torch.get_num_threads(), "lr": args.lr,
+    shipped = resolve_model(args.model)
+    report = {"model": args.model, "minutes": args.minutes, "torch_threads": torch.get_num_threads(), "lr": args.lr,
               "freeze_norm": args.freeze_norm, "cases": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for case in args.cases.split(","):
             image, labels, test = case_data(case)
             before = score(test, shipped, None)
             result, seconds = fine_tune(image, labels, args.minutes, Path(tmp) / f"{case}.safetensors",
-                                        lr=args.lr, freeze_norm=args.freeze_norm)
+                                        lr=args.lr, freeze_norm=args.freeze_norm, init=args.model)
             after = score(test, result.path, None)
             last = result.history[-1]
             row = {"before": before, "after": after, "train_s": round(seconds, 1), "epochs": last["epoch"],
