@@ -372,10 +372,9 @@ class PatchSampler:
             if self.scale_p and e.labels is not None and rng.random() < self.scale_p:
                 zoom = float(np.exp(rng.uniform(*np.log(self.scale_jitter))))
                 x, y = self._crop_zoomed(rng, e, zoom)
-                x, y = augment(rng, self._blurred(rng, x), y)
             else:
                 x, y = self._crop(rng, e)
-                x, y = augment(rng, self._blurred(rng, x), y)
+            x, y = augment(rng, self._blurred(rng, x), y)
             xs.append(x)
             ys.append(y)
         return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys).astype(np.int64))
