@@ -452,3 +452,35 @@ def test_unknown_pixel_size_estimated_in_one_click(make_napari_viewer, qtbot, ti
     assert "pixel size estimated" in widget._runner.status.value
     truth = np.kron(tissue[1], np.ones((2, 2), tissue[1].dtype))
     assert evaluate(truth, layer.data).ap >= 0.8
+
+
+def test_a_cell_diameter_in_pixels_sets_the_scale(make_napari_viewer, qtbot, tissue):
+    """Cellpose's "diameter": cells 30 px across with the model's 7.5 µm cells is 0.25 µm/px;
+    the pixel size field steps aside, and the layer says where its scale came from."""
+    from napari_cellseg._widgets._inputs import CELLS_LAYER
+    from napari_cellseg._widgets.segment_cells import SegmentCellsWidget
+    from napari_cellseg.core.metrics import evaluate
+    from napari_cellseg.core.preprocess import rescale
+
+    viewer = make_napari_viewer()
+    viewer.add_image(rescale(tissue[0].astype(np.float32), 2.0), name="unknown scale")
+    widget = SegmentCellsWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    inputs = widget._inputs
+    inputs.cell_diameter.value = 30.0
+    assert not inputs.pixel_size.enabled and inputs.cell_diameter.enabled
+    assert inputs.pixel_size_um is None and inputs.scale_kwargs == {"cell_diameter_px": 30.0}
+    widget.run()
+    inputs.cell_diameter.value = 0.0  # edited while it runs: the result keeps what it was asked
+    assert inputs.pixel_size.enabled and inputs.scale_kwargs == {}
+    wait_done(qtbot, widget._runner)
+    layer = viewer.layers[CELLS_LAYER]
+    assert layer.metadata["pixel_size_um"] == pytest.approx(0.25)
+    assert layer.metadata["pixel_size_from"] == "cell diameter 30 px"
+    assert "0.25 µm from the cell diameter 30 px" in widget._runner.status.value
+    truth = np.kron(tissue[1], np.ones((2, 2), tissue[1].dtype))
+    assert evaluate(truth, layer.data).ap >= 0.8
+    # The estimate overrides a diameter: one way to set the scale at a time.
+    inputs.cell_diameter.value = 30.0
+    inputs.auto_scale.value = True
+    assert not inputs.cell_diameter.enabled and inputs.pixel_size_um == "auto" and inputs.scale_kwargs == {}

@@ -178,25 +178,53 @@ class ModelInputs:
                                            "cells look like the model's; unreliable on some images "
                                            "(README, Known limits): give the pixel size if you know it; "
                                            "the dense_tcells_multiscale model loses less to a wrong scale")
+        # Cellpose's "diameter": the size a biologist can read off the image with a ruler.
+        self.cell_diameter = FloatSpinBox(value=0.0, min=0.0, max=1000.0, step=1.0,
+                                          label="Cell diameter (px)",
+                                          tooltip="the cells' typical diameter in this image's pixels, "
+                                                  "instead of a pixel size; 0: not used")
         self.model = model_combo()
         self.device = ComboBox(value="auto", choices=("auto", "cpu", "cuda", "mps"), label="Device")
         self.image.changed.connect(self._on_image)
-        self.auto_scale.changed.connect(self._on_auto)
+        self.auto_scale.changed.connect(self._on_scale_choice)
+        self.cell_diameter.changed.connect(self._on_scale_choice)
         self._on_image()
 
     @property
     def widgets(self) -> list:
-        return [self.image, self.pixel_size, self.auto_scale, self.model, self.device]
+        return [self.image, self.pixel_size, self.cell_diameter, self.auto_scale, self.model, self.device]
 
     @property
     def pixel_size_um(self) -> float | str | None:
-        """What to pass as the pixel size: µm, "auto" (estimate it) or None (the model's)."""
+        """What to pass as the pixel size: µm, "auto" (estimate it) or None (the model's,
+        or derived from the cell diameter: :attr:`scale_kwargs`)."""
         if self.auto_scale.value:
             return "auto"
+        if self.cell_diameter.value:
+            return None
         return float(self.pixel_size.value) or None
 
-    def _on_auto(self, *_) -> None:
-        self.pixel_size.enabled = not self.auto_scale.value
+    @property
+    def scale_kwargs(self) -> dict:
+        """Extra arguments of ``iter_predict``: the cell diameter, when it sets the scale."""
+        if self.cell_diameter.value and not self.auto_scale.value:
+            return {"cell_diameter_px": float(self.cell_diameter.value)}
+        return {}
+
+    @property
+    def scale_source(self) -> str | None:
+        """Where the scale came from, for the layers' metadata (None: a pixel size or the model's)."""
+        if self.auto_scale.value:
+            return "estimated from the image"
+        if self.cell_diameter.value:
+            return f"cell diameter {self.cell_diameter.value:g} px"
+        return None
+
+    def _on_scale_choice(self, *_) -> None:
+        """One way to set the scale at a time: the estimate, else a diameter, else a pixel size."""
+        auto, diameter = bool(self.auto_scale.value), bool(self.cell_diameter.value)
+        self.pixel_size.enabled = not (auto or diameter)
+        self.cell_diameter.enabled = not auto
 
     @property
     def model_name(self) -> str:

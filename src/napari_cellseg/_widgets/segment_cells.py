@@ -26,13 +26,16 @@ if TYPE_CHECKING:
     import napari
 
 
-def predict_and_segment(stack: np.ndarray, pixel_size, model, device, params: dict
+def predict_and_segment(stack: np.ndarray, pixel_size, model, device, params: dict,
+                        scale_kwargs: dict | None = None,
                         ) -> Generator[Progress, None, tuple[list, list[np.ndarray], dict]]:
     """Predict every plane, build the hierarchies for ``params`` and segment every plane
-    with them, all off the GUI thread; returns (predictions, cells per plane, params)."""
+    with them, all off the GUI thread; returns (predictions, cells per plane, params).
+    ``scale_kwargs``: ``cell_diameter_px`` instead of a pixel size (``ModelInputs``)."""
     from ..pipeline import iter_predict_planes
 
-    predictions = yield from iter_predict_planes(stack, pixel_size, model, device, warm=params)
+    predictions = yield from iter_predict_planes(stack, pixel_size, model, device, warm=params,
+                                                 **(scale_kwargs or {}))
     cells = []
     for i, pred in enumerate(predictions):
         yield Progress(i, len(predictions), "planes", message="segmenting")
@@ -57,6 +60,7 @@ class SegmentCellsWidget(Container):
         self.extend([*self._inputs.widgets, *self._runner.widgets,
                      *self._seeds.widgets, self._min_area])
         self.predictions: list = []
+        self._scale_source: str | None = None  # "cell diameter 30 px" or "estimated from the image"
         self._cells: np.ndarray | None = None  # (planes, M, N) labels shown
         self._segmented_with: list[dict | None] = []  # per plane: the parameters of its labels
         self._touched = False  # has the user moved a slider?
@@ -108,14 +112,16 @@ class SegmentCellsWidget(Container):
         model = self._inputs.model_name
         # Untouched sliders: the model's own tuned defaults ({} = the model's defaults).
         params = self.params() if self._touched else {}
-        on_done = partial(self._on_predicted, source=self._image.value.name, stack=data.ndim == 3)
+        on_done = partial(self._on_predicted, source=self._image.value.name, stack=data.ndim == 3,
+                          scale_source=self._inputs.scale_source)
         return self._runner.start(predict_and_segment, data, self._inputs.pixel_size_um, model,
-                                  self._device.value, params, on_done=on_done)
+                                  self._device.value, params, self._inputs.scale_kwargs, on_done=on_done)
 
-    def _on_predicted(self, result, source: str, stack: bool) -> None:
+    def _on_predicted(self, result, source: str, stack: bool, scale_source: str | None = None) -> None:
         predictions, cells, params = result
         self._live.drop()  # a re-segmentation still running belongs to the old prediction
         self.predictions, self._source, self._stack = predictions, source, stack
+        self._scale_source = scale_source
         if predictions and not self._touched:
             # The model's own tuned defaults, the first time only: later runs keep the
             # user's settings.
@@ -152,10 +158,12 @@ class SegmentCellsWidget(Container):
         layer.metadata.update({
             "stage": "cells", "parameters": self._segmented_with[plane], "source": self._source,
             "model": self._model.value, "pixel_size_um": self.predictions[plane].pixel_size,
-            "stale_planes": sorted(self.stale_planes)})
+            "pixel_size_from": self._scale_source, "stale_planes": sorted(self.stale_planes)})
         n = int(self._cells[plane].max())
         estimated = self.predictions[plane].scale is not None
         self._runner.status.value = (
             f"{n} cells" + (f" in plane {plane + 1} of {len(self._cells)} planes" if self._stack else "")
-            + (f" (pixel size estimated: {self.predictions[plane].pixel_size:.3g} µm)" if estimated else ""))
+            + (f" (pixel size estimated: {self.predictions[plane].pixel_size:.3g} µm)" if estimated
+               else f" (pixel size {self.predictions[plane].pixel_size:.3g} µm from the {self._scale_source})"
+               if self._scale_source else ""))
         return layer
