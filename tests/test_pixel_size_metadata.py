@@ -175,6 +175,35 @@ def test_cli_unet_rescales_by_the_files_pixel_size(tmp_path, capsys):
     assert not (tmp_path / "b" / "far_masks.tif").exists()
 
 
+def test_a_cell_diameter_sets_the_zoom_and_the_files_pixel_size_the_um(tmp_path):
+    """Large cells in a calibrated file: the cell diameter rescales them to the model's
+    size, while µm² are still measured with the file's 0.65 µm, not the 0.25 µm implied
+    by taking the cells to be the model's 7.5 µm cells."""
+    from napari_cellseg.core.preprocess import rescale
+    from napari_cellseg.sample_data import tissue_scene
+
+    big = rescale(tissue_scene().image[:160, :160].astype(np.float32), 2.0)  # cells ~30 px
+    calibrated, plain = tmp_path / "calibrated.tif", tmp_path / "plain.tif"
+    tifffile.imwrite(calibrated, big, imagej=True, resolution=(1 / 0.65, 1 / 0.65), metadata={"unit": "micron"})
+    tifffile.imwrite(plain, big)
+    assert cli.main(["segment", str(calibrated), str(plain), "--out", str(tmp_path / "a"),
+                     "--cell-diameter", "30", "--device", "cpu"]) == 0
+    record = _record(tmp_path / "a", "calibrated")
+    assert record["pixel_size_um"] == 0.65 and record["pixel_size_from"] == "file metadata"
+    assert record["scale_from"] == "cell diameter 30.0 px"
+    assert record["scale_pixel_size_um"] == pytest.approx(0.25)
+    table = pd.read_csv(tmp_path / "a" / "calibrated_cells.csv")
+    np.testing.assert_allclose(table["area_um2"], table["area_px"] * 0.65**2)
+    # The same zoom either way: the file's size changes the µm, not the cells.
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "a" / "calibrated_masks.tif"),
+                                  tifffile.imread(tmp_path / "a" / "plain_masks.tif"))
+    assert record["cells"] > 20
+    # Without a calibration, µm use the implied size, and the record says where it came from.
+    record = _record(tmp_path / "a", "plain")
+    assert record["pixel_size_um"] == pytest.approx(0.25)
+    assert record["pixel_size_from"] == "cell diameter 30.0 px" and "scale_from" not in record
+
+
 def test_batch_refuses_non_square_pixels_before_any_work(tmp_path):
     from napari_cellseg.batch import iter_segment_files
     from napari_cellseg.progress import drain

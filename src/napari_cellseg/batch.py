@@ -101,39 +101,49 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
                          "(or split the stack into planes first)")
     if file_size is not None:
         logger.info("%s: pixel size %g µm from the file's metadata", path.name, file_size)
-    image_size = job.pixel_size if file_size is None else file_size
+    given = job.pixel_size is not None and job.pixel_size != "auto"
+    # What the µm columns are measured in: a number given, else the file's own pixel size.
+    physical = job.pixel_size if given else file_size
+    scale_from = None  # the estimate or the cell diameter, when it set the model's zoom
     if job.method == "classic":
         from .core.classic import segment_classic
 
         labels = segment_classic(image, **job.params)
-        used, size = dict(job.params), image_size
+        used, size = dict(job.params), physical
     else:
         from .model.store import resolve_model
         from .pipeline import predict
 
         net = resolve_model(job.model)  # loaded once per process (resolve_model keeps it)
+        # The zoom onto the model's grid: "auto" or a cell diameter win over the file's size.
+        zoom_by_file = job.pixel_size is None and job.cell_diameter_px is None
         try:
-            prediction = predict(image, image_size, net, job.device, cell_diameter_px=job.cell_diameter_px)
+            prediction = predict(image, file_size if zoom_by_file else job.pixel_size, net, job.device,
+                                 cell_diameter_px=job.cell_diameter_px)
         except ValueError as err:
-            if file_size is None:
+            if file_size is None or not zoom_by_file:
                 raise
             raise ValueError(f"{path}: with the pixel size {file_size:g} µm its file's metadata "
                              f"states: {err} (give --pixel-size to use another)") from err
         used = prediction.params(job.params).to_dict()  # every value, the model's defaults applied
         labels = prediction.segment(**used)
-        # The pixel size given, read from the file, estimated ("auto") or derived from the
-        # cell diameter; with none, the image is taken to be at the model's, unscaled, so
-        # the grid's pixel size is the image's.
-        size = prediction.pixel_size or prediction.grid.pixel_size
+        if prediction.scale is not None or job.cell_diameter_px is not None:
+            scale_from = ("estimated from the image" if prediction.scale is not None
+                          else f"cell diameter {job.cell_diameter_px} px")
+        # The physical pixel size when known; else the one estimated ("auto") or derived
+        # from the cell diameter (cells taken to be the model's size); with none, the image
+        # is taken to be at the model's, unscaled, so the grid's pixel size is the image's.
+        size = physical or prediction.pixel_size or prediction.grid.pixel_size
     record = {"image": str(path), "method": job.method, "parameters": used,
-              "pixel_size_um": size,
-              "pixel_size_given": job.pixel_size is not None and job.pixel_size != "auto",
+              "pixel_size_um": size, "pixel_size_given": given,
               "model": job.model_info, "version": __version__, "request": _request(job, path)}
-    if file_size is not None:
+    if file_size is not None and size == file_size:
         record["pixel_size_from"] = "file metadata"
-    elif job.method == "unet" and (prediction.scale is not None or job.cell_diameter_px is not None):
-        record["pixel_size_from"] = ("estimated from the image" if prediction.scale is not None
-                                     else f"cell diameter {job.cell_diameter_px} px")
+        if scale_from is not None:  # µm from the file, the model's zoom from the cells
+            record["scale_from"] = scale_from
+            record["scale_pixel_size_um"] = prediction.pixel_size
+    elif scale_from is not None and not given:
+        record["pixel_size_from"] = scale_from
     out = Path(job.out)
     stage = out / STAGING / f"{path.stem}.{os.getpid()}"
     if stage.exists():
@@ -186,10 +196,13 @@ def iter_segment_files(
     ``method="classic"`` and to :meth:`Prediction.segment` for ``"unet"``; the model is
     loaded once (per worker on the engine).
 
-    With neither ``pixel_size`` nor ``cell_diameter_px``, each image's pixel size is the
-    one its file's metadata states (:func:`~napari_cellseg.io.read_pixel_size`), where it
-    states one; all are read, and non-square pixels refused, before any work. The classic
-    method works in pixels: its pixel size only turns the cell table's areas into µm².
+    Without a ``pixel_size`` number, each image's pixel size is the one its file's
+    metadata states (:func:`~napari_cellseg.io.read_pixel_size`), where it states one; all
+    are read, and non-square pixels refused, before any work. ``"auto"`` or
+    ``cell_diameter_px`` then set only the model's zoom (cells rescaled to the model's
+    size), and the file's pixel size still measures the µm (``scale_from`` in the
+    record); with no file size, µm use the pixel size they imply. The classic method works
+    in pixels: its pixel size only turns the cell table's areas into µm².
 
     ``resume=True`` skips frames whose outputs were written for this very request (see
     the module notes) and finishes the rest. ``workers`` / ``scheduler`` / ``client`` run
@@ -229,8 +242,9 @@ def iter_segment_files(
             raise FileExistsError(f"{err} (with resume: they were written with other settings or by "
                                   "another version)") from err
         raise
-    # A size the user gave (a number, "auto") or a cell diameter wins over the file's.
-    from_file = {p: read_pixel_size(p) if pixel_size is None and cell_diameter_px is None else None
+    # A number the user gave wins over the file's pixel size; "auto" or a cell diameter set
+    # the model's zoom only, and the file's size, when it states one, still measures the µm.
+    from_file = {p: read_pixel_size(p) if pixel_size is None or pixel_size == "auto" else None
                  for p in todo}
     out.mkdir(parents=True, exist_ok=True)
     counts = {p: _cells_written(job, p) for p in done}
