@@ -220,6 +220,11 @@ class ModelInputs:
             return f"cell diameter {self.cell_diameter.value:g} px"
         return None
 
+    def scale_request(self) -> tuple[str | None, float | None]:
+        """What a run was asked, taken when it starts (later edits belong to the next run):
+        where the model's zoom comes from, and the image layer's own pixel size."""
+        return self.scale_source, pixel_size_of(self.image.value)
+
     def _on_scale_choice(self, *_) -> None:
         """One way to set the scale at a time: the estimate, else a diameter, else a pixel size."""
         auto, diameter = bool(self.auto_scale.value), bool(self.cell_diameter.value)
@@ -234,3 +239,15 @@ class ModelInputs:
         size = pixel_size_of(self.image.value)
         if size:
             self.pixel_size.value = size
+
+
+def scale_metadata(prediction, request: tuple[str | None, float | None]) -> dict:
+    """The pixel size a result layer records (what its µm are measured in). An estimate or
+    a cell diameter sets the model's zoom only: the image layer's own pixel size, when it
+    has one, still measures the µm (as ``batch`` does with a file's)."""
+    source, layer_size = request
+    if source and layer_size:
+        return {"pixel_size_um": layer_size, "pixel_size_from": "image layer", "scale_from": source,
+                "scale_pixel_size_um": prediction.pixel_size}
+    return {"pixel_size_um": prediction.pixel_size, "pixel_size_from": source}
+

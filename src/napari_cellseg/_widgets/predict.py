@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import Container, FloatSpinBox
 
-from ._inputs import PREDICTION_KEY, PREPROCESSED_LAYER, PROBABILITY_LAYERS, ModelInputs
+from ._inputs import (
+    PREDICTION_KEY,
+    PREPROCESSED_LAYER,
+    PROBABILITY_LAYERS,
+    ModelInputs,
+    scale_metadata,
+)
 from ._layers import image_plane, show_layer
 from ._runner import Runner
 
@@ -31,13 +37,13 @@ class PredictWidget(Container):
         self.extend([*self._inputs.widgets, self._tophat, *self._runner.widgets])
         self._runner.on_run(self.run)
         self.prediction = None
-        self._scale_source = None
+        self._scale_request: tuple = (None, None)
 
     def run(self, *_):
         from ..pipeline import iter_predict
 
         image = image_plane(self._image.value, self._viewer)
-        self._scale_source = self._inputs.scale_source  # what this run was asked, not later edits
+        self._scale_request = self._inputs.scale_request()
         # warm={}: the hierarchies for the model's own defaults are built in the worker.
         return self._runner.start(
             iter_predict, image, self._inputs.pixel_size_um, self._inputs.model_name,
@@ -46,10 +52,10 @@ class PredictWidget(Container):
 
     def _on_done(self, prediction) -> None:
         self.prediction = prediction
-        meta = {"stage": "predict", "model": self._model.value,
-                "pixel_size_um": prediction.pixel_size,  # given, estimated or None (the model's)
-                "pixel_size_from": self._scale_source, "tophat_um": float(self._tophat.value) or None}
-        if self._tophat.value or self._pixel_size.value or self._scale_source:  # the image was resampled
+        # The pixel size given, estimated, from a cell diameter or None (the model's).
+        meta = {"stage": "predict", "model": self._model.value, **scale_metadata(prediction, self._scale_request),
+                "tophat_um": float(self._tophat.value) or None}
+        if self._tophat.value or self._pixel_size.value or self._scale_request[0]:  # the image was resampled
             show_layer(self._viewer, prediction.to_input(prediction.grid_image), PREPROCESSED_LAYER,
                        "image", metadata=meta, visible=False)
         for name, (attribute, colour, visible) in PROBABILITY_LAYERS.items():

@@ -17,7 +17,7 @@ import numpy as np
 from magicgui.widgets import Container, FloatSpinBox
 
 from ..progress import Progress
-from ._inputs import CELLS_LAYER, ModelInputs, image_data
+from ._inputs import CELLS_LAYER, ModelInputs, image_data, scale_metadata
 from ._layers import plane_index, show_layer
 from ._runner import LiveUpdate, Runner, reports_errors
 from ._seed_controls import SeedControls
@@ -60,7 +60,7 @@ class SegmentCellsWidget(Container):
         self.extend([*self._inputs.widgets, *self._runner.widgets,
                      *self._seeds.widgets, self._min_area])
         self.predictions: list = []
-        self._scale_source: str | None = None  # "cell diameter 30 px" or "estimated from the image"
+        self._scale_request: tuple = (None, None)  # ModelInputs.scale_request of the last run
         self._cells: np.ndarray | None = None  # (planes, M, N) labels shown
         self._segmented_with: list[dict | None] = []  # per plane: the parameters of its labels
         self._touched = False  # has the user moved a slider?
@@ -113,15 +113,15 @@ class SegmentCellsWidget(Container):
         # Untouched sliders: the model's own tuned defaults ({} = the model's defaults).
         params = self.params() if self._touched else {}
         on_done = partial(self._on_predicted, source=self._image.value.name, stack=data.ndim == 3,
-                          scale_source=self._inputs.scale_source)
+                          scale_request=self._inputs.scale_request())
         return self._runner.start(predict_and_segment, data, self._inputs.pixel_size_um, model,
                                   self._device.value, params, self._inputs.scale_kwargs, on_done=on_done)
 
-    def _on_predicted(self, result, source: str, stack: bool, scale_source: str | None = None) -> None:
+    def _on_predicted(self, result, source: str, stack: bool, scale_request: tuple = (None, None)) -> None:
         predictions, cells, params = result
         self._live.drop()  # a re-segmentation still running belongs to the old prediction
         self.predictions, self._source, self._stack = predictions, source, stack
-        self._scale_source = scale_source
+        self._scale_request = scale_request
         if predictions and not self._touched:
             # The model's own tuned defaults, the first time only: later runs keep the
             # user's settings.
@@ -157,13 +157,13 @@ class SegmentCellsWidget(Container):
         plane = self.current_plane()
         layer.metadata.update({
             "stage": "cells", "parameters": self._segmented_with[plane], "source": self._source,
-            "model": self._model.value, "pixel_size_um": self.predictions[plane].pixel_size,
-            "pixel_size_from": self._scale_source, "stale_planes": sorted(self.stale_planes)})
+            "model": self._model.value, **scale_metadata(self.predictions[plane], self._scale_request),
+            "stale_planes": sorted(self.stale_planes)})
         n = int(self._cells[plane].max())
         estimated = self.predictions[plane].scale is not None
         self._runner.status.value = (
             f"{n} cells" + (f" in plane {plane + 1} of {len(self._cells)} planes" if self._stack else "")
             + (f" (pixel size estimated: {self.predictions[plane].pixel_size:.3g} µm)" if estimated
-               else f" (pixel size {self.predictions[plane].pixel_size:.3g} µm from the {self._scale_source})"
-               if self._scale_source else ""))
+               else f" (pixel size {self.predictions[plane].pixel_size:.3g} µm from the {self._scale_request[0]})"
+               if self._scale_request[0] else ""))
         return layer
