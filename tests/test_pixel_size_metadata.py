@@ -180,6 +180,7 @@ def test_a_cell_diameter_sets_the_zoom_and_the_files_pixel_size_the_um(tmp_path)
     size, while µm² are still measured with the file's 0.65 µm, not the 0.25 µm implied
     by taking the cells to be the model's 7.5 µm cells."""
     from napari_cellseg.core.preprocess import rescale
+    from napari_cellseg.model.store import resolve_model
     from napari_cellseg.sample_data import tissue_scene
 
     big = rescale(tissue_scene().image[:160, :160].astype(np.float32), 2.0)  # cells ~30 px
@@ -191,7 +192,8 @@ def test_a_cell_diameter_sets_the_zoom_and_the_files_pixel_size_the_um(tmp_path)
     record = _record(tmp_path / "a", "calibrated")
     assert record["pixel_size_um"] == 0.65 and record["pixel_size_from"] == "file metadata"
     assert record["scale_from"] == "cell diameter 30.0 px"
-    assert record["scale_pixel_size_um"] == pytest.approx(0.25)
+    implied = resolve_model(None)[1].cell_diameter_um / 30  # 0.25 µm for the model's 7.5 µm cells
+    assert record["scale_pixel_size_um"] == pytest.approx(implied)
     table = pd.read_csv(tmp_path / "a" / "calibrated_cells.csv")
     np.testing.assert_allclose(table["area_um2"], table["area_px"] * 0.65**2)
     # The same zoom either way: the file's size changes the µm, not the cells.
@@ -200,7 +202,7 @@ def test_a_cell_diameter_sets_the_zoom_and_the_files_pixel_size_the_um(tmp_path)
     assert record["cells"] > 20
     # Without a calibration, µm use the implied size, and the record says where it came from.
     record = _record(tmp_path / "a", "plain")
-    assert record["pixel_size_um"] == pytest.approx(0.25)
+    assert record["pixel_size_um"] == pytest.approx(implied)
     assert record["pixel_size_from"] == "cell diameter 30.0 px" and "scale_from" not in record
 
 

@@ -68,11 +68,12 @@ def test_auto_scale_through_predict_segments_a_rescaled_image(tissue):
     # pixel-doubled copy measures 0.288 µm: the size of its cells reads 15 % small).
     big = rescale(image, 2.0)
     big_labels = np.kron(labels, np.ones((2, 2), labels.dtype))
-    auto = ncs.predict(big, pixel_size="auto", device="cpu")
+    # The 1x specialist, which needs the scale (the default model travels: test_model.py).
+    auto = ncs.predict(big, pixel_size="auto", model="dense_tcells", device="cpu")
     assert auto.scale is not None and auto.pixel_size == auto.scale.pixel_size
     assert auto.pixel_size == pytest.approx(0.25, rel=0.15)
     ap_auto = ncs.evaluate(big_labels, auto.segment()).ap
-    ap_unscaled = ncs.evaluate(big_labels, ncs.segment(big, device="cpu")).ap  # taken as 0.5 µm/px
+    ap_unscaled = ncs.evaluate(big_labels, ncs.segment(big, model="dense_tcells", device="cpu")).ap  # as 0.5 µm/px
     assert ap_auto >= 0.9
     assert ap_auto > ap_unscaled + 0.2
 
@@ -83,7 +84,7 @@ def test_cell_diameter_and_pixel_size_give_the_same_cells(tissue):
     diameter_px = 12.0
     by_diameter = ncs.predict(image, cell_diameter_px=diameter_px, device="cpu")
     by_pixel_size = ncs.predict(image, pixel_size=info.cell_diameter_um / diameter_px, device="cpu")
-    assert by_diameter.pixel_size == pytest.approx(0.625)
+    assert by_diameter.pixel_size == pytest.approx(info.cell_diameter_um / 12.0)  # 0.625 for 7.5 µm cells
     np.testing.assert_array_equal(by_diameter.segment(), by_pixel_size.segment())
 
 
@@ -117,7 +118,8 @@ def test_cli_auto_pixel_size_and_cell_diameter(tmp_path, capsys):
     assert record["pixel_size_um"] == pytest.approx(0.5, rel=0.15)
     assert main(["segment", str(image), "--out", str(tmp_path / "d"), "--cell-diameter", "15"]) == 0
     record = json.loads((tmp_path / "d" / "crop_params.json").read_text())
-    assert record["pixel_size_um"] == pytest.approx(0.5)  # 7.5 µm cells 15 px across
+    model_um = resolve_model(None)[1].cell_diameter_um  # the model's typical cell (µm)
+    assert record["pixel_size_um"] == pytest.approx(model_um / 15)  # 0.5 for 7.5 µm cells 15 px across
     assert record["pixel_size_from"] == "cell diameter 15.0 px"
     assert main(["segment", str(image), "--out", str(tmp_path / "x"), "--cell-diameter", "15",
                  "--pixel-size", "0.5"]) == 2
@@ -130,5 +132,5 @@ def test_a_stack_keeps_its_cell_diameter_on_every_plane(tissue):
 
     stack = np.stack([tissue[0][:128, :128], tissue[0][128:256, :128]])
     preds = drain(iter_predict_planes(stack, device="cpu", cell_diameter_px=15.0))
-    assert [p.pixel_size for p in preds] == [pytest.approx(0.5)] * 2
+    assert [p.pixel_size for p in preds] == [pytest.approx(resolve_model(None)[1].cell_diameter_um / 15)] * 2
     assert all(p.scale is None for p in preds)

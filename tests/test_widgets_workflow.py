@@ -461,6 +461,7 @@ def test_a_cell_diameter_in_pixels_sets_the_scale(make_napari_viewer, qtbot, tis
     from napari_cellseg._widgets.segment_cells import SegmentCellsWidget
     from napari_cellseg.core.metrics import evaluate
     from napari_cellseg.core.preprocess import rescale
+    from napari_cellseg.model.store import resolve_model
 
     viewer = make_napari_viewer()
     viewer.add_image(rescale(tissue[0].astype(np.float32), 2.0), name="unknown scale")
@@ -475,12 +476,23 @@ def test_a_cell_diameter_in_pixels_sets_the_scale(make_napari_viewer, qtbot, tis
     assert inputs.pixel_size.enabled and inputs.scale_kwargs == {}
     wait_done(qtbot, widget._runner)
     layer = viewer.layers[CELLS_LAYER]
-    assert layer.metadata["pixel_size_um"] == pytest.approx(0.25)
+    implied = resolve_model(inputs.model_name)[1].cell_diameter_um / 30  # 0.25 µm for 7.5 µm cells
+    assert layer.metadata["pixel_size_um"] == pytest.approx(implied)
     assert layer.metadata["pixel_size_from"] == "cell diameter 30 px"
-    assert "0.25 µm from the cell diameter 30 px" in widget._runner.status.value
+    assert f"{implied:.3g} µm from the cell diameter 30 px" in widget._runner.status.value
     truth = np.kron(tissue[1], np.ones((2, 2), tissue[1].dtype))
     assert evaluate(truth, layer.data).ap >= 0.8
+    first = np.array(layer.data)  # the layer is updated in place by the next run
     # The estimate overrides a diameter: one way to set the scale at a time.
     inputs.cell_diameter.value = 30.0
     inputs.auto_scale.value = True
     assert not inputs.cell_diameter.enabled and inputs.pixel_size_um == "auto" and inputs.scale_kwargs == {}
+    # An image layer with its own pixel size: the diameter sets the zoom, the layer's size the µm.
+    inputs.auto_scale.value = False
+    viewer.layers["unknown scale"].metadata["pixel_size_um"] = 0.65
+    widget.run()
+    wait_done(qtbot, widget._runner)
+    meta = viewer.layers[CELLS_LAYER].metadata
+    assert meta["pixel_size_um"] == 0.65 and meta["pixel_size_from"] == "image layer"
+    assert meta["scale_from"] == "cell diameter 30 px" and meta["scale_pixel_size_um"] == pytest.approx(implied)
+    np.testing.assert_array_equal(viewer.layers[CELLS_LAYER].data, first)  # the same zoom, the same cells

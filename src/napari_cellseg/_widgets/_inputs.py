@@ -110,9 +110,11 @@ class ModelComboBox(ComboBox):
     widget's worker): in the GUI thread, and only while its Qt widget exists."""
 
     def __init__(self, label: str = "Model", **kwargs):
-        from ..model.registry import on_model_saved
+        from ..model.registry import DEFAULT_MODEL, on_model_saved
 
         super().__init__(choices=model_choices, label=label, **kwargs)
+        if DEFAULT_MODEL in self.choices:  # what the API and the CLI use without --model
+            self.value = DEFAULT_MODEL
         self._alive = True
         self.native.destroyed.connect(self._on_destroyed)
         on_model_saved(self._on_model_saved)  # held weakly by the registry
