@@ -39,7 +39,7 @@ def test_train_resume_and_fine_tune(pairs, tmp_path, capsys):
     tuned = tmp_path / "tuned.safetensors"
     assert cli.main(["train", *map(str, common), "--out", str(tuned), "--epochs", "1", "--init", str(out),
                      "--seed-target", "soft", "--minutes", "5", "--freeze-norm", "--scale-jitter", "0.7,1.4",
-                     "--blur", "1.5"]) == 0
+                     "--blur", "1.5", "--scale-p", "0.25", "--blur-p", "0.15"]) == 0
     tuned_info = load_model(tuned)[1]
     assert tuned_info.config.channels == (4, 8, 16)
     assert tuned_info.extra["train_config"]["seed_target"] == "soft"
@@ -47,6 +47,7 @@ def test_train_resume_and_fine_tune(pairs, tmp_path, capsys):
     assert tuned_info.extra["train_config"]["freeze_norm"] is True
     assert tuned_info.extra["train_config"]["scale_jitter"] == [0.7, 1.4]
     assert tuned_info.extra["train_config"]["blur"] == 1.5
+    assert tuned_info.extra["train_config"]["scale_p"] == 0.25 and tuned_info.extra["train_config"]["blur_p"] == 0.15
     assert tuned_info.extra["fine_tuned_from"]["name"] == "m"
     assert [r["name"] for r in tuned_info.extra["trained_on"]] == ["img0", "img1"]
     # The fine-tune scored its start first; the last line says whether an epoch beat it.
@@ -66,6 +67,9 @@ def test_train_resume_and_fine_tune(pairs, tmp_path, capsys):
     for bad in ("0.3", "nan", "-1"):  # refused before any image is read, in words
         assert cli.main(["train", *map(str, common), "--out", str(tmp_path / "z"), "--blur", bad]) == 2
         assert "--blur must be 0 (off) or a sigma of at least 0.5 px" in capsys.readouterr().err
+    for flag in ("--scale-p", "--blur-p"):
+        assert cli.main(["train", *map(str, common), "--out", str(tmp_path / "z"), flag, "1.5"]) == 2
+        assert f"{flag} must be a share of the patches in [0, 1], got 1.5" in capsys.readouterr().err
 
 
 def test_train_on_every_pixel(pairs, tmp_path, capsys, monkeypatch):

@@ -217,12 +217,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="keep the --init model's batch-norm statistics (the Train widget's fine-tune, "
                         "with --lr 1e-4: a few annotated cells then pull the model less far)")
     p.add_argument("--scale-jitter", default=None, metavar="LO,HI",
-                   help="zoom augmentation: half the patches drawn at a zoom between LO and HI "
+                   help="zoom augmentation: patches (half; --scale-p) drawn at a zoom between LO and HI "
                         "(e.g. 0.6,1.6: cells 0.6-1.6x their size), so the model works at pixel sizes "
                         "off its own; default: off")
     p.add_argument("--blur", type=float, default=d.blur, metavar="SIGMA",
-                   help="blur augmentation: a third of the patches blurred by a Gaussian of sigma "
+                   help="blur augmentation: patches (30 %%; --blur-p) blurred by a Gaussian of sigma "
                         "0.5-SIGMA px (e.g. 2), for images from a coarser optic; default: off")
+    p.add_argument("--scale-p", type=float, default=d.scale_p, metavar="P",
+                   help=f"share of the patches zoomed with --scale-jitter (default {d.scale_p})")
+    p.add_argument("--blur-p", type=float, default=d.blur_p, metavar="P",
+                   help=f"share of the patches blurred with --blur (default {d.blur_p})")
     p.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
     p.add_argument("--overwrite", action="store_true")
 
@@ -257,8 +261,11 @@ def _train(args: argparse.Namespace) -> int:
     if not 0 <= args.val_fraction < 1:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     val_band = _band(args.val_band) if args.val_band else None
+    for flag, share in (("--scale-p", args.scale_p), ("--blur-p", args.blur_p)):
+        if not 0 <= share <= 1:
+            raise ValueError(f"{flag} must be a share of the patches in [0, 1], got {share}")
     try:  # the sampler's own check, here before any image is read
-        check_blur(args.blur)
+        check_blur(args.blur, args.blur_p)
     except ValueError:
         raise ValueError(f"--blur must be 0 (off) or a sigma of at least 0.5 px, got {args.blur}") from None
     cfg = TrainConfig(epochs=args.epochs, patch=args.patch, batch=args.batch, lr=args.lr,
@@ -268,7 +275,7 @@ def _train(args: argparse.Namespace) -> int:
                       contact_weight=args.contact_weight, seed_target=args.seed_target,
                       touch_class=args.touch_class, time_budget_s=60.0 * args.minutes,
                       freeze_norm=args.freeze_norm, scale_jitter=_scale_jitter(args.scale_jitter),
-                      blur=args.blur)
+                      scale_p=args.scale_p, blur=args.blur, blur_p=args.blur_p)
     pairs = load_pairs(args.images, args.masks, args.channel)
     live = sys.stderr.isatty()  # a live bar in a terminal, nothing in logs
 
