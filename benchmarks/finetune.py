@@ -1,4 +1,4 @@
-"""The five-minute fine-tune: AP@0.5 before and after fine-tuning a built-in model (--model; default dense_tcells) on ONE
+"""The five-minute fine-tune: AP@0.5 before and after fine-tuning a built-in model (--model; default: the default model, as the Train widget) on ONE
 annotated crop, with the Train widget's settings, on the CPU.
 
     python benchmarks/finetune.py [--model NAME] [--minutes 5] [--cases tissue,nuclei,whole_cell,membrane,dense] [--json F]
@@ -77,7 +77,9 @@ def fine_tune(image, labels, minutes: float, out: Path, lr: float = 1e-4, freeze
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="dense_tcells", help="the built-in model to start from")
+    from napari_cellseg.model.registry import DEFAULT_MODEL
+
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="the built-in model to start from (default: the default model)")
     ap.add_argument("--minutes", type=float, default=5.0, help="the time budget (the widget's default: 5)")
     ap.add_argument("--cases", default="tissue,nuclei,whole_cell,membrane,dense")
     ap.add_argument("--json", default=None)

@@ -17,6 +17,7 @@ from hypothesis.extra.numpy import arrays
 import napari_cellseg as ncs
 from napari_cellseg.cli import main as cli
 from napari_cellseg.core import synthetic as syn
+from napari_cellseg.pipeline import LOW_CONFIDENCE
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
 LESSON = syn.make_image()[0]
@@ -164,7 +165,7 @@ def test_noise_is_flagged(caplog):
     image = np.random.default_rng(0).normal(100, 10, (256, 256)).astype(np.float32)
     with caplog.at_level(logging.WARNING, logger="napari_cellseg"):
         pred = ncs.predict(image, device="cpu")
-    assert pred.confidence < 0.6
+    assert pred.confidence < LOW_CONFIDENCE
     assert "unsure about most of this image" in caplog.text
     caplog.clear()
     tissue = tifffile.imread(SAMPLES / "tissue.tif")[:256, :256]

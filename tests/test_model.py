@@ -454,27 +454,29 @@ def test_shipped_model_loads():
     assert not model.training
 
 
-def test_multiscale_model_finds_cells_at_twice_and_half_its_training_size():
-    """The second built-in model was trained with zoom (0.5-2x) and blur augmentation:
-    membrane cells drawn at twice the training size, no pixel size given, are found one for
-    one, where the single-scale default model splits them (measured 2026-11-23: AP 0.983
-    against 0.46); cells drawn at half size, their pixel size given, are found where the
-    default model, upsampling them to its scale, loses most (measured: 0.919 against 0.126)."""
+def test_default_model_finds_cells_at_twice_and_half_its_training_size():
+    """The default model was trained with zoom (0.5-2x) and blur augmentation: membrane
+    cells drawn at twice the training size, no pixel size given, are found one for one,
+    where the single-scale dense_tcells splits them (measured 2026-11-23: AP 0.983 against
+    0.460); cells drawn at half size, their pixel size given, are found where dense_tcells,
+    upsampling them to its scale, loses most (0.901 against 0.126)."""
     import napari_cellseg as ncs
     from napari_cellseg.core import synthetic as syn
+    from napari_cellseg.model.registry import DEFAULT_MODEL
 
-    _, info = load_model("dense_tcells_multiscale")
+    assert DEFAULT_MODEL == "dense_tcells_multiscale"
+    _, info = load_model()
     assert info.pixel_size == pytest.approx(0.5)
     assert info.extra["train_config"]["scale_jitter"] == [0.5, 2.0]
     assert info.extra["train_config"]["blur"] == 2.0
     s = syn.make_whole_cell_image(seed=1, shape=(384, 384), cell_radius=15, stain="membrane")
-    wide = ncs.evaluate(s.labels, ncs.segment(s.image, model="dense_tcells_multiscale", device="cpu"))
-    narrow = ncs.evaluate(s.labels, ncs.segment(s.image, device="cpu"))
+    wide = ncs.evaluate(s.labels, ncs.segment(s.image, device="cpu"))
+    narrow = ncs.evaluate(s.labels, ncs.segment(s.image, model="dense_tcells", device="cpu"))
     assert wide.n_true == 172 and wide.ap >= 0.9
-    assert narrow.ap < 0.6 and narrow.fp > 50  # the default model over-splits them
+    assert narrow.ap < 0.6 and narrow.fp > 50  # the single-scale model over-splits them
     s = syn.make_whole_cell_image(seed=1, shape=(256, 256), cell_radius=3.75, stain="membrane")
-    wide = ncs.evaluate(s.labels, ncs.segment(s.image, 1.0, model="dense_tcells_multiscale", device="cpu"))
-    narrow = ncs.evaluate(s.labels, ncs.segment(s.image, 1.0, device="cpu"))
+    wide = ncs.evaluate(s.labels, ncs.segment(s.image, 1.0, device="cpu"))
+    narrow = ncs.evaluate(s.labels, ncs.segment(s.image, 1.0, model="dense_tcells", device="cpu"))
     assert wide.n_true == 1115 and wide.ap >= 0.85
     assert narrow.ap < 0.3
 

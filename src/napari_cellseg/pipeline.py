@@ -28,9 +28,13 @@ logger = logging.getLogger(__name__)
 __all__ = ["Prediction", "SegmentParams", "iter_predict", "iter_predict_planes", "predict", "segment"]
 
 # Below this mean confidence (the probability of each pixel's most likely class) the
-# network is unsure about most of the image: pure noise measured 0.47-0.48, real and
-# synthetic cell images 0.87-0.95 (512 px crops, shipped model, 2026-11-22).
-LOW_CONFIDENCE = 0.6
+# network is unsure about most of the image. Measured 2026-11-23 on 256 px noise and on
+# real and synthetic cell images (the sample crops, the 7 dense strips, four synthetic
+# looks at 0.5x, 1x, 2x): Gaussian or uniform noise 0.47-0.49 with dense_tcells and
+# 0.57-0.60 with dense_tcells_multiscale, cell images 0.80-0.995 with either. Noise
+# with blobs of a cell's size (smoothed, or sparse counts) reads 0.50-0.78: not always
+# flagged.
+LOW_CONFIDENCE = 0.65
 
 # Stage names of Prediction.stages(), in pipeline order.
 STAGES = ("preprocessed", "seed_probability", "cytoplasm_probability", "background_probability",

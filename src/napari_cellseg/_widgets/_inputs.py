@@ -178,8 +178,8 @@ class ModelInputs:
         self.auto_scale = CheckBox(value=False, text="Estimate the pixel size (experimental)",
                                    tooltip="a few small trial passes find the scale at which the "
                                            "cells look like the model's; unreliable on some images "
-                                           "(README, Known limits): give the pixel size if you know it; "
-                                           "the dense_tcells_multiscale model loses less to a wrong scale")
+                                           "(README, Known limits): give the pixel size or the cell "
+                                           "diameter if you know them")
         # Cellpose's "diameter": the size a biologist can read off the image with a ruler.
         self.cell_diameter = FloatSpinBox(value=0.0, min=0.0, max=1000.0, step=1.0,
                                           label="Cell diameter (px)",

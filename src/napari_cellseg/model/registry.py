@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 WEIGHTS_SUFFIX = ".safetensors"
-DEFAULT_MODEL = "dense_tcells"
+DEFAULT_MODEL = "dense_tcells_multiscale"
 
 # Callbacks run after a model is saved, so that open model lists (the widgets') refresh.
 _saved_listeners: list[weakref.ref] = []
