@@ -137,12 +137,12 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
     record = {"image": str(path), "method": job.method, "parameters": used,
               "pixel_size_um": size, "pixel_size_given": given,
               "model": job.model_info, "version": __version__, "request": _request(job, path)}
-    if file_size is not None and size == file_size:
+    if file_size is not None:  # read only when no number was given: it measures the µm
         record["pixel_size_from"] = "file metadata"
         if scale_from is not None:  # µm from the file, the model's zoom from the cells
             record["scale_from"] = scale_from
             record["scale_pixel_size_um"] = prediction.pixel_size
-    elif scale_from is not None and not given:
+    elif scale_from is not None:
         record["pixel_size_from"] = scale_from
     out = Path(job.out)
     stage = out / STAGING / f"{path.stem}.{os.getpid()}"

@@ -252,4 +252,3 @@ def scale_metadata(prediction, request: tuple[str | None, float | None]) -> dict
         return {"pixel_size_um": layer_size, "pixel_size_from": "image layer", "scale_from": source,
                 "scale_pixel_size_um": prediction.pixel_size}
     return {"pixel_size_um": prediction.pixel_size, "pixel_size_from": source}
-
