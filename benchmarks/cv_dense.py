@@ -18,7 +18,8 @@ Rule for adopting a change (a recipe, a default): it must gain >= 0.015 on the m
 folds **and** in at least 4 of 5 folds (``compare``). With fewer folds scored (a screen)
 the figures say so.
 
-Fold 5 of recipe ``base`` may be the shipped model (``--shipped-as-fold5``): it was
+Fold 5 of recipe ``base`` may be the built-in ``dense_tcells`` (``--shipped-as-fold5``; the
+default model until 2026-11-23): it was
 trained by this recipe on the left 80 % of each image, i.e. bands 1-4, without leaving
 cut cells out of the loss, and band 5 is its validation strip.
 """
@@ -152,7 +153,7 @@ def model_for(args, fold: int) -> Path | None:
     if args.shipped_as_fold5 and args.recipe == "base" and args.folds == 5 and fold == 5:
         from napari_cellseg.model.registry import resolve_model_path
 
-        return resolve_model_path(None)
+        return resolve_model_path("dense_tcells")  # base's fold 5 as shipped, not today's default
     return None
 
 
@@ -269,7 +270,7 @@ def main() -> None:
                    help="tell the pipeline a pixel size this many times the true one (robustness to "
                         "a wrong scale: at 1.25 the cells reach the network 25 %% larger than they should)")
     s.add_argument("--shipped-as-fold5", action="store_true",
-                   help="recipe base: the shipped model as fold 5 (see the module notes)")
+                   help="recipe base: the built-in dense_tcells as fold 5 (see the module notes)")
     s.add_argument("--json", default=None)
     c = sub.add_parser("compare", help="the adoption rule between two score --json reports")
     c.add_argument("baseline")
