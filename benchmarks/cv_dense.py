@@ -73,6 +73,10 @@ RECIPES: dict[str, list[dict]] = {
     # travel_ft's model, 20 more epochs with half its augmentation (zoom on a quarter of the
     # patches, blur on 15 %) at a lower rate: does ending nearer 1x win back what travel_ft
     # lost on the dense set while keeping what it gained elsewhere? (issues 14 and 15)
+    # The control for travel_anneal: base's model, 20 more epochs at the same rate with no
+    # zoom or blur. Is travel_anneal level with base because of its augmentation or only
+    # because it trained 20 epochs longer?
+    "base_more": [{"reuse": ("base", 0)}, {"reuse": ("base", 1)}, {"config": {**_BASE_2, "lr": 2e-4}}],
     "travel_anneal": [{"reuse": ("base", 0)}, {"reuse": ("travel_ft", 1)},
                       {"config": {**_BASE_2, "lr": 2e-4, "scale_jitter": (0.5, 2.0), "scale_p": 0.25,
                                   "blur": 2.0, "blur_p": 0.15}}],
