@@ -1,6 +1,6 @@
 """Speed and memory on one 1159 x 1040 frame (CPU unless --device says otherwise).
 
-    python benchmarks/speed.py [--threads 2] [--device cpu] [--repeat 3]
+    python benchmarks/speed.py [--threads 2] [--device cpu] [--repeat 3] [--model M --pixel-size 0.5]
 
 Measures: UNet inference alone (Mpx/s), the whole default segmentation from the raw
 image (Mpx/s), the automatic scale estimate (s, and its share of the segmentation's time;
@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--model", default=None, help="a shipped model's name or a weight file (default: the default model)")
+    ap.add_argument("--pixel-size", type=float, default=None,
+                    help="µm per pixel of the frame, given to the model (the dense set's is 0.5; default: none)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -62,17 +65,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     image, labels, source = frame()
     mpx = image.size / 1e6
-    net, info = load_model()
+    net, info = load_model(args.model)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     predict_probabilities(net, image[:256, :256], device=args.device)  # warm-up
     _, t_net, _t_net_med = timed(lambda: predict_probabilities(net, image, device=args.device), args.repeat)
-    pred, t_all, _t_all_med = timed(lambda: ncs.predict(image, model=(net, info), device=args.device).segment(),
-                                   args.repeat)
+    px = args.pixel_size
+    pred, t_all, _t_all_med = timed(
+        lambda: ncs.predict(image, px, model=(net, info), device=args.device).segment(), args.repeat)
     from napari_cellseg.scale import estimate_scale
 
     _, t_scale, _ = timed(lambda: estimate_scale(image.astype(np.float32), net, info, args.device), args.repeat)
-    prediction = ncs.predict(image, model=(net, info), device=args.device)
+    prediction = ncs.predict(image, px, model=(net, info), device=args.device)
     prediction.warm()
     prediction.segment()
     lat_h, lat_s = [], []
@@ -85,6 +89,7 @@ def main() -> None:
         lat_s.append(time.perf_counter() - t)
     result = {
         "source": source, "shape": list(image.shape), "device": args.device, "threads": args.threads,
+        "model": args.model or "default", "pixel_size": px,
         "cpu_bfloat16": args.device == "cpu" and cpu_bf16(),
         "unet_mpx_per_s": mpx / t_net, "unet_seconds": t_net,
         "segmentation_mpx_per_s": mpx / t_all, "segmentation_seconds": t_all,
