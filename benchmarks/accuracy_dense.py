@@ -19,6 +19,9 @@ from _data import VAL_FRACTION, validation_strips
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
+    ap.add_argument("--pixel-size", type=float, default=None,
+                    help="µm per pixel given to the model (the set's is 0.5; default: none, the strips "
+                         "taken to be at the model's own pixel size: give 0.5 for a model of another)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--grid", default=None,
                     help='parameter grid, e.g. "sensitivity=40,60,80;h=1,3;background=otsu3,probability"')
@@ -45,7 +48,7 @@ def main() -> None:
     preds = {}
     for name, image, labels in strips:
         t0 = time.perf_counter()
-        pred = ncs.predict(image, model=model, device="cpu", flips=args.flips)
+        pred = ncs.predict(image, args.pixel_size, model=model, device="cpu", flips=args.flips)
         cells = pred.segment()
         dt = time.perf_counter() - t0
         preds[name] = (pred, labels)
