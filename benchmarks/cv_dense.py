@@ -184,6 +184,10 @@ def cmd_score(args) -> None:
         if path is None:
             continue
         model = load_model(path)
+        if RECIPES.get(args.recipe, [{}])[-1].get("scale", 1) != 1 and not args.at_model_grid:
+            # A 2x model is for the set's 0.5 µm/px images: segmented on their grid (its
+            # maps brought back to 1x), as the shipped 2x model's metadata says (pipeline.py).
+            model[1].extra.setdefault("image_pixel_size", PIXEL_SIZE)
         band = (fold - 1, args.folds)
         results[fold] = {v: [] for v in range(len(variants))}
         t0 = time.perf_counter()
@@ -286,6 +290,8 @@ def main() -> None:
                         "a wrong scale: at 1.25 the cells reach the network 25 %% larger than they should)")
     s.add_argument("--shipped-as-fold5", action="store_true",
                    help="recipe base: the built-in dense_tcells as fold 5 (see the module notes)")
+    s.add_argument("--at-model-grid", action="store_true",
+                   help="a 2x recipe's models segment at their own grid (before 2026-11-23), not at 1x")
     s.add_argument("--json", default=None)
     c = sub.add_parser("compare", help="the adoption rule between two score --json reports")
     c.add_argument("baseline")

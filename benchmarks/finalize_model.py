@@ -18,6 +18,10 @@ def main() -> None:
     ap.add_argument("--name", default="dense_tcells")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="a segmentation default (a SegmentParams field), e.g. sensitivity=60")
+    ap.add_argument("--image-pixel-size", type=float, default=None, metavar="UM",
+                    help="for a model trained on upsampled images (e.g. 2x: trained at 0.25 µm/px "
+                         "on 0.5 µm/px images): the images' pixel size, taken for an image that "
+                         "gives none, and the grid it is segmented on")
     args = ap.parse_args()
 
     from napari_cellseg.core.params import SegmentParams
@@ -34,6 +38,8 @@ def main() -> None:
         except ValueError:
             defaults[key] = value
     info.extra["segment_defaults"] = defaults
+    if args.image_pixel_size is not None:
+        info.extra["image_pixel_size"] = args.image_pixel_size
     info.extra["source_file"] = Path(args.model).name
     target = Path(__file__).resolve().parents[1] / "src" / "napari_cellseg" / "model" / "weights"
     path = save_model(target / f"{args.name}.safetensors", net, info, overwrite=True)

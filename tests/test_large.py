@@ -210,7 +210,8 @@ def test_refused_settings_say_why(tissue, tmp_path):
     image, _ = tissue
     for kwargs, phrase in [({"seed_split": "shape"}, "shape"), ({"background": "otsu3"}, "otsu3"),
                            ({"intensity_weight": 1.0}, "intensity_weight"),
-                           ({"pixel_size": 0.3}, "rescale"), ({"block": 100}, "multiple of 32")]:
+                           ({"pixel_size": 0.3}, "rescale"), ({"block": 100}, "multiple of 32"),
+                           ({"model": "dense_tcells_x2"}, "2x model")]:
         with pytest.raises(ValueError, match=phrase):
             segment_large(image, tmp_path / "x.zarr", **kwargs)
     assert not (tmp_path / "x.zarr").exists()

@@ -109,6 +109,11 @@ def test_workflow_small_images_patch_and_units(tmp_path):
         next(iter_train(pairs, tmp_path / "small", config=_tiny_config()))
     with pytest.raises(ValueError, match="no labelled cell"):
         next(iter_train([("empty", pairs[0][1], np.zeros_like(pairs[0][2]))], tmp_path / "e"))
+    # A 2x model (its network at twice its images' resolution) is refused in words, and
+    # nothing is written: the workflow would train it on images at their own scale.
+    with pytest.raises(ValueError, match="2x model"):
+        next(iter_train(pairs, tmp_path / "x2", init="dense_tcells_x2", config=_tiny_config(epochs=1)))
+    assert not list(tmp_path.glob("x2*"))
 
 
 def test_fine_tuning_keeps_the_initial_pixel_size_and_drops_its_size_defaults(tmp_path, tiny_model):

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .core import validate
 from .core.params import Grid, SegmentParams
 from .core.preprocess import rescale
 
@@ -67,6 +68,7 @@ class ScaleEstimate:
     confidence: float
     trials: tuple[tuple[float, float], ...]
     measured_zoom: float = 1.0  # before the prior: zoom is 1 where this is within KEEP of 1
+    base_zoom: float = 1.0  # the zoom of an image at the model's scale (2 for a 2x model)
 
     @property
     def measured_pixel_size(self) -> float:
@@ -76,7 +78,7 @@ class ScaleEstimate:
     @property
     def kept_model_scale(self) -> bool:
         """The estimate was close enough to the model's scale to leave the image as it is."""
-        return self.zoom == 1.0 and self.measured_zoom != 1.0
+        return self.zoom == self.base_zoom and self.measured_zoom != self.base_zoom
 
 
 def _busiest_centres(image: np.ndarray, side: int, n: int = N_CROPS) -> list[tuple[int, int]]:
@@ -138,12 +140,18 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
         The image is too small for any trial, or no zoom shows the network any cells.
     """
     from .model.inference import predict_probabilities
-    from .pipeline import Prediction, foreground_probability
+    from .pipeline import Prediction, foreground_probability, image_pixel_size
 
     image = np.asarray(image, dtype=np.float32)
     model_px = float(info.pixel_size or 0.5)
     grid = Grid(model_px, info.cell_diameter_um)
     model_diameter = info.cell_diameter_um / model_px  # px on the model's grid
+    # A model whose network works at a finer grid than its images (a 2x model, pipeline's
+    # image_pixel_size) sees an image at its image pixel size through a zoom of 2, not 1:
+    # the ladder and the zoom kept as it is centre there.
+    image_px = image_pixel_size(info)
+    base = image_px / model_px if image_px else 1.0
+    zooms = tuple(base * z for z in zooms)
     centres = _busiest_centres(image, round(side / min(zooms)))
     trials, best = [], None
     for z in zooms:
@@ -186,6 +194,8 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
         # Half way to the neighbouring rungs: the size refines the zoom, it does not replace it.
         reach = np.sqrt(STEP)
         refined = float(np.clip(z * model_diameter / diameter, z / reach, z * reach))
-    zoom = applied_zoom(refined)
+    # Never a zoom the pipeline refuses (a 2x model's ladder reaches 8 before refining).
+    refined = float(np.clip(refined, 1 / validate.MAX_RESCALE, validate.MAX_RESCALE))
+    zoom = base * applied_zoom(refined / base)
     return ScaleEstimate(pixel_size=zoom * model_px, zoom=zoom, cell_diameter_px=model_diameter / refined,
-                         confidence=score, trials=tuple(trials), measured_zoom=refined)
+                         confidence=score, trials=tuple(trials), measured_zoom=refined, base_zoom=base)

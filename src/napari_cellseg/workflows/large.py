@@ -530,6 +530,11 @@ def iter_segment_large(
     arr, source_spec = _open_source(source)
     shape = tuple(int(s) for s in arr.shape)
     _, info = resolve_model(model)
+    if info.extra.get("image_pixel_size") is not None:
+        raise ValueError(f"this model runs its network at {info.pixel_size} µm/px for images of "
+                         f"{info.extra['image_pixel_size']} µm/px (a 2x model); block-wise segmentation "
+                         "runs on the model's grid only and does not support it yet: use a 1x model "
+                         "(e.g. the default) for slides")
     if scale_factor(pixel_size, info.pixel_size) != 1.0:
         raise ValueError(f"pixel size {pixel_size} µm differs from the model's {info.pixel_size} µm: "
                          "block-wise segmentation runs on the model's grid only; rescale the slide "

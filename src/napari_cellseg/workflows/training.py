@@ -166,6 +166,11 @@ def iter_train(
             val_ex.append(v)
         all_labels.append(labels)
     model, info = new_model(channels, init=init, touch_class=cfg.touch_class)
+    if info.extra.get("image_pixel_size") is not None:
+        # Training takes the images at their own scale; a 2x model wants them upsampled to
+        # its grid first, which this workflow does not do yet.
+        raise ValueError(f"{init} runs its network at twice the resolution of its images (a 2x "
+                         "model) and cannot be fine-tuned here yet: fine-tune the default model")
     cfg = _fit_patch(cfg, train_ex, model.config.divisor)
     _record_units(info, all_labels, pixel_size)
     info.extra["trained_on"] = [
