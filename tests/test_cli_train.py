@@ -132,3 +132,14 @@ def test_dense_set_pairs_up(dense_dir):
     for _, image, labels in pairs:
         assert image.shape == labels.shape == (1040, 1159)
         assert image.max() > 0
+
+
+def test_a_new_network_from_the_cli_is_the_default_models():
+    """The CLI's --channels default is the library's (a new network in the Train widget and
+    every cross-validated recipe), and the default model's architecture."""
+    from napari_cellseg.model.store import load_model
+    from napari_cellseg.model.unet import LIGHT_CHANNELS
+
+    args = cli.build_parser().parse_args(["train", "--images", "a", "--masks", "a", "--out", "m"])
+    assert tuple(int(c) for c in args.channels.split(",")) == LIGHT_CHANNELS
+    assert load_model()[1].config.channels == LIGHT_CHANNELS

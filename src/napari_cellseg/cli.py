@@ -191,7 +191,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed-target", choices=("hard", "soft"), default=d.seed_target,
                    help="seed class of cell pixels: hard (relative depth > 0.5) or soft (graded by depth)")
     p.add_argument("--init", default=None, help="fine-tune from this model (name or path)")
-    p.add_argument("--channels", default="16,32,64,128,128", help="UNet widths per level")
+    # model.unet.LIGHT_CHANNELS (spelt out: no torch at parse time): the network the default
+    # model and every cross-validated recipe have (until 2026-11-23 this said
+    # 16,32,64,128,128, dense_tcells' five levels).
+    p.add_argument("--channels", default="16,32,64,128",
+                   help="UNet widths per level of a new network (default: the default model's)")
     p.add_argument("--device", default=d.device)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=d.precision,
