@@ -126,7 +126,8 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
     net, info : UNet, ModelInfo
         The model; ``info.pixel_size`` and ``info.cell_diameter_um`` define its cells' size.
     zooms : tuple of float
-        Zoom factors tried (image px -> model-grid px).
+        Zoom factors tried (image px -> model-grid px), times 2 for a 2x model (its image
+        pixel size twice its grid's: ``pipeline.image_pixel_size``).
     side : int
         Side of each trial crop on the model's grid, px.
 

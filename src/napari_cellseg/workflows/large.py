@@ -519,6 +519,7 @@ def iter_segment_large(
 
     from ..core.preprocess import REFERENCE_PIXEL_SIZE, scale_factor
     from ..model.store import model_record, resolve_model
+    from ..pipeline import image_pixel_size
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -530,9 +531,10 @@ def iter_segment_large(
     arr, source_spec = _open_source(source)
     shape = tuple(int(s) for s in arr.shape)
     _, info = resolve_model(model)
-    if info.extra.get("image_pixel_size") is not None:
+    image_px = image_pixel_size(info)
+    if image_px is not None:
         raise ValueError(f"this model runs its network at {info.pixel_size} µm/px for images of "
-                         f"{info.extra['image_pixel_size']} µm/px (a 2x model); block-wise segmentation "
+                         f"{image_px} µm/px (a 2x model); block-wise segmentation "
                          "runs on the model's grid only and does not support it yet: use a 1x model "
                          "(e.g. the default) for slides")
     if scale_factor(pixel_size, info.pixel_size) != 1.0:

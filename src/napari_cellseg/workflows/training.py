@@ -166,7 +166,9 @@ def iter_train(
             val_ex.append(v)
         all_labels.append(labels)
     model, info = new_model(channels, init=init, touch_class=cfg.touch_class)
-    if info.extra.get("image_pixel_size") is not None:
+    from ..pipeline import image_pixel_size
+
+    if image_pixel_size(info) is not None:
         # Training takes the images at their own scale; a 2x model wants them upsampled to
         # its grid first, which this workflow does not do yet.
         raise ValueError(f"{init} runs its network at twice the resolution of its images (a 2x "
