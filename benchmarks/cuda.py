@@ -94,7 +94,7 @@ def main() -> None:
                 result["inference"].append(row)
                 print(f"unet {name:10s} {row['precision']} x{batch:2d}: {row['mpx_per_s']:7.1f} Mpx/s "
                       f"({t:.3f} s), peak GPU {row['peak_gpu_mib']:.0f} MiB", flush=True)
-    pred, t_all = best_of(lambda: ncs.predict(image, model=(net, info), device=dev).segment(),
+    pred, t_all = best_of(lambda: ncs.predict(image, "model", model=(net, info), device=dev).segment(),
                           args.repeat, sync)
     result["segmentation_mpx_per_s"] = image.size / 1e6 / t_all
     result["segmentation_seconds"] = t_all
@@ -102,7 +102,7 @@ def main() -> None:
 
     p_gpu = predict_probabilities(net, image, device=dev)
     p_cpu = predict_probabilities(net, image, device="cpu", half=False)
-    pred_cpu = ncs.predict(image, model=(net, info), device="cpu").segment()
+    pred_cpu = ncs.predict(image, "model", model=(net, info), device="cpu").segment()
     diff = np.abs(p_gpu - p_cpu)
     result["agreement"] = {"prob_max_abs_diff": float(diff.max()), "prob_mean_abs_diff": float(diff.mean()),
                            "cells_cuda": int(pred.max()), "cells_cpu": int(pred_cpu.max())}

@@ -53,7 +53,7 @@ FRAME = """
 import json, resource, sys, time, zarr
 import napari_cellseg as nc
 a = zarr.open_array(sys.argv[1], mode="r")[: int(sys.argv[2]), : int(sys.argv[2])]
-t = time.perf_counter(); labels = nc.segment(a, device="cpu"); dt = time.perf_counter() - t
+t = time.perf_counter(); labels = nc.segment(a, "model", device="cpu"); dt = time.perf_counter() - t
 print(json.dumps({"px": a.size, "seconds": dt, "cells": int(labels.max()),
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

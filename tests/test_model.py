@@ -456,7 +456,7 @@ def test_shipped_model_loads():
 
 def test_a_2x_model_reads_images_at_its_image_pixel_size_and_segments_them_there():
     """dense_tcells_x2 runs its network at 0.25 µm/px for 0.5 µm/px images (README,
-    x2_scratch). An image without a pixel size is taken to be at 0.5 µm/px (the labels
+    x2_scratch). An image taken at the model's scale is at 0.5 µm/px (the labels
     equal those with 0.5 given) and its maps come back to the image's grid, where it is
     segmented; membrane cells of the dense set's size are found one for one (302 true,
     303 found, AP 0.997, measured 2026-11-23). An image given at 0.25 µm/px is segmented on
@@ -469,8 +469,8 @@ def test_a_2x_model_reads_images_at_its_image_pixel_size_and_segments_them_there
     assert info.pixel_size == pytest.approx(0.25)
     assert info.extra["image_pixel_size"] == pytest.approx(0.5)
     scene = syn.make_whole_cell_image(seed=3, shape=(256, 256), cell_radius=7.5, density=0.8, stain="membrane")
-    plain = ncs.predict(scene.image, model="dense_tcells_x2", device="cpu")
-    assert plain.pixel_size is None  # not given: no µm are claimed for the image
+    plain = ncs.predict(scene.image, "model", model="dense_tcells_x2", device="cpu")
+    assert plain.pixel_size is None  # taken at the model's: no µm are claimed for the image
     assert plain.grid.pixel_size == pytest.approx(0.5)
     assert plain.probabilities.shape == (3, 256, 256)
     labels = plain.segment()
@@ -500,7 +500,7 @@ def test_a_models_image_pixel_size_is_checked(tiny_model):
 
 def test_default_model_finds_cells_at_twice_and_half_its_training_size():
     """The default model was trained with zoom (0.5-2x) and blur augmentation: membrane
-    cells drawn at twice the training size, no pixel size given, are found one for one,
+    cells drawn at twice the training size, taken at the model's scale, are found one for one,
     where the single-scale dense_tcells splits them (measured 2026-11-23: AP 0.983 against
     0.460); cells drawn at half size, their pixel size given, are found where dense_tcells,
     upsampling them to its scale, loses most (0.901 against 0.126)."""
@@ -514,8 +514,8 @@ def test_default_model_finds_cells_at_twice_and_half_its_training_size():
     assert info.extra["train_config"]["scale_jitter"] == [0.5, 2.0]
     assert info.extra["train_config"]["blur"] == 2.0
     s = syn.make_whole_cell_image(seed=1, shape=(384, 384), cell_radius=15, stain="membrane")
-    wide = ncs.evaluate(s.labels, ncs.segment(s.image, device="cpu"))
-    narrow = ncs.evaluate(s.labels, ncs.segment(s.image, model="dense_tcells", device="cpu"))
+    wide = ncs.evaluate(s.labels, ncs.segment(s.image, "model", device="cpu"))
+    narrow = ncs.evaluate(s.labels, ncs.segment(s.image, "model", model="dense_tcells", device="cpu"))
     assert wide.n_true == 172 and wide.ap >= 0.9
     assert narrow.ap < 0.6 and narrow.fp > 50  # the single-scale model over-splits them
     s = syn.make_whole_cell_image(seed=1, shape=(256, 256), cell_radius=3.75, stain="membrane")

@@ -3,8 +3,8 @@
 Public API (imported lazily: ``import napari_cellseg`` loads neither Qt, napari nor
 torch)::
 
-    predict(image, pixel_size=None, model=None, device="auto") -> Prediction
-    segment(image, pixel_size=None, model=None, **params)     -> labels
+    predict(image, pixel_size="auto", model=None, device="auto") -> Prediction
+    segment(image, pixel_size="auto", model=None, **params)     -> labels
     segment_classic(image, sigma=2.0, threshold=0.5, ...)     -> labels
     evaluate(gt, pred, iou=0.5, min_size=0)                   -> Evaluation
     cell_table(labels, image=None, pixel_size=None)           -> pandas.DataFrame

@@ -101,7 +101,7 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
                          "(or split the stack into planes first)")
     if file_size is not None:
         logger.info("%s: pixel size %g µm from the file's metadata", path.name, file_size)
-    given = job.pixel_size is not None and job.pixel_size != "auto"
+    given = job.pixel_size not in (None, "auto", "model")
     # What the µm columns are measured in: a number given, else the file's own pixel size.
     physical = job.pixel_size if given else file_size
     scale_from = None  # the estimate or the cell diameter, when it set the model's zoom
@@ -115,21 +115,27 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
         from .pipeline import predict
 
         net = resolve_model(job.model)  # loaded once per process (resolve_model keeps it)
-        # The zoom onto the model's grid: "auto" or a cell diameter win over the file's size.
-        zoom_by_file = job.pixel_size is None and job.cell_diameter_px is None
+        # The zoom onto the model's grid: "auto", "model" or a cell diameter win over the
+        # file's size; with none of them and no size in the file, the scale is estimated.
+        zoom_by_file = job.pixel_size is None and job.cell_diameter_px is None and file_size is not None
+        zoom = file_size if zoom_by_file else job.pixel_size
+        if zoom is None and job.cell_diameter_px is None:
+            zoom = "auto"
         try:
-            prediction = predict(image, file_size if zoom_by_file else job.pixel_size, net, job.device,
-                                 cell_diameter_px=job.cell_diameter_px)
+            prediction = predict(image, zoom, net, job.device, cell_diameter_px=job.cell_diameter_px)
         except ValueError as err:
-            if file_size is None or not zoom_by_file:
+            if not zoom_by_file:
                 raise
             raise ValueError(f"{path}: with the pixel size {file_size:g} µm its file's metadata "
                              f"states: {err} (give --pixel-size to use another)") from err
         used = prediction.params(job.params).to_dict()  # every value, the model's defaults applied
         labels = prediction.segment(**used)
-        if prediction.scale is not None or job.cell_diameter_px is not None:
-            scale_from = ("estimated from the image" if prediction.scale is not None
-                          else f"cell diameter {job.cell_diameter_px} px")
+        if prediction.scale is not None:
+            scale_from = "estimated from the image"
+        elif job.cell_diameter_px is not None:
+            scale_from = f"cell diameter {job.cell_diameter_px} px"
+        elif zoom in ("auto", "model"):  # asked for, or the estimate had nothing to measure
+            scale_from = "the model's pixel size" + (" (nothing to estimate it from)" if zoom == "auto" else "")
         # The physical pixel size when known; else the one estimated ("auto") or derived
         # from the cell diameter (cells taken to be the model's size); with none, the image
         # is taken to be at the model's, unscaled, so the grid's pixel size is the image's.
@@ -177,7 +183,7 @@ def iter_segment_files(
     out: str | Path,
     method: str = "unet",
     params: dict | None = None,
-    pixel_size: float | None = None,
+    pixel_size: float | str | None = None,
     model=None,
     device: str = "auto",
     channel: int | None = None,
@@ -198,11 +204,13 @@ def iter_segment_files(
 
     Without a ``pixel_size`` number, each image's pixel size is the one its file's
     metadata states (:func:`~napari_cellseg.io.read_pixel_size`), where it states one; all
-    are read, and non-square pixels refused, before any work. ``"auto"`` or
-    ``cell_diameter_px`` then set only the model's zoom (cells rescaled to the model's
-    size), and the file's pixel size still measures the µm (``scale_from`` in the
-    record); with no file size, µm use the pixel size they imply. The classic method works
-    in pixels: its pixel size only turns the cell table's areas into µm².
+    are read, and non-square pixels refused, before any work. A file that states none is
+    zoomed by the estimate (``"auto"``) with the unet method. ``"auto"``, ``"model"`` (the
+    image taken at the model's pixel size) or ``cell_diameter_px`` set only the model's
+    zoom (cells rescaled to the model's size), and the file's pixel size still measures
+    the µm (``scale_from`` in the record); with no file size, µm use the pixel size they
+    imply. The classic method works in pixels: its pixel size only turns the cell table's
+    areas into µm².
 
     ``resume=True`` skips frames whose outputs were written for this very request (see
     the module notes) and finishes the rest. ``workers`` / ``scheduler`` / ``client`` run
@@ -244,7 +252,7 @@ def iter_segment_files(
         raise
     # A number the user gave wins over the file's pixel size; "auto" or a cell diameter set
     # the model's zoom only, and the file's size, when it states one, still measures the µm.
-    from_file = {p: read_pixel_size(p) if pixel_size is None or pixel_size == "auto" else None
+    from_file = {p: read_pixel_size(p) if pixel_size in (None, "auto", "model") else None
                  for p in todo}
     out.mkdir(parents=True, exist_ok=True)
     counts = {p: _cells_written(job, p) for p in done}

@@ -35,9 +35,10 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("unet", "classic"), default="unet")
     p.add_argument("--channel", type=int, default=None, help="RGB channel (default: the one with signal)")
     p.add_argument("--pixel-size", type=_pixel_size_arg, default=None,
-                   help="µm per pixel, or 'auto' to estimate it from the image (default: the pixel "
-                        "size in each file's metadata (OME-TIFF, ImageJ, TIFF resolution), else "
-                        "the model's)")
+                   help="µm per pixel; 'auto' to estimate it from the image; 'model' to take the "
+                        "image at the model's own (default: the pixel size in each file's metadata "
+                        "(OME-TIFF, ImageJ, TIFF resolution), else estimated from the image with "
+                        "the unet method, else the model's)")
     p.add_argument("--cell-diameter", type=float, default=None, metavar="PX",
                    help="the cells' typical diameter in pixels, instead of a pixel size (unet method)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -77,6 +78,8 @@ def _segment(args: argparse.Namespace) -> int:
         if args.method != "unet" or args.pixel_size == "auto" or args.cell_diameter is not None:
             raise ValueError("--zarr runs the unet method on the model's grid: no --method classic, "
                              "--pixel-size auto or --cell-diameter (rescale the slide first)")
+        if args.pixel_size == "model":
+            args.pixel_size = None
         args.image = args.zarr
         return _segment_large(args)
     if not args.images:
@@ -84,15 +87,15 @@ def _segment(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     # Every argument is checked before any image is read or any work done.
-    if args.pixel_size != "auto":
+    if args.pixel_size not in ("auto", "model"):
         validate.optional_pixel_size(args.pixel_size, "--pixel-size")
     if args.cell_diameter is not None:
         if args.method == "classic" or args.pixel_size is not None:
             raise ValueError("--cell-diameter goes with the unet method and without --pixel-size")
         validate.finite_positive(args.cell_diameter, "--cell-diameter", "px")
-    if args.method == "classic" and args.pixel_size == "auto":
-        raise ValueError("--pixel-size auto needs the unet method (the classic one has no model "
-                         "to size cells against)")
+    if args.method == "classic" and args.pixel_size in ("auto", "model"):
+        raise ValueError(f"--pixel-size {args.pixel_size} needs the unet method (the classic one has "
+                         "no model to size cells against)")
     if args.method == "classic":
         params = {"sigma": args.sigma, "threshold": args.threshold, "min_size": args.min_size,
                   "method": args.threshold_method, "split": args.split, "normalize": args.normalize}
@@ -122,8 +125,9 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _pixel_size_arg(text: str) -> float | str:
-    """--pixel-size: a number of µm, or "auto"."""
-    return "auto" if text.strip().lower() == "auto" else float(text)
+    """--pixel-size: a number of µm, "auto" or "model"."""
+    word = text.strip().lower()
+    return word if word in ("auto", "model") else float(text)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:

@@ -210,7 +210,7 @@ def preprocess(
 
 def iter_predict(
     image: np.ndarray,
-    pixel_size: float | None = None,
+    pixel_size: float | str | None = "auto",
     model=None,
     device: str = "auto",
     *,
@@ -229,30 +229,53 @@ def iter_predict(
     from .model.store import resolve_model
 
     net, info = resolve_model(model)
+    image_px = image_pixel_size(info)  # checked before any estimate
     scale = None
+    if isinstance(pixel_size, str) and pixel_size not in ("auto", "model"):
+        raise ValueError(f"pixel_size must be a number of µm, 'auto', 'model' or None, got {pixel_size!r}")
+    if pixel_size == "model":
+        pixel_size = None
     if cell_diameter_px is not None:
-        if pixel_size is not None:
+        # A diameter replaces the estimate (the default), not a pixel size the caller gave.
+        if pixel_size is not None and pixel_size != "auto":
             raise ValueError("give the pixel size or the cell diameter, not both")
         # The pixel size at which cells this many pixels across have the model's diameter.
         pixel_size = info.cell_diameter_um / validate.finite_positive(cell_diameter_px, "cell_diameter_px", "px")
-    elif isinstance(pixel_size, str):
-        if pixel_size != "auto":
-            raise ValueError(f"pixel_size must be a number of µm, None or 'auto', got {pixel_size!r}")
+    elif pixel_size == "auto":
         from .scale import estimate_scale
 
         yield Progress(0, 1, "tiles", message="estimating the scale")
-        scale = estimate_scale(validate.image_2d(image), net, info, device)
-        pixel_size = scale.pixel_size
-        logger.info("automatic scale: %.3g µm per pixel (cells about %.1f px across; network "
-                    "confidence %.2f)%s", pixel_size, scale.cell_diameter_px, scale.confidence,
-                    f"; measured {scale.measured_pixel_size:.3g} µm, within a factor √2 of the "
-                    "model's: the image is used at the model's scale" if scale.kept_model_scale else "")
+        plane = validate.image_2d(image)  # a stack or an empty array is refused here, in words
+        try:
+            scale = estimate_scale(plane, net, info, device)
+        except ValueError as err:
+            # An empty, constant or tiny image: nothing to measure, and nothing lost by
+            # taking it at the model's scale (it then gets its cells, or none, in words).
+            logger.warning("automatic scale: %s; the image is taken to be at the model's pixel "
+                           "size (%g µm)", err, image_px or info.pixel_size or 0.0)
+            pixel_size = None
+        else:
+            pixel_size = scale.pixel_size
+            logger.info("automatic scale: %.3g µm per pixel (cells about %.1f px across; network "
+                        "confidence %.2f)%s", pixel_size, scale.cell_diameter_px, scale.confidence,
+                        f"; measured {scale.measured_pixel_size:.3g} µm, within a factor √2 of the "
+                        "model's: the image is used at the model's scale" if scale.kept_model_scale else "")
     # A model that runs its network at a finer grid than the images it is meant for (a 2x
     # model: image_pixel_size in its metadata) takes an image without a pixel size to be at
     # that size, and segments on that grid, not on the network's.
-    image_px = image_pixel_size(info)
     net_px = pixel_size if pixel_size is not None else image_px
-    grid_image, grid_px = preprocess(image, net_px, info.pixel_size, tophat_um)
+    try:
+        grid_image, grid_px = preprocess(image, net_px, info.pixel_size, tophat_um)
+    except MemoryError as err:
+        if scale is None:
+            raise
+        # The estimate asked for more than this machine has (pure noise reads as tiny cells
+        # at the ladder's top): the model's scale instead, said, rather than no answer.
+        logger.warning("automatic scale: %s; the image is taken to be at the model's pixel size "
+                       "instead: give the pixel size or the cell diameter", err)
+        scale = pixel_size = None
+        net_px = image_px
+        grid_image, grid_px = preprocess(image, net_px, info.pixel_size, tophat_um)
     if np.ptp(grid_image) == 0:
         # A constant image holds no cell; normalising it would only amplify nothing.
         probs = np.zeros((net.config.n_classes, *grid_image.shape), np.float32)
@@ -284,7 +307,7 @@ def iter_predict(
 
 def predict(
     image: np.ndarray,
-    pixel_size: float | None = None,
+    pixel_size: float | str | None = "auto",
     model=None,
     device: str = "auto",
     progress: Callable[[Progress], None] | None = None,
@@ -296,11 +319,14 @@ def predict(
     ----------
     image : (M, N) ndarray
         One channel, any numeric dtype.
-    pixel_size : float, "auto" or None
+    pixel_size : float, "auto", "model" or None
         µm per pixel; when given (and the model knows its own), the image is rescaled to
-        the model's pixel size and results are mapped back. ``"auto"`` estimates it from
-        the image (:func:`napari_cellseg.scale.estimate_scale`: a few small trial passes);
-        None takes the image to be at the model's pixel size.
+        the model's pixel size and results are mapped back. ``"auto"`` (the default: an
+        array carries no pixel size) estimates it from the image
+        (:func:`napari_cellseg.scale.estimate_scale`: a few small trial passes; an image
+        whose cells look within a factor √2 of the model's size is left as it is, and one
+        with nothing to measure, e.g. constant, is taken at the model's scale with a
+        warning). ``"model"`` or None take the image to be at the model's pixel size.
     model : str, path or (UNet, ModelInfo), optional
         A shipped or saved model name, a weight file, or a loaded model. Default: the
         shipped model.
@@ -319,14 +345,14 @@ def predict(
     return drain(iter_predict(image, pixel_size, model, device, **kwargs), progress)
 
 
-def segment(image: np.ndarray, pixel_size: float | None = None, model=None, device: str = "auto",
+def segment(image: np.ndarray, pixel_size: float | str | None = "auto", model=None, device: str = "auto",
             **params) -> np.ndarray:
     """:func:`predict` then :meth:`Prediction.segment`: cell labels (M, N) int32."""
     return predict(image, pixel_size, model, device).segment(**params)
 
 
 def iter_predict_planes(
-    stack: np.ndarray, pixel_size: float | None = None, model=None, device: str = "auto", **kwargs
+    stack: np.ndarray, pixel_size: float | str | None = "auto", model=None, device: str = "auto", **kwargs
 ) -> Generator[Progress, None, list[Prediction]]:
     """Predict every plane of a (P, M, N) stack (time or z), one after the other; a 2-D
     image is a stack of one.
@@ -351,7 +377,9 @@ def iter_predict_planes(
                 step = next(gen)
             except StopIteration as stop:
                 out.append(stop.value)
-                if stop.value.scale is not None:  # an "auto" scale: estimated once per stack
+                if pixel_size == "auto" and kwargs.get("cell_diameter_px") is None:
+                    # Estimated once per stack: the first plane's scale (the model's, where
+                    # that plane had nothing to measure) holds for every plane.
                     pixel_size = stop.value.pixel_size
                 break
             done, total = step.done, step.total

@@ -164,6 +164,9 @@ def prediction_of(layer):
     return pred
 
 
+AUTO_SOURCE = "estimated from the image"  # where the scale came from, with the estimate on
+
+
 class ModelInputs:
     """The inputs every model-running widget shares: image, pixel size, model, device.
 
@@ -174,12 +177,15 @@ class ModelInputs:
     def __init__(self):
         self.image = create_widget(label="Image", annotation="napari.layers.Image")
         self.pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01,
-                                       label="Pixel size (µm)", tooltip="0: the model's own")
-        self.auto_scale = CheckBox(value=False, text="Estimate the pixel size (experimental)",
+                                       label="Pixel size (µm)",
+                                       tooltip="from the image when it says; 0: the model's own")
+        # On by default for an image that carries no pixel size (issue 15): without it, such
+        # an image is taken at the model's scale, right only when its cells happen to match.
+        self.auto_scale = CheckBox(value=True, text="Estimate the pixel size",
                                    tooltip="a few small trial passes find the scale at which the "
-                                           "cells look like the model's; unreliable on some images "
-                                           "(README, Known limits): give the pixel size or the cell "
-                                           "diameter if you know them")
+                                           "cells look like the model's; cells within a factor √2 "
+                                           "of its size are left as they are. Typing a pixel size "
+                                           "or a cell diameter turns it off (README, Known limits)")
         # Cellpose's "diameter": the size a biologist can read off the image with a ruler.
         self.cell_diameter = FloatSpinBox(value=0.0, min=0.0, max=1000.0, step=1.0,
                                           label="Cell diameter (px)",
@@ -188,9 +194,11 @@ class ModelInputs:
         self.model = model_combo()
         self.device = ComboBox(value="auto", choices=("auto", "cpu", "cuda", "mps"), label="Device")
         self.image.changed.connect(self._on_image)
-        self.auto_scale.changed.connect(self._on_scale_choice)
-        self.cell_diameter.changed.connect(self._on_scale_choice)
+        self.auto_scale.changed.connect(self._on_auto)
+        self.cell_diameter.changed.connect(self._on_typed)
+        self.pixel_size.changed.connect(self._on_typed)
         self._on_image()
+        self._on_scale_choice()
 
     @property
     def widgets(self) -> list:
@@ -217,7 +225,7 @@ class ModelInputs:
     def scale_source(self) -> str | None:
         """Where the scale came from, for the layers' metadata (None: a pixel size or the model's)."""
         if self.auto_scale.value:
-            return "estimated from the image"
+            return AUTO_SOURCE
         if self.cell_diameter.value:
             return f"cell diameter {self.cell_diameter.value:g} px"
         return None
@@ -231,16 +239,32 @@ class ModelInputs:
         """One way to set the scale at a time: the estimate, else a diameter, else a pixel size."""
         auto, diameter = bool(self.auto_scale.value), bool(self.cell_diameter.value)
         self.pixel_size.enabled = not (auto or diameter)
-        self.cell_diameter.enabled = not auto
+
+    def _on_auto(self, *_) -> None:
+        """Checking the estimate clears a diameter (it would not be used)."""
+        if self.auto_scale.value and self.cell_diameter.value:
+            self.cell_diameter.value = 0.0
+        self._on_scale_choice()
+
+    def _on_typed(self, value=None) -> None:
+        """A pixel size or a diameter typed (or read from the image) replaces the estimate."""
+        if value:
+            self.auto_scale.value = False
+        self._on_scale_choice()
 
     @property
     def model_name(self) -> str:
         return chosen_model(self.model)
 
     def _on_image(self, *_) -> None:
+        """The image's own pixel size fills the field (and turns the estimate off); an image
+        without one is estimated, unless a cell diameter is set."""
         size = pixel_size_of(self.image.value)
         if size:
             self.pixel_size.value = size
+        else:
+            self.pixel_size.value = 0.0
+            self.auto_scale.value = not self.cell_diameter.value
 
 
 def scale_metadata(prediction, request: tuple[str | None, float | None]) -> dict:
@@ -248,6 +272,8 @@ def scale_metadata(prediction, request: tuple[str | None, float | None]) -> dict
     a cell diameter sets the model's zoom only: the image layer's own pixel size, when it
     has one, still measures the µm (as ``batch`` does with a file's)."""
     source, layer_size = request
+    if source == AUTO_SOURCE and prediction.pixel_size is None:  # a blank image: nothing to measure
+        source = "the model's pixel size (nothing to estimate it from)"
     if source and layer_size:
         return {"pixel_size_um": layer_size, "pixel_size_from": "image layer", "scale_from": source,
                 "scale_pixel_size_um": prediction.pixel_size}

@@ -17,7 +17,7 @@ import numpy as np
 from magicgui.widgets import Container, FloatSpinBox
 
 from ..progress import Progress
-from ._inputs import CELLS_LAYER, ModelInputs, image_data, scale_metadata
+from ._inputs import AUTO_SOURCE, CELLS_LAYER, ModelInputs, image_data, scale_metadata
 from ._layers import plane_index, show_layer
 from ._runner import LiveUpdate, Runner, reports_errors
 from ._seed_controls import SeedControls
@@ -160,10 +160,13 @@ class SegmentCellsWidget(Container):
             "model": self._model.value, **scale_metadata(self.predictions[plane], self._scale_request),
             "stale_planes": sorted(self.stale_planes)})
         n = int(self._cells[plane].max())
-        estimated = self.predictions[plane].scale is not None
+        size, source = self.predictions[plane].pixel_size, self._scale_request[0]
+        if source and size is None:  # the estimate had nothing to measure (a blank image)
+            note = " (nothing to estimate the pixel size from: taken at the model's)"
+        elif source == AUTO_SOURCE:  # the first plane's estimate holds for the whole stack
+            note = f" (pixel size estimated: {size:.3g} µm)"
+        else:
+            note = f" (pixel size {size:.3g} µm from the {source})" if source else ""
         self._runner.status.value = (
-            f"{n} cells" + (f" in plane {plane + 1} of {len(self._cells)} planes" if self._stack else "")
-            + (f" (pixel size estimated: {self.predictions[plane].pixel_size:.3g} µm)" if estimated
-               else f" (pixel size {self.predictions[plane].pixel_size:.3g} µm from the {self._scale_request[0]})"
-               if self._scale_request[0] else ""))
+            f"{n} cells" + (f" in plane {plane + 1} of {len(self._cells)} planes" if self._stack else "") + note)
         return layer
