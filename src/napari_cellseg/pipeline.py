@@ -269,8 +269,8 @@ def iter_predict(
     except MemoryError as err:
         if scale is None:
             raise
-        # The estimate asked for more than this machine has (pure noise reads as tiny cells
-        # at the ladder's top): the model's scale instead, said, rather than no answer.
+        # The estimate asked for more than this machine has (a large image whose cells read
+        # as tiny, enlarged up to 5.7x): the model's scale instead, said, rather than no answer.
         logger.warning("automatic scale: %s; the image is taken to be at the model's pixel size "
                        "instead: give the pixel size or the cell diameter", err)
         scale = pixel_size = None
