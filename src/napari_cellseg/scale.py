@@ -14,7 +14,7 @@ Until 2026-11-23 every zoom used the windows of the smallest zoom's side (512 px
 233 px-wide strip (the dense set's test strips) got one crop, and a crop of background
 scored 0 in its zoom's mean. With a window per zoom and pooling, the share of images
 whose applied zoom came within 25 % of the truth (dense strips and frames, four
-synthetic looks; 0.5x, 0.6x, 1x, 2x; 184 images) rose from 0.769 to 0.885, the strips at
+synthetic looks; 0.5x, 0.6x, 1x, 2x; 104 images; benchmarks/scale_estimate.py) rose from 0.769 to 0.885, the strips at
 1x from 4 to 6 of 7, and mAP with auto on the dense strips at 0.5x / 1x / 2x from
 0.409 / 0.569 / 0.430 to 0.585 / 0.631 / 0.617 (0.648 with the pixel size given at 1x):
 ``benchmarks/generalization.py``, README "Figures".
