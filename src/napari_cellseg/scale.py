@@ -103,7 +103,7 @@ def _busiest_centres(image: np.ndarray, side: int, n: int = N_CROPS) -> list[tup
     step = max(min(side, h, w) // 2, 1)
     rows = np.arange(0, max(h - side, 0) + 1, step)
     cols = np.arange(0, max(w - side, 0) + 1, step)
-    var = _window_variances(np.asarray(image, np.float64), rows, cols, side)
+    var = _window_variances(image, rows, cols, side)
     windows = [(float(var[i, j]), int(r) + min(side, h) // 2, int(c) + min(side, w) // 2)
                for i, r in enumerate(rows) for j, c in enumerate(cols)]
     windows.sort(key=lambda t: -t[0])
@@ -126,7 +126,7 @@ def _window_variances(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, sid
     out = np.empty((len(rows), len(cols)))
     for a in np.unique(rows % 4):
         for b in np.unique(cols % 4):
-            sub = image[a::4, b::4]
+            sub = image[a::4, b::4].astype(np.float64)  # a sixteenth of the image, not all of it
             tables = []
             for x in (sub, sub * sub):
                 t = np.zeros((sub.shape[0] + 1, sub.shape[1] + 1))
