@@ -39,8 +39,11 @@ def test_train_resume_and_fine_tune(pairs, tmp_path, capsys):
     tuned = tmp_path / "tuned.safetensors"
     assert cli.main(["train", *map(str, common), "--out", str(tuned), "--epochs", "1", "--init", str(out),
                      "--seed-target", "soft", "--minutes", "5", "--freeze-norm", "--scale-jitter", "0.7,1.4",
-                     "--blur", "1.5", "--scale-p", "0.25", "--blur-p", "0.15"]) == 0
+                     "--blur", "1.5", "--scale-p", "0.25", "--blur-p", "0.15", "--synthetic-nuclei", "2",
+                     "--synthetic-fraction", "0.3"]) == 0
     tuned_info = load_model(tuned)[1]
+    assert tuned_info.extra["synthetic_images"] == {"whole_cell": 1, "nuclei": 2}
+    assert tuned_info.extra["train_config"]["synthetic_fraction"] == 0.3
     assert tuned_info.config.channels == (4, 8, 16)
     assert tuned_info.extra["train_config"]["seed_target"] == "soft"
     assert tuned_info.extra["train_config"]["time_budget_s"] == 300.0
@@ -55,6 +58,7 @@ def test_train_resume_and_fine_tune(pairs, tmp_path, capsys):
     beaten = tuned_info.extra["history_tail"][-1]["val_mAP"] > start
     text = capsys.readouterr().out
     assert f"starting model scores val AP {start:.3f}" in text
+    assert "(+3 synthetic)" in text  # 1 whole-cell image and 2 of nuclei
     assert ("no epoch beat the starting model" in text) != beaten
     assert ("best epoch by validation" in text) == beaten
     # No silent overwrite.
@@ -67,7 +71,11 @@ def test_train_resume_and_fine_tune(pairs, tmp_path, capsys):
     for bad in ("0.3", "nan", "-1"):  # refused before any image is read, in words
         assert cli.main(["train", *map(str, common), "--out", str(tmp_path / "z"), "--blur", bad]) == 2
         assert "--blur must be 0 (off) or a sigma of at least 0.5 px" in capsys.readouterr().err
-    for flag in ("--scale-p", "--blur-p"):
+    # A negative count is refused in words (it would have cut the whole-cell images short).
+    assert cli.main(["train", *map(str, common), "--out", str(tmp_path / "z"), "--synthetic-nuclei", "-1"]) == 2
+    assert "synthetic_nuclei must be a number of images (an integer >= 0), got -1" in capsys.readouterr().err
+    assert not (tmp_path / "z.safetensors").exists()
+    for flag in ("--scale-p", "--blur-p", "--synthetic-fraction"):
         assert cli.main(["train", *map(str, common), "--out", str(tmp_path / "z"), flag, "1.5"]) == 2
         assert f"{flag} must be a share of the patches in [0, 1], got 1.5" in capsys.readouterr().err
 

@@ -99,3 +99,45 @@ def test_tissue_image_truth():
         syn.make_tissue_image(stained_fraction=0)
     with pytest.raises(ValueError, match="photons"):
         syn.make_tissue_image(photons=-1)
+
+
+def test_nuclei_image_truth_and_glow():
+    from scipy import ndimage as ndi
+    from skimage.measure import label as cc_label
+
+    a = syn.make_nuclei_image(seed=5, shape=(160, 128), photons=1e6, read_noise=0.0)
+    b = syn.make_nuclei_image(seed=5, shape=(160, 128), photons=1e6, read_noise=0.0)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
+    assert a.image.dtype == np.float32 and a.image.shape == (160, 128) and a.image.min() >= 0
+    k = int(a.labels.max())
+    assert k >= 10 and np.array_equal(np.unique(a.labels), np.arange(k + 1)) and len(a.centers) == k
+    for i in range(1, k + 1):  # each nucleus one 4-connected piece
+        assert cc_label(a.labels == i, connectivity=1).max() == 1
+    # The truth is the nucleus's own extent: bright inside, and the glow outside it.
+    ring = ndi.binary_dilation(a.labels > 0, iterations=2) & (a.labels == 0)
+    inner = ndi.binary_erosion(a.labels > 0, iterations=2)
+    assert a.image[inner].mean() > 3 * a.image[ring].mean()
+    sharp = syn.make_nuclei_image(seed=5, shape=(160, 128), photons=1e6, read_noise=0.0, glow=0.0)
+    glowing = syn.make_nuclei_image(seed=5, shape=(160, 128), photons=1e6, read_noise=0.0, glow=0.5)
+    assert np.array_equal(sharp.labels, a.labels) and np.array_equal(glowing.labels, a.labels)
+    # 3-6 px outside the nuclei, past the point-spread function's reach (sigma 1 px): the glow.
+    halo = ndi.binary_dilation(a.labels > 0, iterations=6) & ~ndi.binary_dilation(a.labels > 0, iterations=3)
+    # Same seed, same nuclei, background and noise draws: the difference is the glow alone.
+    glow = (glowing.image[halo].mean() - sharp.image[halo].mean()) / sharp.image[inner].mean()
+    assert 0.03 < glow < 0.5
+    assert 0.75 < glowing.image[inner].mean() / sharp.image[inner].mean() < 1.0  # light moved, not added
+    with pytest.raises(ValueError, match="glow"):
+        syn.make_nuclei_image(glow=1.0)
+    with pytest.raises(ValueError, match="photons"):
+        syn.make_nuclei_image(photons=0)
+
+
+def test_synthetic_examples_nuclei_keep_the_whole_cell_images():
+    from napari_cellseg.model.data import synthetic_examples
+
+    plain = synthetic_examples(2, seed=3, size=96)
+    mixed = synthetic_examples(2, seed=3, size=96, nuclei=2)
+    assert [e.name for e in mixed] == ["synthetic0", "synthetic1", "nuclei0", "nuclei1"]
+    for p, m in zip(plain, mixed[:2], strict=True):
+        assert np.array_equal(p.image, m.image) and np.array_equal(p.target, m.target)
+    assert all(e.labels.max() > 0 and e.nucleus_labels is None for e in mixed[2:])

@@ -214,6 +214,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="spatial cross-validation instead: hold out vertical band K of N (1-based, "
                         "e.g. 2/5) of every image; cells cut by its edges are left out of the loss")
     p.add_argument("--synthetic", type=int, default=16, help="synthetic whole-cell images mixed in")
+    p.add_argument("--synthetic-nuclei", type=int, default=0, metavar="N",
+                   help="synthetic images of nuclei in a DNA stain (blurred, with an out-of-focus "
+                        "glow) added to the synthetic images")
+    p.add_argument("--synthetic-fraction", type=float, default=d.synthetic_fraction, metavar="P",
+                   help=f"share of the patches drawn from the synthetic images (default {d.synthetic_fraction})")
     p.add_argument("--pixel-size", type=float, default=None,
                    help="µm per pixel of the images (default: the --init model's, else 0.5)")
     p.add_argument("--channel", type=int, default=None)
@@ -269,7 +274,8 @@ def _train(args: argparse.Namespace) -> int:
     if not 0 <= args.val_fraction < 1:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     val_band = _band(args.val_band) if args.val_band else None
-    for flag, share in (("--scale-p", args.scale_p), ("--blur-p", args.blur_p)):
+    for flag, share in (("--scale-p", args.scale_p), ("--blur-p", args.blur_p),
+                        ("--synthetic-fraction", args.synthetic_fraction)):
         if not 0 <= share <= 1:
             raise ValueError(f"{flag} must be a share of the patches in [0, 1], got {share}")
     try:  # the sampler's own check, here before any image is read
@@ -283,7 +289,8 @@ def _train(args: argparse.Namespace) -> int:
                       contact_weight=args.contact_weight, seed_target=args.seed_target,
                       touch_class=args.touch_class, time_budget_s=60.0 * args.minutes,
                       freeze_norm=args.freeze_norm, scale_jitter=_scale_jitter(args.scale_jitter),
-                      scale_p=args.scale_p, blur=args.blur, blur_p=args.blur_p)
+                      scale_p=args.scale_p, blur=args.blur, blur_p=args.blur_p,
+                      synthetic_fraction=args.synthetic_fraction)
     pairs = load_pairs(args.images, args.masks, args.channel)
     live = sys.stderr.isatty()  # a live bar in a terminal, nothing in logs
 
@@ -299,7 +306,8 @@ def _train(args: argparse.Namespace) -> int:
 
     result = drain(iter_train(
         pairs, out, init=args.init, config=cfg, val_fraction=args.val_fraction,
-        val_band=val_band, synthetic=args.synthetic, pixel_size=args.pixel_size,
+        val_band=val_band, synthetic=args.synthetic, synthetic_nuclei=args.synthetic_nuclei,
+        pixel_size=args.pixel_size,
         channels=[int(c) for c in args.channels.split(",")], resume=args.resume,
         overwrite=args.overwrite), show)
     print(f"saved {result.path}" + (f" (best epoch by validation: {result.best})" if result.best else ""))

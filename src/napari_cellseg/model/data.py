@@ -167,9 +167,12 @@ def tissue_pairs(n: int, seed: int = 0, size: int = 256) -> list[tuple[str, np.n
     return out
 
 
-def synthetic_examples(n: int, seed: int = 0, size: int = 256) -> list[Example]:
-    """Whole-cell synthetic images (both stains, a range of cell sizes) as examples."""
-    from ..core.synthetic import make_whole_cell_image
+def synthetic_examples(n: int, seed: int = 0, size: int = 256, nuclei: int = 0) -> list[Example]:
+    """Whole-cell synthetic images (both stains, a range of cell sizes) as examples, then
+    ``nuclei`` images of nuclei in a DNA stain (``core.synthetic.make_nuclei_image``: radius
+    5-10 px, density, brightness spread, blur, out-of-focus glow and photon count drawn at
+    random; their own random stream, so the whole-cell images stay those of ``nuclei=0``)."""
+    from ..core.synthetic import make_nuclei_image, make_whole_cell_image
 
     rng = np.random.default_rng(seed)
     out = []
@@ -183,6 +186,18 @@ def synthetic_examples(n: int, seed: int = 0, size: int = 256) -> list[Example]:
             noise_scale=float(rng.uniform(0.02, 0.1)),
         )
         out.append(make_example(scene.image, scene.labels, scene.nucleus_labels, f"synthetic{i}"))
+    rng = np.random.default_rng([seed, 1])
+    while len(out) < n + nuclei:
+        radius = float(rng.uniform(5.0, 10.0))
+        scene = make_nuclei_image(
+            seed=int(rng.integers(1 << 31)), shape=(size, size), nucleus_radius=radius,
+            density=float(rng.uniform(0.25, 0.8)), brightness_spread=float(rng.uniform(0.2, 0.7)),
+            blur=float(rng.uniform(0.5, 1.5)), glow=float(rng.uniform(0.0, 0.5)),
+            glow_sigma=radius * float(rng.uniform(0.2, 0.6)),
+            photons=float(np.exp(rng.uniform(np.log(20), np.log(500)))),
+            background=float(rng.uniform(0.0, 0.15)))
+        if scene.labels.max() > 0:
+            out.append(make_example(scene.image, scene.labels, None, f"nuclei{len(out) - n}"))
     return out
 
 

@@ -65,6 +65,7 @@ def iter_train(
     val_fraction: float = 0.2,
     val_band: tuple[int, int] | None = None,
     synthetic: int = 0,
+    synthetic_nuclei: int = 0,
     pixel_size: float | None = None,
     channels: Sequence[int] | None = None,
     resume: bool = False,
@@ -95,6 +96,9 @@ def iter_train(
         cut by the band's edges are ignored by the loss; ``model.data.split_band``).
     synthetic : int
         Synthetic whole-cell images mixed in (``config.synthetic_fraction`` of patches).
+    synthetic_nuclei : int
+        Synthetic images of nuclei in a DNA stain added to them
+        (``model.data.synthetic_examples``).
     pixel_size : float, optional
         µm per pixel of the images; default the initial model's (the images are used at
         their own scale), else 0.5.
@@ -132,6 +136,9 @@ def iter_train(
     """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"validation fraction must be in [0, 1), got {val_fraction}")
+    for what, count in (("synthetic", synthetic), ("synthetic_nuclei", synthetic_nuclei)):
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+            raise ValueError(f"{what} must be a number of images (an integer >= 0), got {count!r}")
     if pixel_size is not None:
         pixel_size = finite_positive(pixel_size, "pixel_size")
     out, best, ckpt = model_paths(out)
@@ -187,7 +194,10 @@ def iter_train(
         info.extra["no_validation_cells"] = unlabelled_val  # trained whole (or their band left out)
     if val_band is not None:
         info.extra["val_band"] = list(val_band)
-    synth = synthetic_examples(synthetic, seed=cfg.seed) if synthetic else []
+    synth = (synthetic_examples(synthetic, seed=cfg.seed, nuclei=synthetic_nuclei)
+             if synthetic or synthetic_nuclei else [])
+    if synth:  # what the model saw besides the user's images
+        info.extra["synthetic_images"] = {"whole_cell": int(synthetic), "nuclei": int(synthetic_nuclei)}
 
     if not val_ex and unlabelled_val:
         held_out = f"no validation (no labelled cell in the held-out part of {', '.join(unlabelled_val)})"
