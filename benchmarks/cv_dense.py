@@ -86,6 +86,17 @@ RECIPES: dict[str, list[dict]] = {
     # base's epochs (30 + 10); no synthetic images (they are drawn at the 1x cell size).
     "x2_scratch": [{"config": {**_BASE_1, "patch": 256, "batch": 16, "epochs": 30}, "scale": 2, "synthetic": 0},
                    {"config": {**_BASE_2, "patch": 256, "batch": 16, "epochs": 10}, "scale": 2, "synthetic": 0}],
+    # travel_anneal's model, 20 more epochs as its last step with 8 synthetic images of
+    # nuclei in a DNA stain (filled, blurred, with an out-of-focus glow: model.data
+    # .synthetic_examples) added to the 16 whole-cell ones (issue 15: nuclei drawn as wide
+    # as their glow on a real nuclear image); ``anneal_more`` is its control, the same
+    # epochs without the nuclei.
+    "nuclei_ft": [{"reuse": ("travel_anneal", 2)},
+                  {"config": {**_BASE_2, "lr": 2e-4, "scale_jitter": (0.5, 2.0), "scale_p": 0.25,
+                              "blur": 2.0, "blur_p": 0.15, "synthetic_fraction": 0.3}, "nuclei": 8}],
+    "anneal_more": [{"reuse": ("travel_anneal", 2)},
+                    {"config": {**_BASE_2, "lr": 2e-4, "scale_jitter": (0.5, 2.0), "scale_p": 0.25,
+                                "blur": 2.0, "blur_p": 0.15, "synthetic_fraction": 0.3}}],
     "pretrain": [{"config": {**_BASE_1, "epochs": 30}, "tissue": 64, "shared": True},
                  {"config": _BASE_1}, {"config": _BASE_2}],
 }
@@ -152,6 +163,7 @@ def cmd_train(args) -> None:
             data, split = resample(pairs, scale), {"val_band": (args.fold - 1, args.folds)}
         result = drain(iter_train(
             data, out, init=init, config=cfg, synthetic=0 if "tissue" in stage else stage.get("synthetic", 16),
+            synthetic_nuclei=stage.get("nuclei", 0),
             pixel_size=PIXEL_SIZE / scale, resume=True, **split),
             lambda p: p.info is not None and print(p.message, flush=True))
         print(f"saved {result.path} in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
