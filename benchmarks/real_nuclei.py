@@ -15,6 +15,16 @@ image without a pixel size gets), the estimated pixel size, the same at the mode
 (``"model"``) and over a row of pixel sizes given by hand; and, per row, the median area of
 the matched predicted nuclei over their true ones (above 1: drawn wider than the expert's
 outline).
+
+``--more DIR`` adds three sets of real nuclear images with truth, with the defaults only,
+from a checkout of github.com/datascience-mobi-2022/2022-topic-01-team-04 (its
+``data/Otsu_data``; nothing of it is shipped here): 4 frames of HeLa H2B-GFP and 5 of
+GOWT1 GFP (the Cell Tracking Challenge's N2DL-HeLa and N2DH-GOWT1 with their manual
+segmentations, instance labels) and 18 of NIH3T3 in Hoechst (Coelho et al. 2009; the
+truth there is a binary mask, so its connected components stand for the nuclei and
+touching nuclei count as one).
+
+    python benchmarks/real_nuclei.py --stardist DIR --more DIR2 --model multiscale_nuclei
 """
 
 from __future__ import annotations
@@ -61,11 +71,61 @@ def score(image: np.ndarray, mask: np.ndarray, pixel_size, model) -> dict:
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def more_sets(folder: Path) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """The three sets of ``--more`` (see the module's docstring), as (image, labels) pairs."""
+    import imageio.v3 as iio
+    from PIL import Image  # the CTC files are LZW-compressed TIFFs, which Pillow decodes
+    from skimage.measure import label
+
+    root = folder / "data" / "Otsu_data"
+    if not root.is_dir():
+        sys.exit(f"skipped: no data/Otsu_data under {folder}")
+
+    def tif(path: Path) -> np.ndarray:
+        return np.array(Image.open(path))
+
+    def ctc(name: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for gt in sorted((root / name / "gt").glob("man_seg*.tif")):
+            image = root / name / "img" / f"t{gt.stem[len('man_seg'):]}.tif"
+            if image.is_file():  # a truth without its frame is left out
+                out.append((tif(image), tif(gt).astype(np.int32)))
+        return out
+
+    nih = [(iio.imread(root / "NIH3T3" / "img" / f"dna-{gt.stem}.png"), label(iio.imread(gt) > 0).astype(np.int32))
+           for gt in sorted((root / "NIH3T3" / "gt").glob("*.png"), key=lambda q: int(q.stem))]
+    return {"HeLa (CTC N2DL-HeLa, H2B-GFP)": ctc("N2DL-HeLa"), "GOWT1 (CTC N2DH-GOWT1, GFP)": ctc("N2DH-GOWT1"),
+            "NIH3T3 (Hoechst; binary truth)": nih}
+
+
+def score_set(pairs, model) -> dict:
+    """Defaults on every image of a set: mean AP, pooled AP, the matched nuclei's median
+    area over the truth's (per image, then the median), the estimated pixel sizes."""
+    import napari_cellseg as ncs
+
+    aps, counts, ratios, sizes = [], np.zeros(3, int), [], []
+    for image, labels in pairs:
+        pred = ncs.predict(image, "auto", model, "cpu")
+        r = ncs.evaluate(labels, pred.segment())
+        aps.append(r.ap)
+        counts += (r.tp, r.fp, r.fn)
+        sizes.append(round(float(pred.pixel_size), 3) if pred.pixel_size else None)
+        matched = r.per_true[r.per_true["matched"]]
+        if len(matched):
+            area = r.per_pred.set_index("label")["area"].loc[matched["matched_label"]].to_numpy()
+            ratios.append(float(np.median(area / matched["area"].to_numpy())))
+    return {"images": len(pairs), "nuclei": int(sum(len(np.unique(lab)) - 1 for _, lab in pairs)),
+            "mAP": round(float(np.mean(aps)), 3), "pooled": round(float(counts[0] / max(counts.sum(), 1)), 3),
+            "matched_area_ratio": round(float(np.median(ratios)), 2) if ratios else None,
+            "estimated_px_um": sizes}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--image")
     ap.add_argument("--mask")
     ap.add_argument("--stardist", help="a checkout of the StarDist repository")
+    ap.add_argument("--more", help="a checkout of datascience-mobi-2022/2022-topic-01-team-04: three more sets")
     ap.add_argument("--model", default=None, help="a model name or file (default: the default model)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -83,9 +143,14 @@ def main() -> None:
     for label, px in [("auto (defaults)", "auto"), ("model", "model"), *((f"{p:g} µm", p) for p in PIXEL_SIZES)]:
         rows[label] = score(image, mask, px, model)
         print(f"{label:16s} {rows[label]}", flush=True)
+    sets = {}
+    if args.more:
+        for name, pairs in more_sets(Path(args.more)).items():
+            sets[name] = score_set(pairs, model)
+            print(f"{name:32s} {sets[name]}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"image": str(image_path), "model": args.model,
-                                               "rows": rows}, indent=2))
+                                               "rows": rows, "sets": sets}, indent=2))
 
 
 if __name__ == "__main__":
