@@ -141,3 +141,5 @@ def test_synthetic_examples_nuclei_keep_the_whole_cell_images():
     for p, m in zip(plain, mixed[:2], strict=True):
         assert np.array_equal(p.image, m.image) and np.array_equal(p.target, m.target)
     assert all(e.labels.max() > 0 and e.nucleus_labels is None for e in mixed[2:])
+    with pytest.raises(ValueError, match="no whole nucleus"):  # in words, not an endless loop
+        synthetic_examples(0, seed=3, size=4, nuclei=1)

@@ -187,7 +187,9 @@ def synthetic_examples(n: int, seed: int = 0, size: int = 256, nuclei: int = 0) 
         )
         out.append(make_example(scene.image, scene.labels, scene.nucleus_labels, f"synthetic{i}"))
     rng = np.random.default_rng([seed, 1])
-    while len(out) < n + nuclei:
+    for _ in range(20 * nuclei):  # an image too small for one whole nucleus is drawn again
+        if len(out) == n + nuclei:
+            break
         radius = float(rng.uniform(5.0, 10.0))
         scene = make_nuclei_image(
             seed=int(rng.integers(1 << 31)), shape=(size, size), nucleus_radius=radius,
@@ -198,6 +200,9 @@ def synthetic_examples(n: int, seed: int = 0, size: int = 256, nuclei: int = 0) 
             background=float(rng.uniform(0.0, 0.15)))
         if scene.labels.max() > 0:
             out.append(make_example(scene.image, scene.labels, None, f"nuclei{len(out) - n}"))
+    if len(out) < n + nuclei:
+        raise ValueError(f"{size}-px synthetic images hold no whole nucleus of radius 5-10 px: "
+                         "make them larger")
     return out
 
 
