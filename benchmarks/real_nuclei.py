@@ -48,11 +48,20 @@ def locate(args) -> tuple[Path, Path]:
         pair = images / "img2d.tif", images / "mask2d.tif"
     else:
         sys.exit("skipped: give --image and --mask, or --stardist DIR (a checkout of the StarDist "
-                 "repository, which holds the image); nothing is downloaded")
+                 "repository, which holds the image), and/or --more DIR; nothing is downloaded")
     missing = [str(p) for p in pair if not p.is_file()]
     if missing:
         sys.exit(f"skipped: not found: {', '.join(missing)}")
     return pair
+
+
+def area_ratio(result) -> float | None:
+    """The median area of the matched predicted nuclei over their true ones (None: no match)."""
+    matched = result.per_true[result.per_true["matched"]]
+    if not len(matched):
+        return None
+    area = result.per_pred.set_index("label")["area"].loc[matched["matched_label"]].to_numpy()
+    return float(np.median(area / matched["area"].to_numpy()))
 
 
 def score(image: np.ndarray, mask: np.ndarray, pixel_size, model) -> dict:
@@ -61,13 +70,11 @@ def score(image: np.ndarray, mask: np.ndarray, pixel_size, model) -> dict:
     t0 = time.perf_counter()
     pred = ncs.predict(image, pixel_size, model, "cpu")
     r = ncs.evaluate(mask, pred.segment())
-    matched = r.per_true[r.per_true["matched"]]
-    pred_area = r.per_pred.set_index("label")["area"]
-    ratio = pred_area.loc[matched["matched_label"]].to_numpy() / matched["area"].to_numpy()
+    ratio = area_ratio(r)
     return {"pixel_size": pixel_size if not isinstance(pixel_size, str) else
             (round(float(pred.pixel_size), 3) if pred.pixel_size else pixel_size),
             "ap": round(r.ap, 3), "tp": r.tp, "fp": r.fp, "fn": r.fn, "n_pred": r.n_pred,
-            "matched_area_ratio": round(float(np.median(ratio)), 2) if len(ratio) else None,
+            "matched_area_ratio": None if ratio is None else round(ratio, 2),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -110,10 +117,8 @@ def score_set(pairs, model) -> dict:
         aps.append(r.ap)
         counts += (r.tp, r.fp, r.fn)
         sizes.append(round(float(pred.pixel_size), 3) if pred.pixel_size else None)
-        matched = r.per_true[r.per_true["matched"]]
-        if len(matched):
-            area = r.per_pred.set_index("label")["area"].loc[matched["matched_label"]].to_numpy()
-            ratios.append(float(np.median(area / matched["area"].to_numpy())))
+        if (ratio := area_ratio(r)) is not None:
+            ratios.append(ratio)
     return {"images": len(pairs), "nuclei": int(sum(len(np.unique(lab)) - 1 for _, lab in pairs)),
             "mAP": round(float(np.mean(aps)), 3), "pooled": round(float(counts[0] / max(counts.sum(), 1)), 3),
             "matched_area_ratio": round(float(np.median(ratios)), 2) if ratios else None,
@@ -129,27 +134,29 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="a model name or file (default: the default model)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    image_path, mask_path = locate(args)
+    # The DSB image unless only --more was given.
+    image_path, mask_path = locate(args) if args.image or args.stardist or not args.more else (None, None)
 
     import tifffile
 
     from napari_cellseg.model.store import resolve_model
 
-    image, mask = tifffile.imread(image_path), tifffile.imread(mask_path).astype(np.int32)
     model = resolve_model(args.model)
-    print(f"{image_path.name}: {image.shape} {image.dtype}, {len(np.unique(mask)) - 1} nuclei; "
-          f"model {args.model or 'default'}", flush=True)
     rows = {}
-    for label, px in [("auto (defaults)", "auto"), ("model", "model"), *((f"{p:g} µm", p) for p in PIXEL_SIZES)]:
-        rows[label] = score(image, mask, px, model)
-        print(f"{label:16s} {rows[label]}", flush=True)
+    if image_path is not None:
+        image, mask = tifffile.imread(image_path), tifffile.imread(mask_path).astype(np.int32)
+        print(f"{image_path.name}: {image.shape} {image.dtype}, {len(np.unique(mask)) - 1} nuclei; "
+              f"model {args.model or 'default'}", flush=True)
+        for label, px in [("auto (defaults)", "auto"), ("model", "model"), *((f"{p:g} µm", p) for p in PIXEL_SIZES)]:
+            rows[label] = score(image, mask, px, model)
+            print(f"{label:16s} {rows[label]}", flush=True)
     sets = {}
     if args.more:
         for name, pairs in more_sets(Path(args.more)).items():
             sets[name] = score_set(pairs, model)
             print(f"{name:32s} {sets[name]}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"image": str(image_path), "model": args.model,
+        Path(args.json).write_text(json.dumps({"image": image_path and str(image_path), "model": args.model,
                                                "rows": rows, "sets": sets}, indent=2))
 
 
