@@ -252,3 +252,15 @@ def test_segment_files_yields_progress_per_file_and_refuses_before_work(lesson_t
     with pytest.raises(FileExistsError, match=r"lesson_masks\.tif"):
         next(gen)
     assert not (out / "second_cells.csv").exists()
+
+
+def test_model_help_names_the_built_in_models(capsys):
+    from napari_cellseg import cli
+
+    for command in ("segment", "segment-large"):
+        with pytest.raises(SystemExit) as stop:
+            cli.main([command, "--help"])
+        assert stop.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert "dense_tcells_multiscale (the default)" in text
+        assert "multiscale_nuclei for nuclei in a DNA stain" in text and "dense_tcells_x2" in text

@@ -11,6 +11,15 @@ from pathlib import Path
 logger = logging.getLogger("napari_cellseg")
 
 
+def _model_help() -> str:
+    """``--model``'s help: the built-in models by name, the default first."""
+    from .model.registry import DEFAULT_MODEL, builtin_models
+
+    others = [name for name in builtin_models() if name != DEFAULT_MODEL]
+    return (f"a model name or .safetensors path; built in: {DEFAULT_MODEL} (the default), "
+            f"{', '.join(others)}; multiscale_nuclei for nuclei in a DNA stain (DAPI, Hoechst)")
+
+
 def _add_segment(sub: argparse._SubParsersAction) -> None:
     from .core import classic
 
@@ -43,7 +52,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                    help="the cells' typical diameter in pixels, instead of a pixel size (unet method)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     g = p.add_argument_group("unet method")
-    g.add_argument("--model", default=None, help="model name or .safetensors path (default: shipped)")
+    g.add_argument("--model", default=None, help=_model_help())
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     g.add_argument("--sensitivity", type=float, default=None, help="seed sensitivity 0-100")
     g.add_argument("--seed-split", choices=("probability", "shape"), default=None,
@@ -382,7 +391,7 @@ def _add_segment_large(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="finish a run found at --out (same settings)")
     p.add_argument("--overwrite", action="store_true", help="delete --out first")
     p.add_argument("--pixel-size", type=float, default=None, help="µm per pixel; must be the model's")
-    p.add_argument("--model", default=None, help="model name or .safetensors path (default: shipped)")
+    p.add_argument("--model", default=None, help=_model_help())
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--sensitivity", type=float, default=None, help="seed sensitivity 0-100")
     p.add_argument("--h-probability", type=float, default=None, help="dip between two seeds, 0-1")
