@@ -249,7 +249,14 @@ def test_compare_and_export_default_to_the_cells_layer(make_napari_viewer):
     compare._pred.value = other  # the user's choice stays when layers come and go
     viewer.add_labels(np.ones((16, 16), np.int32), name="cells 2")
     assert compare._pred.value is other and compare._gt.value is truth
-    assert TrainWidget(viewer)._init.value == DEFAULT_MODEL  # fine-tunes the shipped model
+    train = TrainWidget(viewer)
+    assert train._init.value == DEFAULT_MODEL  # fine-tunes the shipped model
+    # The model lists say which built-in model is for which image.
+    from napari_cellseg._widgets._inputs import ModelInputs
+
+    for combo in (train._init, ModelInputs().model):
+        assert "multiscale_nuclei: nuclei in a DNA stain" in combo.tooltip
+        assert {"multiscale_nuclei", DEFAULT_MODEL} <= set(combo.choices)
 
 
 # --- no freeze: samples open from the shipped files -------------------------------------

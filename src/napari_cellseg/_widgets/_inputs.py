@@ -105,6 +105,13 @@ def model_choices(*_) -> list[str]:
     return list(available_models()) or [NO_MODEL]
 
 
+# Which built-in model for which image (each model card says more); fine-tuned models follow.
+MODEL_TIP = ("dense_tcells_multiscale (the default): cells of most looks, at any scale. "
+             "multiscale_nuclei: nuclei in a DNA stain (DAPI, Hoechst). "
+             "dense_tcells_x2: dense surface-stained tissue at about 0.5 µm/px, slower. "
+             "dense_tcells: the previous default, one scale. Then your fine-tuned models.")
+
+
 class ModelComboBox(ComboBox):
     """A model list that refreshes itself when a model is saved (e.g. by the Train
     widget's worker): in the GUI thread, and only while its Qt widget exists."""
@@ -112,6 +119,7 @@ class ModelComboBox(ComboBox):
     def __init__(self, label: str = "Model", **kwargs):
         from ..model.registry import DEFAULT_MODEL, on_model_saved
 
+        kwargs.setdefault("tooltip", MODEL_TIP)
         super().__init__(choices=model_choices, label=label, **kwargs)
         if DEFAULT_MODEL in self.choices:  # what the API and the CLI use without --model
             self.value = DEFAULT_MODEL

@@ -25,7 +25,7 @@ from magicgui.widgets import (
 )
 
 from ..progress import Progress
-from ._inputs import model_choices
+from ._inputs import MODEL_TIP, model_choices
 from ._layers import image_plane, pixel_size_of, show_layer
 from ._runner import Runner
 
@@ -48,7 +48,8 @@ class TrainWidget(Container):
         self._use_folder = CheckBox(value=False, text="Train on a folder of pairs instead")
         self._folder = FileEdit(mode="d", label="Pairs folder", nullable=True,
                                 tooltip="x.tif with x_masks.tif ...")
-        self._init = ComboBox(choices=lambda *_: [*model_choices(), FROM_SCRATCH], label="Start from")
+        self._init = ComboBox(choices=lambda *_: [*model_choices(), FROM_SCRATCH], label="Start from",
+                              tooltip=MODEL_TIP)
         if DEFAULT_MODEL in self._init.choices:  # the README's promise: it fine-tunes
             self._init.value = DEFAULT_MODEL
         self._region = CheckBox(value=True, text="Only the annotated region", tooltip=(
