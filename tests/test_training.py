@@ -109,11 +109,6 @@ def test_workflow_small_images_patch_and_units(tmp_path):
         next(iter_train(pairs, tmp_path / "small", config=_tiny_config()))
     with pytest.raises(ValueError, match="no labelled cell"):
         next(iter_train([("empty", pairs[0][1], np.zeros_like(pairs[0][2]))], tmp_path / "e"))
-    # A 2x model (its network at twice its images' resolution) is refused in words, and
-    # nothing is written: the workflow would train it on images at their own scale.
-    with pytest.raises(ValueError, match="2x model"):
-        next(iter_train(pairs, tmp_path / "x2", init="dense_tcells_x2", config=_tiny_config(epochs=1)))
-    assert not list(tmp_path.glob("x2*"))
 
 
 def test_fine_tuning_keeps_the_initial_pixel_size_and_drops_its_size_defaults(tmp_path, tiny_model):
@@ -126,6 +121,40 @@ def test_fine_tuning_keeps_the_initial_pixel_size_and_drops_its_size_defaults(tm
     assert result.info.pixel_size == 0.3
     assert result.info.cell_diameter_um == pytest.approx(median_cell_diameter([pairs[0][2]]) * 0.3)
     assert result.info.extra["segment_defaults"] == {"min_intensity": 0.1}
+
+
+def test_fine_tuning_a_2x_model_trains_on_its_grid(tmp_path, tiny_model):
+    """A 2x model (network at 0.25 µm/px for 0.5 µm/px images) is fine-tuned on the user's
+    images brought onto its grid, as its recipe trained it; it records the images' pixel
+    size and the zoom, and then segments images of that size with none given."""
+    import napari_cellseg as ncs
+    from napari_cellseg.core.preprocess import rescale
+
+    net, info = tiny_model
+    info.pixel_size = 0.25
+    info.extra["image_pixel_size"] = 0.5
+    init = save_model(tmp_path / "x2init", net, info)
+    pairs = _pairs(1, shape=(48, 56))
+    # No pixel size given: the images are the model's image pixel size (0.5), zoomed 2x.
+    plain = drain(iter_train(pairs, tmp_path / "plain", init=init,
+                             config=_tiny_config(epochs=1, patch=176, margin=8))).info
+    assert plain.pixel_size == 0.25 and plain.extra["image_pixel_size"] == 0.5
+    assert plain.extra["trained_at_zoom"] == 2.0 and plain.extra["trained_on"][0]["shape"] == [48, 56]
+    # The patch fits the upsampled image's training part (its left 80 %: 96 x ~90 px), not
+    # the 48 x 56 original.
+    assert plain.extra["train_config"]["patch"] == 88
+    # Images at 0.4 µm/px: zoomed 1.6x onto the 0.25 µm grid; the diameter is measured there.
+    result = drain(iter_train(pairs, tmp_path / "own", init=init, config=_tiny_config(epochs=1), pixel_size=0.4))
+    tuned = load_model(result.path)[1]
+    assert tuned.pixel_size == 0.25 and tuned.extra["image_pixel_size"] == 0.4
+    assert tuned.extra["trained_at_zoom"] == pytest.approx(1.6)
+    grid_labels = rescale(pairs[0][2], 1.6, order=0)
+    assert grid_labels.shape == (77, 90)
+    assert tuned.cell_diameter_um == pytest.approx(median_cell_diameter([grid_labels]) * 0.25)
+    assert tuned.cell_diameter_um == pytest.approx(median_cell_diameter([pairs[0][2]]) * 0.4, rel=0.05)
+    # An image with no pixel size is taken at 0.4 µm/px: labels on the image's own grid.
+    pred = ncs.predict(pairs[0][1], None, model=result.path, device="cpu")
+    assert pred.segment().shape == (48, 56) and pred.pixel_size is None
 
 
 def test_validation_fuses_the_network_once_per_epoch(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..core.params import Grid, SegmentParams
+from ..core.preprocess import rescale, scale_factor
 from ..core.validate import finite_positive
 from ..model.data import Example, median_cell_diameter, split_band, split_pair, synthetic_examples
 from ..model.inference import choose_device
@@ -101,7 +102,9 @@ def iter_train(
         (``model.data.synthetic_examples``).
     pixel_size : float, optional
         µm per pixel of the images; default the initial model's (the images are used at
-        their own scale), else 0.5.
+        their own scale), else 0.5. A 2x model (``image_pixel_size`` in its metadata)
+        keeps its network's grid: the images are resampled onto it from this pixel size
+        (default its ``image_pixel_size``), which it records as its images'.
     resume : bool
         Continue from ``<out>.ckpt`` when it exists.
     overwrite : bool
@@ -147,11 +150,26 @@ def iter_train(
     if not pairs:
         raise ValueError("no training images")
     cfg = config or TrainConfig()
+    for name, _, labels in pairs:
+        if np.asarray(labels).max(initial=0) == 0:
+            raise ValueError(f"training pair {name!r} has no labelled cell")
+    model, info = new_model(channels, init=init, touch_class=cfg.touch_class)
+    from ..pipeline import image_pixel_size
+
+    images_px = image_pixel_size(info)
+    zoom, shapes = 1.0, [list(np.shape(labels)) for _, _, labels in pairs]
+    if images_px is not None:
+        # A 2x model runs its network on a finer grid than its images (inference upsamples
+        # them): the pairs are brought onto that grid, images linearly and labels by nearest
+        # neighbour, as its recipe trained it (benchmarks/cv_dense.py, x2_scratch). The
+        # model keeps its grid; the images' pixel size becomes the user's.
+        images_px = pixel_size or images_px
+        zoom = scale_factor(images_px, info.pixel_size)
+        pairs = [(name, rescale(np.asarray(image, np.float32), zoom), rescale(np.asarray(labels), zoom, order=0))
+                 for name, image, labels in pairs]
     train_ex, val_ex, all_labels, unlabelled_val = [], [], [], []
     for name, image, labels in pairs:
         image, labels = np.asarray(image), np.asarray(labels)
-        if labels.max(initial=0) == 0:
-            raise ValueError(f"training pair {name!r} has no labelled cell")
         fraction = val_fraction if min(image.shape[:2]) >= MIN_SPLIT_SIDE else 0
         banded = val_band is not None and fraction
         if banded:
@@ -172,19 +190,14 @@ def iter_train(
         if v is not None:
             val_ex.append(v)
         all_labels.append(labels)
-    model, info = new_model(channels, init=init, touch_class=cfg.touch_class)
-    from ..pipeline import image_pixel_size
-
-    if image_pixel_size(info) is not None:
-        # Training takes the images at their own scale; a 2x model wants them upsampled to
-        # its grid first, which this workflow does not do yet.
-        raise ValueError(f"{init} runs its network at twice the resolution of its images (a 2x "
-                         "model) and cannot be fine-tuned here yet: fine-tune the default model")
     cfg = _fit_patch(cfg, train_ex, model.config.divisor)
-    _record_units(info, all_labels, pixel_size)
+    _record_units(info, all_labels, None if images_px is not None else pixel_size)
     info.extra["trained_on"] = [
-        {"name": str(name), "shape": list(np.shape(labels)), "cells": int(len(np.unique(labels)) - (labels == 0).any())}
-        for (name, _, _), labels in zip(pairs, all_labels, strict=True)]
+        {"name": str(name), "shape": shape, "cells": int(len(np.unique(labels)) - (labels == 0).any())}
+        for (name, _, _), shape, labels in zip(pairs, shapes, all_labels, strict=True)]
+    if images_px is not None:
+        info.extra["image_pixel_size"] = float(images_px)
+        info.extra["trained_at_zoom"] = zoom  # the images upsampled onto the network's grid
     if init is not None:
         from ..model.store import model_record
 
