@@ -229,7 +229,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic-fraction", type=float, default=d.synthetic_fraction, metavar="P",
                    help=f"share of the patches drawn from the synthetic images (default {d.synthetic_fraction})")
     p.add_argument("--pixel-size", type=float, default=None,
-                   help="µm per pixel of the images (default: the --init model's, else 0.5)")
+                   help="µm per pixel of the images (default: the --init model's, else 0.5; for a 2x "
+                        "--init model its images' pixel size: the pairs are upsampled onto its grid)")
     p.add_argument("--channel", type=int, default=None)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--minutes", type=float, default=0.0,
