@@ -121,7 +121,12 @@ def final_path(recipe: str, fold: int, folds: int = 5) -> Path:
 
 
 def resample(pairs, scale: float):
-    """Images resampled by ``scale`` (linear), labels by nearest neighbour."""
+    """Images resampled by ``scale`` (linear), labels by nearest neighbour.
+
+    scipy's zoom (corner pixels aligned), as the cross-validated x2_scratch folds and the
+    shipped dense_tcells_x2 were trained; fine-tuning a 2x model in the package resamples
+    by inference's ``core.preprocess.rescale`` (pixel centres aligned) instead. Kept so
+    that a rerun of the recipe reproduces its figures."""
     if scale == 1:
         return pairs
     from scipy import ndimage as ndi

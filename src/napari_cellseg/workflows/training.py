@@ -161,8 +161,10 @@ def iter_train(
     if images_px is not None:
         # A 2x model runs its network on a finer grid than its images (inference upsamples
         # them): the pairs are brought onto that grid, images linearly and labels by nearest
-        # neighbour, as its recipe trained it (benchmarks/cv_dense.py, x2_scratch). The
-        # model keeps its grid; the images' pixel size becomes the user's.
+        # neighbour, by the resampling inference uses (preprocess.rescale). Its recipe
+        # (benchmarks/cv_dense.py, x2_scratch) used scipy's zoom, whose grid is aligned on
+        # the corner pixels instead: the two differ by under a pixel. The model keeps its
+        # grid; the images' pixel size becomes the user's.
         images_px = pixel_size or images_px
         zoom = scale_factor(images_px, info.pixel_size)
         pairs = [(name, rescale(np.asarray(image, np.float32), zoom), rescale(np.asarray(labels), zoom, order=0))
