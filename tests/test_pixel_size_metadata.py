@@ -206,6 +206,53 @@ def test_a_cell_diameter_sets_the_zoom_and_the_files_pixel_size_the_um(tmp_path)
     assert record["pixel_size_from"] == "cell diameter 30.0 px" and "scale_from" not in record
 
 
+def test_a_cell_diameter_in_um_goes_through_each_images_pixel_size(tmp_path, capsys):
+    """Cells 19.5 µm across in 0.65 µm pixels are 30 px: "--cell-diameter 19.5um" gives the
+    cells of "--cell-diameter 30", from the file's pixel size or one given, and that pixel
+    size measures the µm. A file without one is refused before any work, in words."""
+    from napari_cellseg.core.preprocess import rescale
+    from napari_cellseg.sample_data import tissue_scene
+
+    big = rescale(tissue_scene().image[:160, :160].astype(np.float32), 2.0)  # cells ~30 px
+    calibrated, plain = tmp_path / "calibrated.tif", tmp_path / "plain.tif"
+    tifffile.imwrite(calibrated, big, imagej=True, resolution=(1 / 0.65, 1 / 0.65), metadata={"unit": "micron"})
+    tifffile.imwrite(plain, big)
+    assert cli.main(["segment", str(plain), "--out", str(tmp_path / "px"), "--cell-diameter", "30px",
+                     "--device", "cpu"]) == 0
+    by_px = tifffile.imread(tmp_path / "px" / "plain_masks.tif")
+    assert by_px.max() > 20
+    assert cli.main(["segment", str(calibrated), "--out", str(tmp_path / "um"), "--cell-diameter", "19.5um",
+                     "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "um" / "calibrated_masks.tif"), by_px)
+    record = _record(tmp_path / "um", "calibrated")
+    assert record["pixel_size_um"] == 0.65 and record["pixel_size_from"] == "file metadata"
+    assert record["scale_from"] == "cell diameter 19.5 µm (30 px)"
+    table = pd.read_csv(tmp_path / "um" / "calibrated_cells.csv")
+    np.testing.assert_allclose(table["area_um2"], table["area_px"] * 0.65**2)
+    # A pixel size given instead of the file's: the same cells, and it measures the µm.
+    assert cli.main(["segment", str(plain), "--out", str(tmp_path / "given"), "--pixel-size", "0.65",
+                     "--cell-diameter", "19.5 µm", "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "given" / "plain_masks.tif"), by_px)
+    record = _record(tmp_path / "given", "plain")
+    assert record["pixel_size_um"] == 0.65 and record["pixel_size_from"] == "given"
+    capsys.readouterr()
+    # No pixel size anywhere: refused before any image is segmented.
+    assert cli.main(["segment", str(calibrated), str(plain), "--out", str(tmp_path / "none"),
+                     "--cell-diameter", "19.5um", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "needs each image's pixel size" in err and "plain.tif" in err and "calibrated.tif" not in err
+    assert not (tmp_path / "none" / "calibrated_masks.tif").exists()
+    for args, phrase in ((["--cell-diameter", "19.5um", "--pixel-size", "auto"], "not --pixel-size auto"),
+                         (["--cell-diameter", "30", "--pixel-size", "0.65"], "in px goes without"),
+                         (["--cell-diameter", "0um"], "--cell-diameter must be a finite number of µm")):
+        assert cli.main(["segment", str(plain), "--out", str(tmp_path / "bad"), *args]) == 2
+        assert phrase in capsys.readouterr().err, args
+    with pytest.raises(SystemExit):  # argparse's usage error, in words
+        cli.main(["segment", str(plain), "--out", str(tmp_path / "bad"), "--cell-diameter", "thirty"])
+    assert "e.g. 30, 30px or 12um; got 'thirty'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_batch_refuses_non_square_pixels_before_any_work(tmp_path):
     from napari_cellseg.batch import iter_segment_files
     from napari_cellseg.progress import drain

@@ -102,6 +102,10 @@ def test_cell_diameter_and_pixel_size_give_the_same_cells(tissue):
     by_pixel_size = ncs.predict(image, pixel_size=info.cell_diameter_um / diameter_px, device="cpu")
     assert by_diameter.pixel_size == pytest.approx(info.cell_diameter_um / 12.0)  # 0.625 for 7.5 µm cells
     np.testing.assert_array_equal(by_diameter.segment(), by_pixel_size.segment())
+    # In µm with the image's pixel size: 6 µm cells in 0.5 µm pixels are the same 12 px.
+    by_um = ncs.predict(image, pixel_size=0.5, cell_diameter_um=6.0, device="cpu")
+    assert by_um.pixel_size == pytest.approx(by_diameter.pixel_size)
+    np.testing.assert_array_equal(by_um.segment(), by_diameter.segment())
 
 
 @pytest.mark.parametrize(("kwargs", "phrase"), [
@@ -109,6 +113,10 @@ def test_cell_diameter_and_pixel_size_give_the_same_cells(tissue):
     ({"pixel_size": 0.5, "cell_diameter_px": 10}, "not both"),
     ({"cell_diameter_px": 0}, "cell_diameter_px"),
     ({"cell_diameter_px": float("nan")}, "finite"),
+    ({"cell_diameter_um": 6.0}, "needs the image's pixel size"),  # "auto" is no pixel size
+    ({"pixel_size": "model", "cell_diameter_um": 6.0}, "needs the image's pixel size"),
+    ({"pixel_size": 0.5, "cell_diameter_um": 6.0, "cell_diameter_px": 12}, "in µm or in px, not both"),
+    ({"pixel_size": 0.5, "cell_diameter_um": 0}, "cell_diameter_um must be"),
 ])
 def test_scale_arguments_are_checked(tissue, kwargs, phrase):
     with pytest.raises(ValueError, match=phrase):

@@ -501,3 +501,21 @@ def test_a_cell_diameter_in_pixels_sets_the_scale(make_napari_viewer, qtbot, tis
     assert meta["pixel_size_um"] == 0.65 and meta["pixel_size_from"] == "image layer"
     assert meta["scale_from"] == "cell diameter 30 px" and meta["scale_pixel_size_um"] == pytest.approx(implied)
     np.testing.assert_array_equal(viewer.layers[CELLS_LAYER].data, first)  # the same zoom, the same cells
+    # In µm: the pixel size field stays open, turns 19.5 µm into 30 px and measures the µm.
+    inputs.diameter_unit.value = "µm"
+    inputs.cell_diameter.value = 19.5
+    assert inputs.pixel_size.enabled and not inputs.auto_scale.value
+    inputs.pixel_size.value = 0.0
+    with pytest.raises(ValueError, match="needs the image's pixel size"):
+        inputs.scale_kwargs  # noqa: B018 (the property raises)
+    widget._runner.run_button.native.click()  # the same, as a user gets it: in words, nothing run
+    qtbot.wait(10)
+    assert "needs the image's pixel size" in widget._runner.status.value and not widget._runner.running
+    inputs.pixel_size.value = 0.65
+    assert inputs.scale_kwargs == {"cell_diameter_px": pytest.approx(30.0)}
+    widget.run()
+    wait_done(qtbot, widget._runner)
+    meta = viewer.layers[CELLS_LAYER].metadata
+    assert meta["pixel_size_um"] == 0.65 and meta["pixel_size_from"] == "image layer"  # the layer's 0.65
+    assert meta["scale_from"] == "cell diameter 19.5 µm (30 px)"
+    np.testing.assert_array_equal(viewer.layers[CELLS_LAYER].data, first)

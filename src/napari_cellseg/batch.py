@@ -61,6 +61,7 @@ class _Job:
     channel: int | None
     cell_diameter_px: float | None
     threads: dict | None = None  # engine: torch threads per worker
+    cell_diameter_um: float | None = None  # with each image's pixel size: a diameter in px
 
 
 def _request(job: _Job, path: Path) -> dict:
@@ -69,7 +70,9 @@ def _request(job: _Job, path: Path) -> dict:
     return {"image": str(path.resolve()), "image_bytes": st.st_size, "image_mtime_ns": st.st_mtime_ns,
             "method": job.method, "params": job.params, "pixel_size": job.pixel_size,
             "cell_diameter_px": job.cell_diameter_px, "channel": job.channel,
-            "model": job.model_info, "version": __version__}
+            "model": job.model_info, "version": __version__,
+            # only when set, so that outputs written before it existed still resume
+            **({"cell_diameter_um": job.cell_diameter_um} if job.cell_diameter_um is not None else {})}
 
 
 def _state(job: _Job, path: Path) -> str:
@@ -115,14 +118,17 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
         from .pipeline import predict
 
         net = resolve_model(job.model)  # loaded once per process (resolve_model keeps it)
+        diameter_px = job.cell_diameter_px
+        if job.cell_diameter_um is not None:  # the pixel size (checked up front) measures it
+            diameter_px = job.cell_diameter_um / physical
         # The zoom onto the model's grid: "auto", "model" or a cell diameter win over the
         # file's size; with none of them and no size in the file, the scale is estimated.
-        zoom_by_file = job.pixel_size is None and job.cell_diameter_px is None and file_size is not None
-        zoom = file_size if zoom_by_file else job.pixel_size
-        if zoom is None and job.cell_diameter_px is None:
+        zoom_by_file = job.pixel_size is None and diameter_px is None and file_size is not None
+        zoom = None if diameter_px is not None else file_size if zoom_by_file else job.pixel_size
+        if zoom is None and diameter_px is None:
             zoom = "auto"
         try:
-            prediction = predict(image, zoom, net, job.device, cell_diameter_px=job.cell_diameter_px)
+            prediction = predict(image, zoom, net, job.device, cell_diameter_px=diameter_px)
         except ValueError as err:
             if not zoom_by_file:
                 raise
@@ -132,6 +138,8 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
         labels = prediction.segment(**used)
         if prediction.scale is not None:
             scale_from = "estimated from the image"
+        elif job.cell_diameter_um is not None:
+            scale_from = f"cell diameter {job.cell_diameter_um} µm ({diameter_px:.4g} px)"
         elif job.cell_diameter_px is not None:
             scale_from = f"cell diameter {job.cell_diameter_px} px"
         elif zoom in ("auto", "model"):  # asked for, or the estimate had nothing to measure
@@ -143,9 +151,11 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
     record = {"image": str(path), "method": job.method, "parameters": used,
               "pixel_size_um": size, "pixel_size_given": given,
               "model": job.model_info, "version": __version__, "request": _request(job, path)}
-    if file_size is not None:  # read only when no number was given: it measures the µm
-        record["pixel_size_from"] = "file metadata"
-        if scale_from is not None:  # µm from the file, the model's zoom from the cells
+    if file_size is not None or (given and scale_from is not None):
+        # The file's size (read only when no number was given), or the number given with a
+        # diameter in µm, measures the µm; the model's zoom came from the cells.
+        record["pixel_size_from"] = "file metadata" if file_size is not None else "given"
+        if scale_from is not None:
             record["scale_from"] = scale_from
             record["scale_pixel_size_um"] = prediction.pixel_size
     elif scale_from is not None:
@@ -193,6 +203,7 @@ def iter_segment_files(
     workers: int | None = None,
     scheduler: str | None = None,
     client=None,
+    cell_diameter_um: float | None = None,
 ) -> Generator[Progress, None, list[tuple[Path, int]]]:
     """Segment each file; yield ``Progress(files done, total, "files")``; return
     [(path, number of cells)] in the order of ``paths``.
@@ -209,8 +220,10 @@ def iter_segment_files(
     image taken at the model's pixel size) or ``cell_diameter_px`` set only the model's
     zoom (cells rescaled to the model's size), and the file's pixel size still measures
     the µm (``scale_from`` in the record); with no file size, µm use the pixel size they
-    imply. The classic method works in pixels: its pixel size only turns the cell table's
-    areas into µm².
+    imply. ``cell_diameter_um`` is a diameter in µm, turned into pixels per image by the
+    ``pixel_size`` number or each file's own (every image must have one: checked before
+    any work). The classic method works in pixels: its pixel size only turns the cell
+    table's areas into µm².
 
     ``resume=True`` skips frames whose outputs were written for this very request (see
     the module notes) and finishes the rest. ``workers`` / ``scheduler`` / ``client`` run
@@ -236,8 +249,17 @@ def iter_segment_files(
 
         resolve_model(model)  # a missing or corrupt model fails now, before any work
         model_info = model_record(model)
+    if cell_diameter_um is not None:
+        from .core import validate
+
+        if method != "unet" or cell_diameter_px is not None or pixel_size in ("auto", "model"):
+            raise ValueError("a cell diameter in µm goes with the unet method, without a diameter in "
+                             "px, and with a pixel size number or the files' own")
+        cell_diameter_um = validate.finite_positive(cell_diameter_um, "cell_diameter_um", "µm")
+        if pixel_size is not None:
+            validate.finite_positive(pixel_size, "pixel_size", "µm")
     job = _Job(str(out), method, dict(params or {}), pixel_size, model, model_info, device, channel,
-               cell_diameter_px)
+               cell_diameter_px, cell_diameter_um=cell_diameter_um)
     states = {p: _state(job, p) for p in paths}
     done = [p for p in paths if resume and states[p] == "done"]
     todo = [p for p in paths if p not in done]
@@ -254,6 +276,12 @@ def iter_segment_files(
     # the model's zoom only, and the file's size, when it states one, still measures the µm.
     from_file = {p: read_pixel_size(p) if pixel_size in (None, "auto", "model") else None
                  for p in todo}
+    if cell_diameter_um is not None and pixel_size is None:
+        unsized = [p.name for p in todo if from_file[p] is None]
+        if unsized:
+            raise ValueError(f"a cell diameter in µm needs each image's pixel size, and "
+                             f"{', '.join(unsized[:5])}{' …' if len(unsized) > 5 else ''} state(s) none: "
+                             "give the pixel size, or the diameter in px")
     out.mkdir(parents=True, exist_ok=True)
     counts = {p: _cells_written(job, p) for p in done}
     if done:

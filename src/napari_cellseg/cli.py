@@ -48,8 +48,10 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                         "image at the model's own (default: the pixel size in each file's metadata "
                         "(OME-TIFF, ImageJ, TIFF resolution), else estimated from the image with "
                         "the unet method, else the model's)")
-    p.add_argument("--cell-diameter", type=float, default=None, metavar="PX",
-                   help="the cells' typical diameter in pixels, instead of a pixel size (unet method)")
+    p.add_argument("--cell-diameter", type=_diameter_arg, default=None, metavar="D[px|um]",
+                   help="the cells' typical diameter (unet method): in pixels (e.g. 30 or 30px), "
+                        "instead of a pixel size; or in µm (e.g. 12um) with the pixel size given or "
+                        "in each file's metadata, for cells of another size than the model's")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     g = p.add_argument_group("unet method")
     g.add_argument("--model", default=None, help=_model_help())
@@ -98,10 +100,19 @@ def _segment(args: argparse.Namespace) -> int:
     # Every argument is checked before any image is read or any work done.
     if args.pixel_size not in ("auto", "model"):
         validate.optional_pixel_size(args.pixel_size, "--pixel-size")
+    diameter = {}
     if args.cell_diameter is not None:
-        if args.method == "classic" or args.pixel_size is not None:
-            raise ValueError("--cell-diameter goes with the unet method and without --pixel-size")
-        validate.finite_positive(args.cell_diameter, "--cell-diameter", "px")
+        value, unit = args.cell_diameter
+        if args.method == "classic":
+            raise ValueError("--cell-diameter goes with the unet method")
+        if unit == "px" and args.pixel_size is not None:
+            raise ValueError("--cell-diameter in px goes without --pixel-size (give it in µm, e.g. "
+                             "12um, to use both)")
+        if unit == "µm" and args.pixel_size in ("auto", "model"):
+            raise ValueError(f"--cell-diameter in µm needs the pixel size: a number, or each file's "
+                             f"metadata, not --pixel-size {args.pixel_size}")
+        validate.finite_positive(value, "--cell-diameter", unit)
+        diameter = {"cell_diameter_px" if unit == "px" else "cell_diameter_um": value}
     if args.method == "classic" and args.pixel_size in ("auto", "model"):
         raise ValueError(f"--pixel-size {args.pixel_size} needs the unet method (the classic one has "
                          "no model to size cells against)")
@@ -124,13 +135,25 @@ def _segment(args: argparse.Namespace) -> int:
     results = drain(iter_segment_files(
         args.images, args.out, args.method, params, pixel_size=args.pixel_size, model=args.model,
         device=args.device, channel=args.channel, overwrite=args.overwrite,
-        cell_diameter_px=args.cell_diameter, resume=args.resume, workers=args.workers,
+        **diameter, resume=args.resume, workers=args.workers,
         scheduler=args.scheduler), show)
     if len(args.images) > 1:
         print(file=sys.stderr)
     for path, n in results:
         print(f"{path.name}: {n} cells -> {result_paths(args.out, path.stem)['labels']}")
     return 0
+
+
+def _diameter_arg(text: str) -> tuple[float, str]:
+    """--cell-diameter: a number with an optional unit, px (the default) or µm ("um")."""
+    word = text.strip().lower().replace("µ", "u").replace("μ", "u")  # micro sign or Greek mu
+    unit = next((u for u in ("px", "um") if word.endswith(u)), "px")
+    number = word[: -len(unit)] if word.endswith(unit) else word
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a diameter in px or µm, e.g. 30, 30px or 12um; got {text!r}") from None
+    return value, "µm" if unit == "um" else "px"
 
 
 def _pixel_size_arg(text: str) -> float | str:

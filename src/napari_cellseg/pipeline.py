@@ -220,6 +220,7 @@ def iter_predict(
     flips: bool = False,
     warm: SegmentParams | Mapping | None = None,
     cell_diameter_px: float | None = None,
+    cell_diameter_um: float | None = None,
 ) -> Generator[Progress, None, Prediction]:
     """:func:`predict` as a generator: yields :class:`Progress` (tiles), returns the
     :class:`Prediction`. A worker that stops iterating cancels the prediction. With
@@ -234,6 +235,19 @@ def iter_predict(
     if isinstance(pixel_size, str) and pixel_size not in ("auto", "model"):
         raise ValueError(f"pixel_size must be a number of µm, 'auto', 'model' or None, got {pixel_size!r}")
     if pixel_size == "model":
+        pixel_size = None
+    if cell_diameter_um is not None:
+        # A diameter in µm (cells of another size than the model's, in a calibrated image)
+        # becomes pixels through the image's pixel size; the zoom then comes from the
+        # diameter, as with cell_diameter_px, and the pixel size only measured it.
+        if cell_diameter_px is not None:
+            raise ValueError("give the cell diameter in µm or in px, not both")
+        if pixel_size is None or isinstance(pixel_size, str):
+            raise ValueError("a cell diameter in µm needs the image's pixel size (pixel_size, a number "
+                             "of µm) to know how many pixels it spans; or give it in pixels "
+                             "(cell_diameter_px)")
+        cell_diameter_px = (validate.finite_positive(cell_diameter_um, "cell_diameter_um", "µm")
+                            / validate.finite_positive(pixel_size, "pixel_size", "µm"))
         pixel_size = None
     if cell_diameter_px is not None:
         # A diameter replaces the estimate (the default), not a pixel size the caller gave.
@@ -336,7 +350,10 @@ def predict(
         Called with each :class:`~napari_cellseg.progress.Progress` (tiles done).
     **kwargs
         ``tophat_um``, ``tile``, ``batch_size``, ``flips``, ``warm`` (see :func:`iter_predict`),
-        ``cell_diameter_px`` (the cells' typical diameter in pixels, instead of a pixel size).
+        ``cell_diameter_px`` (the cells' typical diameter in pixels, instead of a pixel size),
+        ``cell_diameter_um`` (the diameter in µm, with ``pixel_size`` the image's: cells of
+        another size than the model's are zoomed to its size, the returned ``pixel_size``
+        being the one that zoom implies).
 
     Returns
     -------

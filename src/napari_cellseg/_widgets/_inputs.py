@@ -196,21 +196,27 @@ class ModelInputs:
                                            "or a cell diameter turns it off (README, Known limits)")
         # Cellpose's "diameter": the size a biologist can read off the image with a ruler.
         self.cell_diameter = FloatSpinBox(value=0.0, min=0.0, max=1000.0, step=1.0,
-                                          label="Cell diameter (px)",
-                                          tooltip="the cells' typical diameter in this image's pixels, "
-                                                  "instead of a pixel size; 0: not used")
+                                          label="Cell diameter",
+                                          tooltip="the cells' typical diameter, instead of a pixel size "
+                                                  "(px) or with it (µm); 0: not used")
+        # µm: for cells of another size than the model's in a calibrated image; the pixel
+        # size (the layer's, or typed) turns it into pixels and still measures the µm.
+        self.diameter_unit = ComboBox(value="px", choices=("px", "µm"), label="Diameter in",
+                                      tooltip="px: this image's pixels; µm: with the pixel size above")
         self.model = model_combo()
         self.device = ComboBox(value="auto", choices=("auto", "cpu", "cuda", "mps"), label="Device")
         self.image.changed.connect(self._on_image)
         self.auto_scale.changed.connect(self._on_auto)
         self.cell_diameter.changed.connect(self._on_typed)
+        self.diameter_unit.changed.connect(self._on_scale_choice)
         self.pixel_size.changed.connect(self._on_typed)
         self._on_image()
         self._on_scale_choice()
 
     @property
     def widgets(self) -> list:
-        return [self.image, self.pixel_size, self.cell_diameter, self.auto_scale, self.model, self.device]
+        return [self.image, self.pixel_size, self.cell_diameter, self.diameter_unit, self.auto_scale,
+                self.model, self.device]
 
     @property
     def pixel_size_um(self) -> float | str | None:
@@ -223,11 +229,23 @@ class ModelInputs:
         return float(self.pixel_size.value) or None
 
     @property
+    def diameter_px(self) -> float | None:
+        """The cell diameter in pixels when it sets the scale (None: it does not); one in
+        µm without a pixel size is an error in words."""
+        if not self.cell_diameter.value or self.auto_scale.value:
+            return None
+        if self.diameter_unit.value == "px":
+            return float(self.cell_diameter.value)
+        if not self.pixel_size.value:
+            raise ValueError("a cell diameter in µm needs the image's pixel size: type it in "
+                             "'Pixel size (µm)', or give the diameter in px")
+        return float(self.cell_diameter.value) / float(self.pixel_size.value)
+
+    @property
     def scale_kwargs(self) -> dict:
         """Extra arguments of ``iter_predict``: the cell diameter, when it sets the scale."""
-        if self.cell_diameter.value and not self.auto_scale.value:
-            return {"cell_diameter_px": float(self.cell_diameter.value)}
-        return {}
+        diameter = self.diameter_px
+        return {} if diameter is None else {"cell_diameter_px": diameter}
 
     @property
     def scale_source(self) -> str | None:
@@ -235,18 +253,26 @@ class ModelInputs:
         if self.auto_scale.value:
             return AUTO_SOURCE
         if self.cell_diameter.value:
+            if self.diameter_unit.value == "µm":
+                return f"cell diameter {self.cell_diameter.value:g} µm ({self.diameter_px:.3g} px)"
             return f"cell diameter {self.cell_diameter.value:g} px"
         return None
 
-    def scale_request(self) -> tuple[str | None, float | None]:
+    def scale_request(self) -> tuple[str | None, float | None, str]:
         """What a run was asked, taken when it starts (later edits belong to the next run):
-        where the model's zoom comes from, and the image layer's own pixel size."""
-        return self.scale_source, pixel_size_of(self.image.value)
+        where the model's zoom comes from, the pixel size that measures the µm and where that
+        came from (the image layer's own, or the field's, which a diameter in µm used)."""
+        layer_size = pixel_size_of(self.image.value)
+        if self.cell_diameter.value and self.diameter_unit.value == "µm" and not self.auto_scale.value:
+            typed = float(self.pixel_size.value)
+            return self.scale_source, typed, "image layer" if typed == layer_size else "pixel size field"
+        return self.scale_source, layer_size, "image layer"
 
     def _on_scale_choice(self, *_) -> None:
         """One way to set the scale at a time: the estimate, else a diameter, else a pixel size."""
         auto, diameter = bool(self.auto_scale.value), bool(self.cell_diameter.value)
-        self.pixel_size.enabled = not (auto or diameter)
+        # A diameter in µm needs the pixel size: it stays open then.
+        self.pixel_size.enabled = not (auto or (diameter and self.diameter_unit.value == "px"))
 
     def _on_auto(self, *_) -> None:
         """Checking the estimate clears a diameter (it would not be used)."""
@@ -275,14 +301,14 @@ class ModelInputs:
             self.auto_scale.value = not self.cell_diameter.value
 
 
-def scale_metadata(prediction, request: tuple[str | None, float | None]) -> dict:
+def scale_metadata(prediction, request: tuple) -> dict:
     """The pixel size a result layer records (what its µm are measured in). An estimate or
     a cell diameter sets the model's zoom only: the image layer's own pixel size, when it
     has one, still measures the µm (as ``batch`` does with a file's)."""
-    source, layer_size = request
+    source, layer_size, size_from = (*request, "image layer")[:3]
     if source == AUTO_SOURCE and prediction.pixel_size is None:  # a blank image: nothing to measure
         source = "the model's pixel size (nothing to estimate it from)"
     if source and layer_size:
-        return {"pixel_size_um": layer_size, "pixel_size_from": "image layer", "scale_from": source,
+        return {"pixel_size_um": layer_size, "pixel_size_from": size_from, "scale_from": source,
                 "scale_pixel_size_um": prediction.pixel_size}
     return {"pixel_size_um": prediction.pixel_size, "pixel_size_from": source}
