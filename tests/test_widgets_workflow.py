@@ -378,6 +378,34 @@ def test_batch_writes_what_the_cli_writes(make_napari_viewer, qtbot, tmp_path, t
     assert "already exist" in widget._runner.status.value
 
 
+def test_batch_widget_takes_a_cell_diameter_in_px_or_um(make_napari_viewer, qtbot, tmp_path, tissue):
+    """The Batch widget's cell diameter sets the zoom as predict's does; in µm it needs each
+    image's pixel size, and a folder without one is refused before any work, in words."""
+    from napari_cellseg._widgets.batch import BatchWidget
+    from napari_cellseg.core.preprocess import rescale
+    from napari_cellseg.pipeline import predict
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    big = rescale(tissue[0][:96, :96].astype(np.float32), 2.0)  # cells ~30 px
+    tifffile.imwrite(inp / "big.tif", big)
+    widget = BatchWidget(make_napari_viewer())
+    widget._input.value, widget._output.value = inp, tmp_path / "out"
+    widget._cell_diameter.value, widget._diameter_unit.value = 19.5, "µm"
+    widget.run()  # a plain TIFF states no pixel size
+    wait_done(qtbot, widget._runner)
+    assert "needs each image's pixel size" in widget._runner.status.value
+    assert not (tmp_path / "out" / "big_masks.tif").exists()
+    widget._pixel_size.value = 0.65  # 19.5 µm = 30 px
+    widget.run()
+    wait_done(qtbot, widget._runner)
+    expected = predict(big, cell_diameter_px=30.0, device="cpu").segment(**widget.params())
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "big_masks.tif"), expected)
+    assert expected.max() > 5
+    record = json.loads((tmp_path / "out" / "big_params.json").read_text())
+    assert record["pixel_size_um"] == 0.65 and record["scale_from"] == "cell diameter 19.5 µm (30 px)"
+
+
 def test_fine_tune_in_viewer_adds_a_model(make_napari_viewer, qtbot, tissue, user_models):
     from napari_cellseg._widgets.segment_cells import SegmentCellsWidget
     from napari_cellseg._widgets.train import TrainWidget

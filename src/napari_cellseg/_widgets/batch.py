@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, Container, FileEdit, FloatSpinBox, LineEdit, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    LineEdit,
+    SpinBox,
+)
 
 from ..io import list_images
 from ._inputs import CELLS_LAYER, chosen_model, model_combo
@@ -25,7 +33,13 @@ class BatchWidget(Container):
         self._input = FileEdit(mode="d", label="Images folder", nullable=True)  # empty until chosen
         self._output = FileEdit(mode="d", label="Output folder", nullable=True)
         self._model = model_combo()  # a model trained in the viewer shows up
-        self._pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01, label="Pixel size (µm)")
+        self._pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01, label="Pixel size (µm)",
+                                        tooltip="0: each file's own, else estimated from the image")
+        # As in Segment cells: the cells' size sets the zoom, in each image's pixels or in µm
+        # (with the pixel size above or each file's own); the pixel size still measures µm.
+        self._cell_diameter = FloatSpinBox(value=0.0, min=0.0, max=1000.0, step=1.0, label="Cell diameter",
+                                           tooltip="the cells' typical diameter; 0: not used")
+        self._diameter_unit = ComboBox(value="px", choices=("px", "µm"), label="Diameter in")
         self._seeds = SeedControls()
         self._from_layer = CheckBox(value=True, text="Use the 'cells' layer's parameters")
         self._overwrite = CheckBox(value=False, text="Replace existing files")
@@ -37,7 +51,8 @@ class BatchWidget(Container):
                                    tooltip="e.g. tcp://host:8786: run on that cluster (its workers must "
                                            "read the images and write the output folder)")
         self._runner = Runner("Run batch", "Batch")
-        self.extend([self._input, self._output, self._model, self._pixel_size, *self._seeds.widgets,
+        self.extend([self._input, self._output, self._model, self._pixel_size, self._cell_diameter,
+                     self._diameter_unit, *self._seeds.widgets,
                      self._from_layer, self._overwrite, self._resume, self._workers, self._scheduler,
                      *self._runner.widgets])
         self._runner.on_run(self.run)
@@ -62,9 +77,13 @@ class BatchWidget(Container):
         images = list_images(Path(self._input.value))
         if not images:
             raise ValueError(f"no TIFF / PNG images in {self._input.value}")
+        diameter = {}
+        if self._cell_diameter.value:
+            unit = "px" if self._diameter_unit.value == "px" else "um"
+            diameter = {f"cell_diameter_{unit}": float(self._cell_diameter.value)}
         return self._runner.start(
             iter_segment_files, images, Path(self._output.value), "unet", self.params(),
-            pixel_size=float(self._pixel_size.value) or None, model=chosen_model(self._model),
+            pixel_size=float(self._pixel_size.value) or None, model=chosen_model(self._model), **diameter,
             overwrite=bool(self._overwrite.value), resume=bool(self._resume.value),
             workers=int(self._workers.value) or None, scheduler=self._scheduler.value.strip() or None,
             on_done=self._on_done)
