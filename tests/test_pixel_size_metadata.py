@@ -247,6 +247,14 @@ def test_a_cell_diameter_in_um_goes_through_each_images_pixel_size(tmp_path, cap
                          (["--cell-diameter", "0um"], "--cell-diameter must be a finite number of µm")):
         assert cli.main(["segment", str(plain), "--out", str(tmp_path / "bad"), *args]) == 2
         assert phrase in capsys.readouterr().err, args
+    from napari_cellseg.batch import iter_segment_files
+    from napari_cellseg.progress import drain
+
+    for kwargs, phrase in (({"method": "classic", "cell_diameter_um": 19.5, "pixel_size": 0.65}, "classic"),
+                           ({"method": "classic", "cell_diameter_px": 30}, "classic"),
+                           ({"cell_diameter_px": 30, "pixel_size": 0.65}, "in px goes without a pixel size")):
+        with pytest.raises(ValueError, match=phrase):  # the API refuses what the CLI does
+            drain(iter_segment_files([plain], tmp_path / "bad", **kwargs))
     with pytest.raises(SystemExit):  # argparse's usage error, in words
         cli.main(["segment", str(plain), "--out", str(tmp_path / "bad"), "--cell-diameter", "thirty"])
     assert "e.g. 30, 30px or 12um; got 'thirty'" in capsys.readouterr().err

@@ -117,6 +117,8 @@ def test_cell_diameter_and_pixel_size_give_the_same_cells(tissue):
     ({"pixel_size": "model", "cell_diameter_um": 6.0}, "needs the image's pixel size"),
     ({"pixel_size": 0.5, "cell_diameter_um": 6.0, "cell_diameter_px": 12}, "in µm or in px, not both"),
     ({"pixel_size": 0.5, "cell_diameter_um": 0}, "cell_diameter_um must be"),
+    ({"cell_diameter_px": 1000}, "a cell diameter of 1000 px means rescaling the image by 0.01"),
+    ({"pixel_size": 0.5, "cell_diameter_um": 500}, "check the diameter \\(and its unit\\)"),  # 1000 px
 ])
 def test_scale_arguments_are_checked(tissue, kwargs, phrase):
     with pytest.raises(ValueError, match=phrase):

@@ -155,6 +155,11 @@ def test_fine_tuning_a_2x_model_trains_on_its_grid(tmp_path, tiny_model):
     # An image with no pixel size is taken at 0.4 µm/px: labels on the image's own grid.
     pred = ncs.predict(pairs[0][1], None, model=result.path, device="cpu")
     assert pred.segment().shape == (48, 56) and pred.pixel_size is None
+    # A pixel size in nm by mistake (65 for 0.065 µm) asks for a 260x zoom: refused in
+    # words before any resampling, not a MemoryError or a machine swapping.
+    with pytest.raises(ValueError, match="outside"):
+        drain(iter_train(pairs, tmp_path / "nm", init=init, config=_tiny_config(epochs=1), pixel_size=65))
+    assert not (tmp_path / "nm.safetensors").exists()
 
 
 def test_validation_fuses_the_network_once_per_epoch(tmp_path, monkeypatch):

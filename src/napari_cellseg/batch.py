@@ -61,7 +61,7 @@ class _Job:
     channel: int | None
     cell_diameter_px: float | None
     threads: dict | None = None  # engine: torch threads per worker
-    cell_diameter_um: float | None = None  # with each image's pixel size: a diameter in px
+    cell_diameter_um: float | None = None  # µm; each image's pixel size turns it into px
 
 
 def _request(job: _Job, path: Path) -> dict:
@@ -131,7 +131,7 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
             prediction = predict(image, zoom, net, job.device, cell_diameter_px=diameter_px)
         except ValueError as err:
             if not zoom_by_file:
-                raise
+                raise ValueError(f"{path}: {err}") from err
             raise ValueError(f"{path}: with the pixel size {file_size:g} µm its file's metadata "
                              f"states: {err} (give --pixel-size to use another)") from err
         used = prediction.params(job.params).to_dict()  # every value, the model's defaults applied
@@ -139,7 +139,7 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
         if prediction.scale is not None:
             scale_from = "estimated from the image"
         elif job.cell_diameter_um is not None:
-            scale_from = f"cell diameter {job.cell_diameter_um} µm ({diameter_px:.4g} px)"
+            scale_from = f"cell diameter {job.cell_diameter_um:g} µm ({diameter_px:.3g} px)"
         elif job.cell_diameter_px is not None:
             scale_from = f"cell diameter {job.cell_diameter_px} px"
         elif zoom in ("auto", "model"):  # asked for, or the estimate had nothing to measure
@@ -249,12 +249,17 @@ def iter_segment_files(
 
         resolve_model(model)  # a missing or corrupt model fails now, before any work
         model_info = model_record(model)
+    if (cell_diameter_px is not None or cell_diameter_um is not None) and method != "unet":
+        raise ValueError("a cell diameter sets the unet method's zoom; the classic method works in pixels")
+    if cell_diameter_px is not None and pixel_size not in (None, "auto", "model"):
+        raise ValueError("a cell diameter in px goes without a pixel size number (give the diameter in "
+                         "µm to use both)")
     if cell_diameter_um is not None:
         from .core import validate
 
-        if method != "unet" or cell_diameter_px is not None or pixel_size in ("auto", "model"):
-            raise ValueError("a cell diameter in µm goes with the unet method, without a diameter in "
-                             "px, and with a pixel size number or the files' own")
+        if cell_diameter_px is not None or pixel_size in ("auto", "model"):
+            raise ValueError("a cell diameter in µm goes without a diameter in px, and with a pixel "
+                             "size number or the files' own")
         cell_diameter_um = validate.finite_positive(cell_diameter_um, "cell_diameter_um", "µm")
         if pixel_size is not None:
             validate.finite_positive(pixel_size, "pixel_size", "µm")

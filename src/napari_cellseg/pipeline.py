@@ -255,6 +255,12 @@ def iter_predict(
             raise ValueError("give the pixel size or the cell diameter, not both")
         # The pixel size at which cells this many pixels across have the model's diameter.
         pixel_size = info.cell_diameter_um / validate.finite_positive(cell_diameter_px, "cell_diameter_px", "px")
+        factor = scale_factor(pixel_size, info.pixel_size)
+        if not 1 / validate.MAX_RESCALE <= factor <= validate.MAX_RESCALE:  # named for the diameter
+            raise ValueError(f"a cell diameter of {cell_diameter_px:.4g} px means rescaling the image by "
+                             f"{factor:.3g} to match the model's {info.cell_diameter_um:.3g} µm cells, outside "
+                             f"[1/{validate.MAX_RESCALE:g}, {validate.MAX_RESCALE:g}]: check the diameter "
+                             "(and its unit), or use a model trained on cells nearer that size")
     elif pixel_size == "auto":
         from .scale import estimate_scale
 

@@ -16,7 +16,7 @@ from magicgui.widgets import (
 )
 
 from ..io import list_images
-from ._inputs import CELLS_LAYER, chosen_model, model_combo
+from ._inputs import CELLS_LAYER, PIXEL_SIZE_STEP, chosen_model, model_combo
 from ._runner import Runner
 from ._seed_controls import SeedControls
 
@@ -33,7 +33,8 @@ class BatchWidget(Container):
         self._input = FileEdit(mode="d", label="Images folder", nullable=True)  # empty until chosen
         self._output = FileEdit(mode="d", label="Output folder", nullable=True)
         self._model = model_combo()  # a model trained in the viewer shows up
-        self._pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=0.01, label="Pixel size (µm)",
+        self._pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=PIXEL_SIZE_STEP,
+                                        label="Pixel size (µm)",
                                         tooltip="0: each file's own, else estimated from the image")
         # As in Segment cells: the cells' size sets the zoom, in each image's pixels or in µm
         # (with the pixel size above or each file's own); the pixel size still measures µm.

@@ -166,7 +166,8 @@ class SegmentCellsWidget(Container):
         elif source == AUTO_SOURCE:  # the first plane's estimate holds for the whole stack
             note = f" (pixel size estimated: {size:.3g} µm)"
         else:
-            note = f" (pixel size {size:.3g} µm from the {source})" if source else ""
+            # a diameter: the zoom it implies (the pixel size field still measures the µm)
+            note = f" (zoom as for {size:.3g} µm/px, from the {source})" if source else ""
         self._runner.status.value = (
             f"{n} cells" + (f" in plane {plane + 1} of {len(self._cells)} planes" if self._stack else "") + note)
         return layer

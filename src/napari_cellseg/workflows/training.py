@@ -20,7 +20,7 @@ import numpy as np
 
 from ..core.params import Grid, SegmentParams
 from ..core.preprocess import rescale, scale_factor
-from ..core.validate import finite_positive
+from ..core.validate import finite_positive, rescale_factor
 from ..model.data import Example, median_cell_diameter, split_band, split_pair, synthetic_examples
 from ..model.inference import choose_device
 from ..model.store import WEIGHTS_SUFFIX, ModelInfo
@@ -167,6 +167,8 @@ def iter_train(
         # grid; the images' pixel size becomes the user's.
         images_px = pixel_size or images_px
         zoom = scale_factor(images_px, info.pixel_size)
+        for _, image, _ in pairs:  # a pixel size in nm, say, is refused in words, not resampled
+            rescale_factor(zoom, np.shape(image), images_px, info.pixel_size)
         pairs = [(name, rescale(np.asarray(image, np.float32), zoom), rescale(np.asarray(labels), zoom, order=0))
                  for name, image, labels in pairs]
     train_ex, val_ex, all_labels, unlabelled_val = [], [], [], []
