@@ -177,6 +177,19 @@ def prediction_of(layer):
 # 1.6 % off in the zoom, 16 % and 3 % in the areas).
 PIXEL_SIZE_STEP = 0.0001
 AUTO_SOURCE = "estimated from the image"  # where the scale came from, with the estimate on
+NO_SCALE_REQUEST = (None, None, "image layer")  # ModelInputs.scale_request before any run
+
+
+def pixel_size_field(tooltip: str | None = None) -> FloatSpinBox:
+    """A pixel size in µm (0: none), as every widget that takes one shows it."""
+    return FloatSpinBox(value=0.0, min=0.0, max=100.0, step=PIXEL_SIZE_STEP, label="Pixel size (µm)",
+                        tooltip=tooltip)
+
+
+def diameter_fields(tooltip: str, unit_tooltip: str | None = None) -> tuple[FloatSpinBox, ComboBox]:
+    """The cells' typical diameter (0: not used) and its unit, px or µm."""
+    return (FloatSpinBox(value=0.0, min=0.0, max=1000.0, step=1.0, label="Cell diameter", tooltip=tooltip),
+            ComboBox(value="px", choices=("px", "µm"), label="Diameter in", tooltip=unit_tooltip))
 
 
 class ModelInputs:
@@ -188,9 +201,7 @@ class ModelInputs:
 
     def __init__(self):
         self.image = create_widget(label="Image", annotation="napari.layers.Image")
-        self.pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=PIXEL_SIZE_STEP,
-                                       label="Pixel size (µm)",
-                                       tooltip="from the image when it says; 0: the model's own")
+        self.pixel_size = pixel_size_field("from the image when it says; 0: the model's own")
         # On by default for an image that carries no pixel size (issue 15): without it, such
         # an image is taken at the model's scale, right only when its cells happen to match.
         self.auto_scale = CheckBox(value=True, text="Estimate the pixel size",
@@ -199,14 +210,11 @@ class ModelInputs:
                                            "of its size are left as they are. Typing a pixel size "
                                            "or a cell diameter turns it off (README, Known limits)")
         # Cellpose's "diameter": the size a biologist can read off the image with a ruler.
-        self.cell_diameter = FloatSpinBox(value=0.0, min=0.0, max=1000.0, step=1.0,
-                                          label="Cell diameter",
-                                          tooltip="the cells' typical diameter, instead of a pixel size "
-                                                  "(px) or with it (µm); 0: not used")
         # µm: for cells of another size than the model's in a calibrated image; the pixel
         # size (the layer's, or typed) turns it into pixels and still measures the µm.
-        self.diameter_unit = ComboBox(value="px", choices=("px", "µm"), label="Diameter in",
-                                      tooltip="px: this image's pixels; µm: with the pixel size above")
+        self.cell_diameter, self.diameter_unit = diameter_fields(
+            "the cells' typical diameter, instead of a pixel size (px) or with it (µm); 0: not used",
+            "px: this image's pixels; µm: with the pixel size above")
         self.model = model_combo()
         self.device = ComboBox(value="auto", choices=("auto", "cpu", "cuda", "mps"), label="Device")
         self.image.changed.connect(self._on_image)
@@ -309,7 +317,7 @@ def scale_metadata(prediction, request: tuple) -> dict:
     """The pixel size a result layer records (what its µm are measured in). An estimate or
     a cell diameter sets the model's zoom only: the image layer's own pixel size, when it
     has one, still measures the µm (as ``batch`` does with a file's)."""
-    source, layer_size, size_from = (*request, "image layer")[:3]
+    source, layer_size, size_from = request
     if source == AUTO_SOURCE and prediction.pixel_size is None:  # a blank image: nothing to measure
         source = "the model's pixel size (nothing to estimate it from)"
     if source and layer_size:

@@ -7,16 +7,14 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import (
     CheckBox,
-    ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     LineEdit,
     SpinBox,
 )
 
 from ..io import list_images
-from ._inputs import CELLS_LAYER, PIXEL_SIZE_STEP, chosen_model, model_combo
+from ._inputs import CELLS_LAYER, chosen_model, diameter_fields, model_combo, pixel_size_field
 from ._runner import Runner
 from ._seed_controls import SeedControls
 
@@ -33,14 +31,10 @@ class BatchWidget(Container):
         self._input = FileEdit(mode="d", label="Images folder", nullable=True)  # empty until chosen
         self._output = FileEdit(mode="d", label="Output folder", nullable=True)
         self._model = model_combo()  # a model trained in the viewer shows up
-        self._pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=PIXEL_SIZE_STEP,
-                                        label="Pixel size (µm)",
-                                        tooltip="0: each file's own, else estimated from the image")
+        self._pixel_size = pixel_size_field("0: each file's own, else estimated from the image")
         # As in Segment cells: the cells' size sets the zoom, in each image's pixels or in µm
         # (with the pixel size above or each file's own); the pixel size still measures µm.
-        self._cell_diameter = FloatSpinBox(value=0.0, min=0.0, max=1000.0, step=1.0, label="Cell diameter",
-                                           tooltip="the cells' typical diameter; 0: not used")
-        self._diameter_unit = ComboBox(value="px", choices=("px", "µm"), label="Diameter in")
+        self._cell_diameter, self._diameter_unit = diameter_fields("the cells' typical diameter; 0: not used")
         self._seeds = SeedControls()
         self._from_layer = CheckBox(value=True, text="Use the 'cells' layer's parameters")
         self._overwrite = CheckBox(value=False, text="Replace existing files")

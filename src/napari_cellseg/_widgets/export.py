@@ -13,14 +13,13 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     LineEdit,
     PushButton,
     create_widget,
 )
 
 from ..io import write_results
-from ._inputs import PIXEL_SIZE_STEP, LayerDefaults, result_layers
+from ._inputs import LayerDefaults, pixel_size_field, result_layers
 from ._layers import image_plane, pixel_size_of
 from ._runner import reports_errors, status_label
 
@@ -40,8 +39,7 @@ class ExportWidget(Container):
         self._folder = FileEdit(mode="d", label="Folder", nullable=True)  # empty until chosen
         self._name = LineEdit(value="", label="Base name", tooltip="empty: the labels layer's source")
         self._format = ComboBox(value=".tif", choices=(".tif", ".png"), label="Labels format")
-        self._pixel_size = FloatSpinBox(value=0.0, min=0.0, max=100.0, step=PIXEL_SIZE_STEP,
-                                        label="Pixel size (µm)")
+        self._pixel_size = pixel_size_field()
         self._overwrite = CheckBox(value=False, text="Replace existing files")
         self._button = PushButton(text="Export")
         self._status = status_label()

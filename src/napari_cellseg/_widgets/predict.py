@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from magicgui.widgets import Container, FloatSpinBox
 
 from ._inputs import (
+    NO_SCALE_REQUEST,
     PREDICTION_KEY,
     PREPROCESSED_LAYER,
     PROBABILITY_LAYERS,
@@ -37,7 +38,7 @@ class PredictWidget(Container):
         self.extend([*self._inputs.widgets, self._tophat, *self._runner.widgets])
         self._runner.on_run(self.run)
         self.prediction = None
-        self._scale_request: tuple = (None, None)
+        self._scale_request: tuple = NO_SCALE_REQUEST
 
     def run(self, *_):
         from ..pipeline import iter_predict

@@ -17,7 +17,14 @@ import numpy as np
 from magicgui.widgets import Container, FloatSpinBox
 
 from ..progress import Progress
-from ._inputs import AUTO_SOURCE, CELLS_LAYER, ModelInputs, image_data, scale_metadata
+from ._inputs import (
+    AUTO_SOURCE,
+    CELLS_LAYER,
+    NO_SCALE_REQUEST,
+    ModelInputs,
+    image_data,
+    scale_metadata,
+)
 from ._layers import plane_index, show_layer
 from ._runner import LiveUpdate, Runner, reports_errors
 from ._seed_controls import SeedControls
@@ -60,7 +67,7 @@ class SegmentCellsWidget(Container):
         self.extend([*self._inputs.widgets, *self._runner.widgets,
                      *self._seeds.widgets, self._min_area])
         self.predictions: list = []
-        self._scale_request: tuple = (None, None)  # ModelInputs.scale_request of the last run
+        self._scale_request: tuple = NO_SCALE_REQUEST  # ModelInputs.scale_request of the last run
         self._cells: np.ndarray | None = None  # (planes, M, N) labels shown
         self._segmented_with: list[dict | None] = []  # per plane: the parameters of its labels
         self._touched = False  # has the user moved a slider?
@@ -117,7 +124,7 @@ class SegmentCellsWidget(Container):
         return self._runner.start(predict_and_segment, data, self._inputs.pixel_size_um, model,
                                   self._device.value, params, self._inputs.scale_kwargs, on_done=on_done)
 
-    def _on_predicted(self, result, source: str, stack: bool, scale_request: tuple = (None, None)) -> None:
+    def _on_predicted(self, result, source: str, stack: bool, scale_request: tuple = NO_SCALE_REQUEST) -> None:
         predictions, cells, params = result
         self._live.drop()  # a re-segmentation still running belongs to the old prediction
         self.predictions, self._source, self._stack = predictions, source, stack
