@@ -82,6 +82,7 @@ API_ERRORS = [
     ("pixel size inf", lambda t: ncs.predict(LESSON, pixel_size=float("inf")), ValueError, "finite"),
     ("pixel size -1", lambda t: ncs.predict(LESSON, pixel_size=-1), ValueError, "> 0"),
     ("pixel size text", lambda t: ncs.predict(LESSON, pixel_size="big"), ValueError, "number of µm"),
+    ("pixel size True", lambda t: ncs.predict(LESSON, pixel_size=True), ValueError, "got True"),
     ("shrinks below 8 px", lambda t: ncs.predict(np.zeros((16, 16)), pixel_size=0.2),
      ValueError, "below 8 px"),
     ("top-hat nan", lambda t: ncs.predict(LESSON, tophat_um=float("nan")), ValueError, "tophat_um"),

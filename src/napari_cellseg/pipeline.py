@@ -236,6 +236,10 @@ def iter_predict(
         raise ValueError(f"pixel_size must be a number of µm, 'auto', 'model' or None, got {pixel_size!r}")
     if pixel_size == "model":
         pixel_size = None
+    elif not isinstance(pixel_size, str):
+        # Checked before any work (True, NaN, -1 or "0.5 µm" as a number would otherwise
+        # fail only after the network pass); 0 means unknown, as None does.
+        pixel_size = validate.optional_pixel_size(pixel_size)
     if cell_diameter_um is not None:
         # A diameter in µm (cells of another size than the model's, in a calibrated image)
         # becomes pixels through the image's pixel size; the zoom then comes from the
