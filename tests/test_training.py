@@ -136,13 +136,16 @@ def test_fine_tuning_a_2x_model_trains_on_its_grid(tmp_path, tiny_model):
     init = save_model(tmp_path / "x2init", net, info)
     pairs = _pairs(1, shape=(48, 56))
     # No pixel size given: the images are the model's image pixel size (0.5), zoomed 2x.
-    plain = drain(iter_train(pairs, tmp_path / "plain", init=init,
-                             config=_tiny_config(epochs=1, patch=176, margin=8))).info
+    plain_run = drain(iter_train(pairs, tmp_path / "plain", init=init,
+                                 config=_tiny_config(epochs=1, patch=176, margin=8)))
+    plain = plain_run.info
     assert plain.pixel_size == 0.25 and plain.extra["image_pixel_size"] == 0.5
     assert plain.extra["trained_at_zoom"] == 2.0 and plain.extra["trained_on"][0]["shape"] == [48, 56]
-    # The patch fits the upsampled image's training part (its left 80 %: 96 x ~90 px), not
-    # the 48 x 56 original.
-    assert plain.extra["train_config"]["patch"] == 88
+    # The 48 px image is too small to give up a validation strip, on the user's grid (its
+    # 96 px upsampled copy would have given one of 10 px of real data): it trains whole,
+    # and the patch fits the upsampled image (96 x 112), not the 48 x 56 original.
+    assert plain.extra["train_config"]["patch"] == 96
+    assert plain_run.history and not any("val_mAP" in r for r in plain_run.history)
     # Images at 0.4 µm/px: zoomed 1.6x onto the 0.25 µm grid; the diameter is measured there.
     result = drain(iter_train(pairs, tmp_path / "own", init=init, config=_tiny_config(epochs=1), pixel_size=0.4))
     tuned = load_model(result.path)[1]

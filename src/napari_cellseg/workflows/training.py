@@ -172,9 +172,10 @@ def iter_train(
         pairs = [(name, rescale(np.asarray(image, np.float32), zoom), rescale(np.asarray(labels), zoom, order=0))
                  for name, image, labels in pairs]
     train_ex, val_ex, all_labels, unlabelled_val = [], [], [], []
-    for name, image, labels in pairs:
+    for (name, image, labels), shape in zip(pairs, shapes, strict=True):
         image, labels = np.asarray(image), np.asarray(labels)
-        fraction = val_fraction if min(image.shape[:2]) >= MIN_SPLIT_SIDE else 0
+        # Measured on the user's image, not on a 2x model's upsampled copy of it.
+        fraction = val_fraction if min(shape[:2]) >= MIN_SPLIT_SIDE else 0
         banded = val_band is not None and fraction
         if banded:
             parts, v = split_band(image, labels, val_band, name=name, seed_target=cfg.seed_target)
