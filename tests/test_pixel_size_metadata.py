@@ -75,6 +75,21 @@ def test_no_pixel_size_in_the_file(tmp_path, resolution, unit):
     assert io.read_pixel_size(path) is None
 
 
+@pytest.mark.parametrize(("resolution", "unit", "um"), [
+    ((300, 300), "INCH", "84.6667"),     # an image editor's print setting
+    ((72, 72), "CENTIMETER", "138.889"),  # 72 "dpi" written per cm
+    ((1e9, 1e9), "CENTIMETER", "1e-05"),  # 0.01 nm: no light microscope
+])
+def test_an_implausible_plain_resolution_is_ignored_with_a_warning(tmp_path, caplog, resolution, unit, um):
+    """A plain TIFF resolution that no microscope gives is not taken as the pixel size: at
+    300 dpi every area_um2 would be ~10^4 times too large, with nothing else to check it."""
+    path = tmp_path / "editor.tif"
+    tifffile.imwrite(path, SMALL, resolution=resolution, resolutionunit=unit)
+    with caplog.at_level("WARNING"):
+        assert io.read_pixel_size(path) is None
+    assert f"means {um} µm per pixel" in caplog.text and "ignored" in caplog.text
+
+
 def test_png_has_none(tmp_path):
     path = tmp_path / "a.png"
     iio.imwrite(path, SMALL.astype(np.uint8))
@@ -167,11 +182,11 @@ def test_cli_unet_rescales_by_the_files_pixel_size(tmp_path, capsys):
     assert record["pixel_size_given"] is False
     # A size the model cannot take says it came from the file, and how to override it.
     far = tmp_path / "far.tif"
-    tifffile.imwrite(far, s.image.astype(np.float32), resolution=(1e4 / 50, 1e4 / 50),
+    tifffile.imwrite(far, s.image.astype(np.float32), resolution=(1e4 / 10, 1e4 / 10),
                      resolutionunit="CENTIMETER")
     assert cli.main(["segment", str(far), "--out", str(tmp_path / "b"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "50 µm its file's metadata states" in err and "--pixel-size" in err
+    assert "10 µm its file's metadata states" in err and "--pixel-size" in err
     assert not (tmp_path / "b" / "far_masks.tif").exists()
 
 

@@ -62,6 +62,11 @@ UM_PER_RESOLUTION_UNIT = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}
 # 72 / 96 dpi of screens and image editors. At 72 dpi a pixel would be 353 µm: no microscope
 # image means that, so these say "no pixel size", not a measured one.
 PLACEHOLDER_PPI = (1.0, 72.0, 96.0)
+# A plain TIFF resolution states a pixel size only when it is one a microscope gives: an
+# image editor's 300 dpi reads as 85 µm per pixel, and would make every area_um2 ~10^4 times
+# too large where nothing else checks it (the classic method, a diameter in px). OME and
+# ImageJ metadata name their unit, and are taken as written.
+PLAUSIBLE_TIFF_UM = (0.001, 20.0)
 SQUARE_TOLERANCE = 0.01  # X and Y pixel sizes further apart than this (relative) are refused
 
 
@@ -150,7 +155,16 @@ def _resolution_size(tif) -> tuple[float, float] | None:
         return None
     if unit == 2 and all(r in PLACEHOLDER_PPI for r in resolution):
         return None
-    return tuple(_um_per_pixel(factor, r) for r in resolution)
+    sizes = tuple(_um_per_pixel(factor, r) for r in resolution)
+    lo, hi = PLAUSIBLE_TIFF_UM
+    if any(np.isfinite(v) and not lo <= v <= hi for v in sizes):
+        unit_name = {2: "inch", 3: "cm", 4: "mm", 5: "µm"}[unit]
+        logger.warning("%s: the TIFF resolution (%.6g pixels per %s) means %.6g µm per pixel, not "
+                       "a microscope's (%g-%g µm): taken as an image editor's setting, and ignored; "
+                       "give the pixel size if you know it", tif.filename, resolution[0], unit_name,
+                       sizes[0], lo, hi)
+        return None
+    return sizes
 
 
 def _square(path: Path, how: str, x: float, y: float) -> float | None:
@@ -174,8 +188,9 @@ def read_pixel_size(path: str | Path) -> float | None:
     Read with tifffile, the first found wins: OME-TIFF ``PhysicalSizeX/Y`` (with their
     units, µm by default), ImageJ's ``unit`` with X/YResolution as pixels per unit, plain
     TIFF X/YResolution in pixels per centimetre or inch. PNG, JPEG and BMP files, TIFFs
-    without a resolution, with ResolutionUnit "none" or with a writer's placeholder (1, 72
-    or 96 pixels per inch) give None. A value that is not a finite number > 0 is ignored
+    without a resolution, with ResolutionUnit "none", with a writer's placeholder (1, 72
+    or 96 pixels per inch) or with a plain resolution outside 0.001-20 µm per pixel (an
+    image editor's 300 dpi) give None. A value that is not a finite number > 0 is ignored
     with a logged warning.
 
     Raises
