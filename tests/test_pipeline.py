@@ -57,6 +57,21 @@ def test_rescale_round_trip_at_another_pixel_size(crop):
     assert ap_fine >= ap_native - 0.05
 
 
+def test_labels_shrunk_to_the_input_are_numbered_without_gaps(crop):
+    """Cells upsampled onto the model grid (pixel size 1 µm: zoom 2) come back by nearest
+    neighbour; a one-pixel cell there can vanish, and its id must not leave a gap, or the
+    largest id (what a count reads) overstates the cells."""
+    image, _ = crop
+    pred = ncs.predict(image[:32, :32], pixel_size=1.0, device="cpu")
+    assert pred.grid_image.shape == (64, 64)
+    grid = np.zeros((64, 64), np.int32)
+    grid[0:8, 0:8], grid[18, 18], grid[30:40, 30:40] = 1, 2, 3
+    assert np.array_equal(np.unique(pred.to_input(grid, order=0)), [0, 1, 3])  # cell 2 vanishes
+    out = pred.labels_to_input(grid)
+    assert out.dtype == np.int32 and np.array_equal(np.unique(out), [0, 1, 2])
+    assert np.array_equal(out == 2, pred.to_input(grid, order=0) == 3)  # the order is kept
+
+
 def test_progress_records_and_warm_in_the_predicting_thread(crop):
     from napari_cellseg.pipeline import iter_predict, iter_predict_planes
     from napari_cellseg.progress import drain

@@ -104,6 +104,17 @@ class Prediction:
         """A model-grid map back on the input grid (order 0 for labels)."""
         return restore_shape(array, self.image.shape, order=order)
 
+    def labels_to_input(self, labels: np.ndarray) -> np.ndarray:
+        """Labels on the model grid back on the input grid, numbered 1..K again: a cell
+        narrower than a pixel of the input can vanish in the nearest-neighbour shrink, and
+        its id would leave a gap (so that the largest id overstated the count)."""
+        out = self.to_input(labels, order=0)
+        if out is not labels and out.size:
+            from skimage.segmentation import relabel_sequential
+
+            out = relabel_sequential(out)[0].astype(labels.dtype, copy=False)
+        return out
+
     # ---- stages --------------------------------------------------------------
     @cached_property
     def seed_stage(self) -> SeedStage:
@@ -140,7 +151,7 @@ class Prediction:
 
     def seeds_input(self, **params) -> np.ndarray:
         """Seed labels (M, N) int32 on the input grid."""
-        return self.to_input(self.seeds(params), order=0)
+        return self.labels_to_input(self.seeds(params))
 
     def seed_enhancement(self, params: SegmentParams | Mapping | None = None) -> tuple[str, np.ndarray]:
         """(kind, map on the model grid) the seeds are picked from (see SeedStage)."""
@@ -156,7 +167,7 @@ class Prediction:
         """Cell labels (M, N) int32 on the input grid for the given parameters (see
         :class:`SegmentParams`: ``h`` in µm, ``sensitivity`` 0-100, ...)."""
         cells, _ = self.segment_grid(params)
-        return self.to_input(cells, order=0)
+        return self.labels_to_input(cells)
 
     def stages(self, **params) -> dict[str, np.ndarray]:
         """Every intermediate on the input grid, keyed by :data:`STAGES`."""
@@ -170,8 +181,8 @@ class Prediction:
             "background_probability": self.to_input(self.background_probability),
             "seed_enhancement": self.to_input(enhancement),
             "seed_mask": self.to_input(self.seed_stage.mask(p).astype(np.uint8), order=0),
-            "seeds": self.to_input(seeds, order=0),
-            "cells": self.to_input(cells, order=0),
+            "seeds": self.labels_to_input(seeds),
+            "cells": self.labels_to_input(cells),
         }
 
 
