@@ -341,6 +341,45 @@ def test_export_reads_back_and_refuses_overwrite(make_napari_viewer, tmp_path, t
     np.testing.assert_array_equal(iio.imread(png), labels)
 
 
+def test_export_follows_the_layers_pixel_size_and_source(make_napari_viewer, tmp_path, tissue):
+    """Docked before segmenting, the widget must still use the pixel size the cells were
+    segmented at (a re-run at another size changes the layer's metadata, not the layer),
+    unless the user typed one; the intensities come from the image the cells came from."""
+    from napari_cellseg._widgets.export import ExportWidget
+
+    viewer = make_napari_viewer()
+    image, labels = tissue
+    viewer.add_image(image * 0 + 7, name="other")
+    viewer.add_image(image, name="tissue")
+    widget = ExportWidget(viewer)
+    layer = viewer.add_labels(labels, name="cells")  # as Segment cells makes it: metadata after
+    widget.reset_choices()
+    layer.metadata.update({"pixel_size_um": 0.5, "source": "tissue"})
+    widget.reset_choices()
+    assert widget._image.value is viewer.layers["tissue"]
+    widget._folder.value = tmp_path
+    widget._name.value = "a"
+    table = pd.read_csv(widget.export()[1])
+    assert table["area_um2"].iloc[0] == pytest.approx(table["area_px"].iloc[0] * 0.25)
+    assert table["mean_intensity"].iloc[0] != 7
+    layer.metadata["pixel_size_um"] = 0.25  # re-segmented at another pixel size
+    widget._name.value = "b"
+    table = pd.read_csv(widget.export()[1])
+    assert table["area_um2"].iloc[0] == pytest.approx(table["area_px"].iloc[0] * 0.0625)
+    assert widget._pixel_size.value == pytest.approx(0.25)
+    widget._pixel_size.value = 0.4  # typed: it wins over the layer's
+    widget._name.value = "c"
+    table = pd.read_csv(widget.export()[1])
+    assert table["area_um2"].iloc[0] == pytest.approx(table["area_px"].iloc[0] * 0.16)
+    # numpy values in the metadata are recorded, not dropped; a name with a path separator
+    # stays in the folder.
+    layer.metadata.update({"parameters": {"h": np.float32(0.5), "n": np.int64(3)}, "source": "../up/x"})
+    widget._name.value = ""
+    paths = widget.export()
+    assert all(p.parent == tmp_path for p in paths) and paths[0].name == ".._up_x_cells_masks.tif"
+    assert json.loads(paths[2].read_text())["metadata"]["parameters"] == {"h": 0.5, "n": 3}
+
+
 def test_batch_writes_what_the_cli_writes(make_napari_viewer, qtbot, tmp_path, tissue):
     from napari_cellseg._widgets.batch import BatchWidget
     from napari_cellseg.io import read_image

@@ -18,7 +18,7 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from ..io import write_results
+from ..io import _jsonable, write_results
 from ._inputs import LayerDefaults, pixel_size_field, result_layers
 from ._layers import image_plane, pixel_size_of
 from ._runner import reports_errors, status_label
@@ -46,8 +46,13 @@ class ExportWidget(Container):
         self.extend([self._labels, self._image, self._folder, self._name, self._format,
                      self._pixel_size, self._overwrite, self._button, self._status])
         self._button.changed.connect(reports_errors(self.export, "Export", self._status))
+        # The pixel size field follows the layers (their metadata can change after a re-run
+        # with another pixel size) until the user types a value: _filled is what it was
+        # last filled with, so a value that differs from it is the user's.
+        self._filled = float(self._pixel_size.value)
         self._labels.changed.connect(self._on_labels)
-        self._defaults = LayerDefaults({"labels": self._labels}, self._pick_defaults)
+        self._image.changed.connect(self._on_labels)
+        self._defaults = LayerDefaults({"labels": self._labels, "image": self._image}, self._pick_defaults)
         self._defaults.run(lambda: None)
         self._on_labels()
 
@@ -56,25 +61,39 @@ class ExportWidget(Container):
         self._defaults.run(lambda: super(ExportWidget, self).reset_choices(*args))
 
     def _pick_defaults(self, user_chose: set[str]) -> None:
-        """The cells layer (or another result layer), not a ground-truth layer."""
+        """The cells layer (or another result layer), not a ground-truth layer; the
+        intensities from the image it was segmented from (its ``source``)."""
         if "labels" not in user_chose:
             candidates = result_layers(self._labels.choices)
             if candidates:
                 self._labels.value = candidates[0]
+        layer = self._labels.value
+        source = layer.metadata.get("source") if layer is not None else None
+        if "image" not in user_chose and source:
+            match = [im for im in self._image.choices if getattr(im, "name", None) == source]
+            if match:
+                self._image.value = match[0]
+
+    def _layers_pixel_size(self) -> float:
+        """The labels layer's pixel size (its metadata), else the image layer's; 0: unknown."""
+        layer = self._labels.value
+        size = (layer.metadata.get("pixel_size_um") if layer is not None else None) or pixel_size_of(self._image.value)
+        return float(size) if size else 0.0
+
+    def _user_typed_pixel_size(self) -> bool:
+        return float(self._pixel_size.value) != self._filled
 
     def _on_labels(self, *_) -> None:
-        layer = self._labels.value
-        if layer is None:
-            return
-        size = layer.metadata.get("pixel_size_um") or pixel_size_of(self._image.value)
-        if size:
-            self._pixel_size.value = float(size)
+        if not self._user_typed_pixel_size():
+            self._pixel_size.value = self._layers_pixel_size()
+            self._filled = float(self._pixel_size.value)  # as the field shows it (4 decimals)
 
     def _base(self) -> str:
         if self._name.value.strip():
             return self._name.value.strip()
         layer = self._labels.value
-        return f"{layer.metadata.get('source', layer.name)}_{layer.name}".replace(" ", "_")
+        base = f"{layer.metadata.get('source', layer.name)}_{layer.name}"
+        return "".join("_" if c in ' /\\:' else c for c in base)  # never a path out of the folder
 
     def export(self, *_) -> list[Path]:
         """Write the files (:func:`napari_cellseg.io.write_results`); returns their paths.
@@ -94,7 +113,11 @@ class ExportWidget(Container):
             if image.shape != labels.shape:
                 raise ValueError(f"image {self._image.value.name!r} {image.shape} and labels "
                                  f"{labels.shape} differ in shape")
-        pixel_size = float(self._pixel_size.value) or None
+        # A value the user typed wins; else the layers' own, read now (a re-run with another
+        # pixel size changes the cells layer's metadata, not the layer the field was filled from).
+        typed = self._user_typed_pixel_size()
+        self._on_labels()
+        pixel_size = (float(self._pixel_size.value) if typed else self._layers_pixel_size()) or None
         record = {"labels_layer": layer.name, "image_layer": getattr(self._image.value, "name", None),
                   "pixel_size_um": pixel_size,
                   "metadata": {k: v for k, v in layer.metadata.items() if _is_jsonable(v)}}
@@ -105,8 +128,9 @@ class ExportWidget(Container):
 
 
 def _is_jsonable(value) -> bool:
+    """True when ``write_results`` can record ``value`` (numpy scalars, tuples and paths too)."""
     try:
-        json.dumps(value)
+        json.dumps(value, default=_jsonable)
     except (TypeError, ValueError):
         return False
     return True
