@@ -234,6 +234,37 @@ def test_write_results_checks_every_target_first(tmp_path):
         io.write_results(tmp_path, "c", labels, image[:5])
 
 
+def test_bad_labels_are_refused_before_any_file_is_written(tmp_path):
+    """-1 would be written as 65535 and 1000.5 as 1000; a refusal after the labels file
+    was written would leave a partial export that a retry then refuses as existing."""
+    labels = np.zeros((8, 8), np.int32)
+    labels[1:4, 1:4] = 1
+    with pytest.raises(ValueError, match=">= 0"):
+        io.write_results(tmp_path, "neg", np.where(labels == 1, -1, 0))
+    with pytest.raises(ValueError, match="whole numbers"):
+        io.write_results(tmp_path, "half", labels * 1000.5)
+    with pytest.raises(ValueError, match=">= 0"):
+        io.write_labels(tmp_path / "neg.tif", -labels[None])  # a stack, as napari's writer gets
+    assert list(tmp_path.iterdir()) == []
+    io.write_labels(tmp_path / "whole.tif", labels * 2.0)  # whole floats are ids
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "whole.tif"), labels * 2)
+
+
+def test_cell_table_leaves_nan_pixels_out(tmp_path):
+    """One NaN pixel made its cell's mean NaN and the bright/dim cut NaN, so every cell read
+    dim; now NaN pixels are left out, and a cell with none finite gets no class."""
+    labels = np.zeros((12, 12), np.int32)
+    labels[0:3, 0:3], labels[4:7, 4:7], labels[8:11, 8:11] = 1, 2, 3
+    image = np.where(labels == 1, 1.0, np.where(labels == 2, 10.0, 0.0))
+    image[labels == 3] = np.nan
+    image[4, 4] = np.nan  # one NaN pixel in cell 2
+    table = io.write_results(tmp_path, "n", labels, image)["table"]
+    t = pd.read_csv(table)
+    assert list(t["mean_intensity"][:2]) == [1.0, 10.0] and list(t["total_intensity"][:2]) == [9.0, 80.0]
+    assert np.isnan(t["mean_intensity"][2]) and np.isnan(t["total_intensity"][2])
+    assert list(t["bright"][:2]) == [False, True] and pd.isna(t["bright"][2])
+
+
 def test_segment_files_yields_progress_per_file_and_refuses_before_work(lesson_tif, tmp_path):
     from napari_cellseg.batch import iter_segment_files
     from napari_cellseg.progress import Progress, drain
@@ -252,6 +283,13 @@ def test_segment_files_yields_progress_per_file_and_refuses_before_work(lesson_t
     with pytest.raises(FileExistsError, match=r"lesson_masks\.tif"):
         next(gen)
     assert not (out / "second_cells.csv").exists()
+    # Names that differ only in case write the same files on macOS and Windows: refused.
+    (tmp_path / "other").mkdir()
+    upper = tmp_path / "other" / "LESSON.tif"
+    upper.write_bytes(lesson_tif.read_bytes())
+    with pytest.raises(ValueError, match="share the name"):
+        next(iter_segment_files([lesson_tif, upper], tmp_path / "out2", "classic"))
+    assert not (tmp_path / "out2").exists()
 
 
 def test_model_help_names_the_built_in_models(capsys):

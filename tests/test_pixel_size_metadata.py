@@ -166,6 +166,11 @@ def test_cli_classic_uses_the_files_pixel_size_unless_one_is_given(tmp_path, cap
     record = _record(tmp_path / "b", "lesson")
     assert record["pixel_size_um"] == 0.4 and record["pixel_size_given"] is True
     assert "pixel_size_from" not in record
+    # --pixel-size 0 means unknown, as in the widgets: the file's own (it had given none).
+    assert cli.main(["segment", str(image), "--out", str(tmp_path / "z"), "--method", "classic",
+                     "--pixel-size", "0"]) == 0
+    record = _record(tmp_path / "z", "lesson")
+    assert record["pixel_size_um"] == 0.325 and record["pixel_size_from"] == "file metadata"
     # The labels do not depend on it: the classic method works in pixels.
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "a" / "lesson_masks.tif"),
                                   tifffile.imread(tmp_path / "b" / "lesson_masks.tif"))

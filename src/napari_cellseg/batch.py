@@ -239,8 +239,9 @@ def iter_segment_files(
         raise ValueError(f"method must be 'unet' or 'classic', got {method!r}")
     for p in paths:  # every input exists before any work (read one by one later)
         _check_file(p)
-    stems = [p.stem for p in paths]
-    dupes = sorted({s for s in stems if stems.count(s) > 1})
+    # Case folded: on macOS and Windows A.tif and a.tif write the same outputs.
+    folded = [p.stem.casefold() for p in paths]
+    dupes = sorted({p.stem for p in paths if folded.count(p.stem.casefold()) > 1})
     if dupes:
         raise ValueError(f"several inputs share the name(s) {dupes}; their outputs would collide")
     model_info = None

@@ -45,7 +45,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channel", type=int, default=None, help="RGB channel (default: the one with signal)")
     p.add_argument("--pixel-size", type=_pixel_size_arg, default=None,
                    help="µm per pixel; 'auto' to estimate it from the image; 'model' to take the "
-                        "image at the model's own (default: the pixel size in each file's metadata "
+                        "image at the model's own (default, or 0: the pixel size in each file's metadata "
                         "(OME-TIFF, ImageJ, TIFF resolution), else estimated from the image with "
                         "the unet method, else the model's)")
     p.add_argument("--cell-diameter", type=_diameter_arg, default=None, metavar="D[px|um]",
@@ -99,7 +99,8 @@ def _segment(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     # Every argument is checked before any image is read or any work done.
     if args.pixel_size not in ("auto", "model"):
-        validate.optional_pixel_size(args.pixel_size, "--pixel-size")
+        # 0 means unknown, as None (and as the Batch widget's 0): each file's own, else estimated.
+        args.pixel_size = validate.optional_pixel_size(args.pixel_size, "--pixel-size")
     diameter = {}
     if args.cell_diameter is not None:
         value, unit = args.cell_diameter

@@ -359,8 +359,9 @@ def write_results(
         raise ValueError(f"image {np.shape(image)} and labels {labels.shape} differ in shape")
     paths = result_paths(folder, base, labels_format)
     check_can_write_all(paths.values(), overwrite)
+    table = cell_table(labels, image, pixel_size)  # checks the labels and the image before any file is written
     write_labels(paths["labels"], labels, overwrite=overwrite)
-    cell_table(labels, image, pixel_size).to_csv(check_can_write(paths["table"], overwrite), index=False)
+    table.to_csv(check_can_write(paths["table"], overwrite), index=False)
     record = {**(record or {}), "cells": int(np.count_nonzero(np.unique(labels)))}
     text = json.dumps(record, indent=2, default=_jsonable)
     check_can_write(paths["params"], overwrite).write_text(text)
@@ -391,6 +392,15 @@ def write_labels(path: str | Path, labels: np.ndarray, overwrite: bool = False) 
     """Write labels as TIFF (uint16/uint32, zlib) or 16-bit PNG, refusing to overwrite."""
     path = check_can_write(path, overwrite)
     labels = np.asarray(labels)
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)  # a mask: one object id, 1
+    if labels.ndim >= 2:
+        # Ids must be whole numbers >= 0: -1 cast to uint16 would be written as 65535 and
+        # 1000.5 as 1000. The checks are 2-D; a stack is checked as one tall plane.
+        from .core import validate
+
+        labels = validate.label_image(labels.reshape(-1, labels.shape[-1]), f"labels for {path.name}",
+                                      whole_floats=True).reshape(labels.shape)
     dtype = label_dtype(labels)
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):

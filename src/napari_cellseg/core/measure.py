@@ -7,7 +7,7 @@ import pandas as pd
 from skimage.measure import regionprops_table
 
 from . import validate
-from .classic import classify_bright_dim
+from .classic import two_class_cutoff
 from .labels import compact
 
 TABLE_COLUMNS = (
@@ -26,7 +26,9 @@ def cell_table(
     ----------
     labels : (M, N) ndarray of int
     image : (M, N) ndarray, optional
-        Intensities; without it the intensity columns are NaN.
+        Intensities; without it the intensity columns are NaN. NaN pixels (a saturated or
+        masked pixel in a float image) are left out of a cell's mean and total; a cell
+        with no finite pixel gets NaN and no bright/dim class.
     pixel_size : float, optional
         µm per pixel; without it ``area_um2`` is NaN.
 
@@ -60,9 +62,17 @@ def cell_table(
         df["bright"] = pd.array([pd.NA] * len(df), dtype="boolean")
         return df
     image = np.asarray(image, dtype=np.float64)
-    total = np.bincount(dense.ravel(), weights=image.ravel(), minlength=len(ids) + 1)[1:]
-    df["total_intensity"] = total
-    df["mean_intensity"] = total / areas
-    bright, _ = classify_bright_dim(image, dense)
-    df["bright"] = bright
+    finite = np.isfinite(image)
+    flat, k = dense.ravel(), len(ids) + 1
+    total = np.bincount(flat, weights=np.where(finite, image, 0.0).ravel(), minlength=k)[1:]
+    counted = np.bincount(flat, weights=finite.ravel(), minlength=k)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(counted > 0, total / counted, np.nan)
+    df["total_intensity"] = np.where(counted > 0, total, np.nan)
+    df["mean_intensity"] = mean
+    # Otsu between the cells' means (as classic.classify_bright_dim), over the cells that have one.
+    measured = np.isfinite(mean)
+    cutoff = two_class_cutoff(mean[measured]) if measured.any() else np.nan
+    df["bright"] = pd.array([bool(m > cutoff) if ok else pd.NA for m, ok in zip(mean, measured, strict=True)],
+                            dtype="boolean")
     return df[list(TABLE_COLUMNS)]
