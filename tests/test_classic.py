@@ -60,6 +60,17 @@ def test_watershed_splits_two_cells_14px_apart(seed):
     assert split[r0, c0] != split[r1, c1] and split[r0, c0] > 0 and split[r1, c1] > 0
 
 
+def test_intensity_split_without_smoothing_marks_the_centres():
+    """sigma 0 (no smoothing) is allowed; the split's markers then took a LoG at scale 0,
+    which scipy returns as twice the image, so they sat on the rims: 6 cells for one blob."""
+    yy, xx = np.mgrid[:40, :60]
+    image = np.exp(-((yy - 20) ** 2 + (xx - 23) ** 2) / 50) + np.exp(-((yy - 20) ** 2 + (xx - 37) ** 2) / 50)
+    labels = classic.segment_classic(image, sigma=0, threshold=0.3, split="intensity", normalize="none")
+    assert labels.max() == 2 and labels[20, 23] == 1 and labels[20, 37] == 2  # one per centre
+    with pytest.raises(ValueError, match="marker_sigma must be > 0"):
+        classic.split_touching(image > 0.3, image, "intensity", marker_sigma=0)
+
+
 def test_distance_watershed_splits_a_neck():
     yy, xx = np.mgrid[:40, :60]
     mask = ((yy - 20) ** 2 + (xx - 18) ** 2 < 100) | ((yy - 20) ** 2 + (xx - 36) ** 2 < 100)

@@ -29,6 +29,9 @@ def test_percentile_normalize():
     assert n.dtype == np.float32
     assert np.percentile(n, 1) == pytest.approx(0.0, abs=1e-6) and np.percentile(n, 99) == pytest.approx(1.0, abs=1e-6)
     assert np.all(percentile_normalize(np.full((5, 5), 7.0)) == 0)
+    # Values in physical units far below 1 are an image, not a constant one.
+    tiny = percentile_normalize(x * 1e-10, 1, 99)
+    np.testing.assert_allclose(tiny, n, atol=1e-5)
     with pytest.raises(ValueError, match="NaN"):
         percentile_normalize(np.array([[1.0, np.nan]]))
 

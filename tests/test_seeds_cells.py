@@ -301,6 +301,13 @@ def test_params_from_saved_mappings_and_grid_units():
         SegmentParams(sensitivity=101)
     with pytest.raises(ValueError, match="seed_diameter"):
         SegmentParams(seed_diameter=(2.0, 0.0))
+    # Infinite, boolean or text values are refused in words: h = inf had merged every seed
+    # of an image into one cell, min_cell_area = inf failed later as an OverflowError.
+    for name, bad in (("h", float("inf")), ("h", float("nan")), ("min_cell_area", float("inf")),
+                      ("intensity_weight", float("inf")), ("sensitivity", True), ("cell_threshold", "0.4"),
+                      ("h_probability", "x")):
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            SegmentParams(**{name: bad})
 
 
 def test_higra_runs_on_a_python_thread_when_called_from_a_foreign_one():

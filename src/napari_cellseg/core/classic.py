@@ -159,6 +159,8 @@ def split_touching(
         if image is None:
             raise ValueError("split method 'intensity' needs the image")
         image = _as_2d_float(image)
+        if not marker_sigma > 0:  # at 0 scipy returns 2 x the image: the markers would be the rims
+            raise ValueError(f"marker_sigma must be > 0 pixels, got {marker_sigma!r}")
         landscape = -ndi.gaussian_laplace(image, marker_sigma)
     else:
         landscape = ndi.distance_transform_edt(mask)
@@ -221,7 +223,8 @@ def segment_classic(
     smoothed = smooth(image, sigma)
     mask = foreground_mask(smoothed, threshold, method, background_radius)
     if split:
-        labels = split_touching(mask, smoothed, split, min_distance, marker_sigma=sigma * 1.5)
+        # The markers' scale: 1.5 sigma, and 1 px at least (sigma 0, no smoothing, is allowed).
+        labels = split_touching(mask, smoothed, split, min_distance, marker_sigma=max(sigma * 1.5, 1.0))
     else:
         labels, _ = ndi.label(mask)
     return relabel(labels, min_size)

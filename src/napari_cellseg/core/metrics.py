@@ -31,10 +31,11 @@ SM_K = 0.6
 
 
 def _check_pair(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both label images validated (a binary mask is refused with a hint: scored as one
-    object it would give a meaningless AP) and of one shape."""
-    gt = validate.label_image(gt, "ground truth")
-    pred = validate.label_image(pred, "prediction")
+    """Both label images validated (a binary mask, boolean or one id over several separate
+    objects as a 0/1 or 0/255 mask saved as integers is, is refused with a hint: scored as
+    one object it would give a meaningless AP) and of one shape."""
+    gt = validate.label_image(gt, "ground truth", one_id_mask=True)
+    pred = validate.label_image(pred, "prediction", one_id_mask=True)
     if gt.shape != pred.shape:
         raise ValueError(f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}")
     return gt, pred

@@ -47,7 +47,8 @@ class SegmentParams:
         _check_range("h_probability", self.h_probability, 0, 1)
         _check_range("intensity_weight", self.intensity_weight, 0, np.inf)
         _check_range("min_intensity", self.min_intensity, 0, 1)
-        if not 0 < self.cell_threshold < 1:
+        _check_range("cell_threshold", self.cell_threshold, 0, 1)
+        if not 0 < float(self.cell_threshold) < 1:
             raise ValueError(f"cell_threshold must be in (0, 1), got {self.cell_threshold}")
         if self.cell_diameter is not None and not (np.isfinite(self.cell_diameter) and self.cell_diameter > 0):
             raise ValueError(f"cell_diameter must be a finite number of µm > 0, got {self.cell_diameter}")
@@ -86,12 +87,15 @@ def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
 
 
 def _check_range(name: str, value, lo: float, hi: float, unit: str = "") -> None:
+    """A finite number in [lo, hi] (hi = inf: no upper bound, but still finite), not a bool
+    or text: h = inf would merge every seed of the image into one cell."""
     try:
-        ok = bool(lo <= float(value) <= hi)
+        ok = (not isinstance(value, bool | str | bytes) and bool(lo <= float(value) <= hi)
+              and bool(np.isfinite(float(value))))
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        span = f">= {lo}" if hi == np.inf else f"in [{lo}, {hi}]"
+        span = f"a finite number >= {lo}" if hi == np.inf else f"in [{lo}, {hi}]"
         raise ValueError(f"{name} must be {span}{unit}, got {value!r}")
 
 

@@ -15,13 +15,19 @@ def percentile_range(image: np.ndarray, low: float = 1.0, high: float = 99.8,
                      eps: float = 1e-6) -> tuple | None:
     """The (lo, hi) that :func:`percentile_normalize` maps to 0 and 1, as the numbers its
     arithmetic uses: the ``low`` and ``high`` percentiles (numpy float64), or the minimum
-    and maximum (Python floats) when those are closer than ``eps``; None for a constant
-    image. Block-wise segmentation computes it once for a whole slide."""
+    and maximum (Python floats) when those are closer than ``eps`` of their magnitude;
+    None for a constant image. Relative, so that an image in physical units whose values
+    all lie below 1e-6 is not taken for a constant one. Block-wise segmentation computes
+    it once for a whole slide."""
+
+    def flat(lo, hi) -> bool:
+        return not hi - lo > eps * max(abs(float(lo)), abs(float(hi)))
+
     lo, hi = np.percentile(image, [low, high])
-    if hi - lo < eps:
+    if flat(lo, hi):
         hi = float(np.max(image))
         lo = float(np.min(image))
-        if hi - lo < eps:
+        if flat(lo, hi):
             return None
     return lo, hi
 
