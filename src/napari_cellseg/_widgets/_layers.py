@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,28 +15,81 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+# The layers show_layer made, and those of them the user has painted on (weak: a layer
+# the user deletes is forgotten).
+_OURS: weakref.WeakSet = weakref.WeakSet()
+_EDITED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _watch_edits(layer) -> None:
+    paint = getattr(layer.events, "paint", None)  # labels layers: a brush, fill or erase
+    if paint is not None:
+        ref = weakref.ref(layer)
+        paint.connect(lambda *_: _EDITED.add(ref()) if ref() is not None else None)
+
+
+def placement(like, ndim: int) -> dict[str, tuple]:
+    """``scale`` and ``translate`` for an ``ndim``-D result of layer ``like`` (its last
+    ``ndim`` axes; leading axes it lacks get 1 and 0), so that the result lies on it."""
+    if like is None:
+        return {}
+    scale, translate = list(like.scale), list(like.translate)
+    pad = max(ndim - len(scale), 0)
+    return {"scale": tuple([1.0] * pad + scale[len(scale) - ndim + pad:]),
+            "translate": tuple([0.0] * pad + translate[len(translate) - ndim + pad:])}
+
+
 def show_layer(
     viewer: napari.viewer.Viewer,
     data: np.ndarray,
     name: str,
     kind: str = "labels",
     metadata: dict[str, Any] | None = None,
+    like=None,
     **kwargs: Any,
 ):
-    """Add a layer, or replace the data of the layer of that name (a re-run updates
-    the stage's layer rather than stacking copies). Returns the layer."""
+    """Add a layer, or replace the data and metadata of the layer of that name (a re-run
+    updates the stage's layer rather than stacking copies). Returns the layer.
+
+    ``like``: the layer the result was computed from; its scale and translation place the
+    result on it. A layer of that name that this function did not make, or that the user
+    has painted on since, is never replaced: it is renamed (``<name> (edited)`` or
+    ``<name> (kept)``), said in a notification, and the result gets a new layer.
+    """
     metadata = dict(metadata or {})
+    kwargs = {**placement(like, np.ndim(data)), **kwargs}
     if name in viewer.layers:
         layer = viewer.layers[name]
-        if type(layer).__name__.lower() == kind:  # napari.layers.Labels <-> "labels"
+        if layer in _EDITED or layer not in _OURS:
+            edited = layer in _EDITED
+            _EDITED.discard(layer)
+            _OURS.discard(layer)
+            layer.name = f"{name} ({'edited' if edited else 'kept'})"  # napari keeps names unique
+            _notify(f"the layer {name!r} {'was edited by hand' if edited else 'was not made by napari-cellseg'}: "
+                    f"kept as {layer.name!r}; the new result is {name!r}")
+        elif type(layer).__name__.lower() == kind:  # napari.layers.Labels <-> "labels"
             layer.data = data
-            layer.metadata.update(metadata)
+            layer.metadata = metadata  # replaced: keys of an earlier run must not outlive it
             for key, value in kwargs.items():
                 setattr(layer, key, value)
             return layer
-        viewer.layers.remove(layer)
+        else:
+            viewer.layers.remove(layer)
     add = getattr(viewer, f"add_{kind}")
-    return add(data, name=name, metadata=metadata, **kwargs)
+    layer = add(data, name=name, metadata=metadata, **kwargs)
+    _OURS.add(layer)
+    _watch_edits(layer)
+    return layer
+
+
+def _notify(message: str) -> None:
+    logger.warning(message)
+    try:
+        from napari.utils.notifications import show_info
+
+        show_info(message)
+    except ImportError:  # pragma: no cover - napari is there whenever a widget is
+        pass
 
 
 def one_channel(layer) -> np.ndarray:
@@ -57,9 +111,20 @@ def image_plane(layer, viewer=None) -> np.ndarray:
     RGB layers give the channel that carries signal; a stack gives the plane at the
     viewer's current slider position (stacks are segmented plane by plane).
     """
-    data = one_channel(layer)
-    if data.ndim > 2:
-        data = data[plane_index(layer, viewer, data.shape[:-2])]
+    from ..io import select_channel
+
+    if layer is None:
+        raise ValueError("no image layer selected: open an image first")
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    rgb = bool(getattr(layer, "rgb", False))
+    spatial = 3 if rgb else 2
+    if data.ndim > spatial:
+        # The plane first, then the pixels: a lazy (dask, zarr) time-lapse is not read whole
+        # on the GUI thread to show one plane.
+        data = data[plane_index(layer, viewer, data.shape[:-spatial])]
+    data = np.asarray(data)
+    if rgb:
+        data, _ = select_channel(data)
     return data
 
 

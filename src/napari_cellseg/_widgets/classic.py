@@ -83,4 +83,5 @@ class ClassicWidget(Container):
         labels = classic.segment_classic(image, **params)
         self._status.value = f"{int(labels.max())} cells"
         return show_layer(self._viewer, labels, CLASSIC_LAYER, "labels",
-                          metadata={"stage": "classic", "parameters": params, "source": layer.name})
+                          metadata={"stage": "classic", "parameters": params, "source": layer.name},
+                          like=layer)

@@ -16,7 +16,7 @@ from magicgui.widgets import (
 
 from ..core.metrics import Evaluation, evaluate
 from ._inputs import COMPARE_LAYERS, LayerDefaults, looks_like_truth, result_layers
-from ._layers import show_layer
+from ._layers import placement, show_layer
 from ._runner import reports_errors, status_label
 
 if TYPE_CHECKING:
@@ -109,21 +109,26 @@ class CompareWidget(Container):
         for layer in {gt_layer.name: gt_layer, pred_layer.name: pred_layer}.values():
             layer.opacity = min(layer.opacity, DIMMED_OPACITY)
         for key, data in parts.items():
-            layer = show_layer(self._viewer, data, LAYER_NAMES[key], "labels", metadata=meta)
+            layer = show_layer(self._viewer, data, LAYER_NAMES[key], "labels", metadata=meta,
+                               like=gt_layer if key == "FN" else pred_layer)
             layer.colormap = _one_colour(COLOURS[key])
             layer.contour = CONTOUR_PX
             layer.opacity = 1.0
             layer.visible = True
             layers = self._viewer.layers
             layers.move(layers.index(layer), len(layers))  # on top of the cells
-        self._fill_table(gt, pred, r)
+        self._fill_table(gt, pred, r, gt_layer, pred_layer)
         return r
 
-    def _fill_table(self, gt: np.ndarray, pred: np.ndarray, r: Evaluation) -> None:
+    def _fill_table(self, gt: np.ndarray, pred: np.ndarray, r: Evaluation, gt_layer=None, pred_layer=None) -> None:
         from scipy import ndimage as ndi
 
         rows, self._centres = [], []
-        for what, labels, ids, frame in (("FP", pred, r.fp_ids, r.per_pred), ("FN", gt, r.fn_ids, r.per_true)):
+        for what, labels, ids, frame, layer in (("FP", pred, r.fp_ids, r.per_pred, pred_layer),
+                                                ("FN", gt, r.fn_ids, r.per_true, gt_layer)):
+            # The camera centres on world coordinates: the layer's scale and translation.
+            place = placement(layer, 2)
+            scale, shift = place.get("scale", (1.0, 1.0)), place.get("translate", (0.0, 0.0))
             if len(ids) == 0:
                 continue
             centres = ndi.center_of_mass(np.ones(labels.shape), labels, ids)
@@ -131,7 +136,7 @@ class CompareWidget(Container):
             for i, (cy, cx), b in zip(ids, centres, best, strict=True):
                 # Whole pixels for the position, two decimals for the IoU: what a reader needs.
                 rows.append((what, int(i), round(float(cy)), round(float(cx)), round(float(b), 2)))
-                self._centres.append((float(cy), float(cx)))
+                self._centres.append((float(shift[0] + scale[0] * cy), float(shift[1] + scale[1] * cx)))
         self._table.value = {  # pandas "split" layout
             "data": [list(row) for row in rows], "index": list(range(len(rows))),
             "columns": ["what", "label", "y", "x", "best IoU"],

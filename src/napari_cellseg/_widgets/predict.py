@@ -41,31 +41,40 @@ class PredictWidget(Container):
         self._scale_request: tuple = NO_SCALE_REQUEST
 
     def run(self, *_):
+        from functools import partial
+
         from ..pipeline import iter_predict
 
         image = image_plane(self._image.value, self._viewer)
         self._scale_request = self._inputs.scale_request()
+        tophat = float(self._tophat.value) or None
+        # What this run used, recorded when it ends (the fields may have changed by then).
+        run = {"source": self._image.value.name, "model": self._inputs.model_name, "tophat_um": tophat,
+               "like": self._image.value}
         # warm={}: the hierarchies for the model's own defaults are built in the worker.
         return self._runner.start(
             iter_predict, image, self._inputs.pixel_size_um, self._inputs.model_name,
-            self._device.value, tophat_um=float(self._tophat.value) or None, warm={},
-            **self._inputs.scale_kwargs, on_done=self._on_done)
+            self._device.value, tophat_um=tophat, warm={},
+            **self._inputs.scale_kwargs, on_done=partial(self._on_done, run=run))
 
-    def _on_done(self, prediction) -> None:
+    def _on_done(self, prediction, run: dict | None = None) -> None:
         self.prediction = prediction
+        run = dict(run or {})
+        like = run.pop("like", None)
         # The pixel size given, estimated, from a cell diameter or None (the model's).
-        meta = {"stage": "predict", "model": self._model.value, **scale_metadata(prediction, self._scale_request),
-                "tophat_um": float(self._tophat.value) or None}
-        if self._tophat.value or self._pixel_size.value or self._scale_request[0]:  # the image was resampled
+        meta = {"stage": "predict", **run, **scale_metadata(prediction, self._scale_request)}
+        if prediction.grid_image.shape != prediction.image.shape or run.get("tophat_um"):  # resampled or filtered
             show_layer(self._viewer, prediction.to_input(prediction.grid_image), PREPROCESSED_LAYER,
-                       "image", metadata=meta, visible=False)
+                       "image", metadata=meta, like=like, visible=False)
+        elif PREPROCESSED_LAYER in self._viewer.layers:  # an earlier run's: not this prediction's input
+            self._viewer.layers.remove(PREPROCESSED_LAYER)
         for name, (attribute, colour, visible) in PROBABILITY_LAYERS.items():
             if getattr(prediction, attribute) is None:  # the touch map of a 3-class model
                 if name in self._viewer.layers:  # left by a 4-class model: not this prediction's
                     self._viewer.layers.remove(name)
                 continue
             data = prediction.to_input(getattr(prediction, attribute))
-            layer = show_layer(self._viewer, data, name, "image", metadata=meta, colormap=colour,
+            layer = show_layer(self._viewer, data, name, "image", metadata=meta, like=like, colormap=colour,
                                blending="additive", contrast_limits=(0.0, 1.0), visible=visible)
             layer.metadata[PREDICTION_KEY] = prediction
         self._runner.status.value = "probability maps ready"

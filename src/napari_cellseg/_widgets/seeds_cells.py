@@ -22,6 +22,7 @@ from ._inputs import (
     PREDICTION_KEY,
     SEED_PROBABILITY_LAYER,
     SEEDS_LAYER,
+    LayerDefaults,
     prediction_of,
 )
 from ._layers import show_layer
@@ -41,8 +42,10 @@ class _LiveStage(Container):
         super().__init__()
         self._viewer = viewer
         self._source = create_widget(label="Prediction", annotation="napari.layers.Image")
-        if SEED_PROBABILITY_LAYER in viewer.layers:
-            self._source.value = viewer.layers[SEED_PROBABILITY_LAYER]
+        # The seed probability layer, also when Predict runs after this widget was opened,
+        # until the user picks another.
+        self._defaults = LayerDefaults({"source": self._source}, self._pick_source)
+        self._defaults.run(lambda: None)
         self._live = CheckBox(value=True, text="Update live")
         self._status = status_label()
         self._updater = LiveUpdate(title, self._status)
@@ -54,6 +57,19 @@ class _LiveStage(Container):
             w.changed.connect(self._on_param)
         self._source.changed.connect(self._use_model_defaults)
         self._use_model_defaults()
+
+    def reset_choices(self, *args) -> None:
+        self._defaults.run(lambda: super(_LiveStage, self).reset_choices(*args))
+
+    def _pick_source(self, user_chose: set[str]) -> None:
+        if "source" not in user_chose and SEED_PROBABILITY_LAYER in self._viewer.layers:
+            self._source.value = self._viewer.layers[SEED_PROBABILITY_LAYER]
+
+    def _metadata(self, stage: str, params: dict) -> dict:
+        """A result layer's metadata: the prediction's record (source image, model, pixel
+        size) and this stage's parameters."""
+        record = {k: v for k, v in self._source.value.metadata.items() if k not in (PREDICTION_KEY, "stage")}
+        return {**record, "stage": stage, "parameters": params}
 
     def _use_model_defaults(self, *_) -> None:
         """Start the controls at the model's tuned defaults."""
@@ -72,6 +88,9 @@ class _LiveStage(Container):
     def _update_if_ready(self) -> None:
         if self._source.value is not None and self._source.value.metadata.get(PREDICTION_KEY) is not None:
             self.run()
+        else:  # a slider moved with nothing to re-run: say why nothing changes
+            self._status.value = ("no prediction to update: run '1. Preprocess and predict' first, or "
+                                  f"choose its {SEED_PROBABILITY_LAYER!r} layer as Prediction")
 
     def _request(self, pred, params: dict, work, show):
         """``show(work())`` now when the hierarchies are built, else after a worker built
@@ -113,9 +132,11 @@ class SeedsWidget(_LiveStage):
 
         def show(result) -> None:
             seeds, kind, enhancement = result
-            show_layer(self._viewer, enhancement, kind, "image", metadata={"stage": "seeds"}, visible=False)
-            show_layer(self._viewer, seeds, SEEDS_LAYER, "labels",
-                       metadata={"stage": "seeds", "parameters": params})
+            like = self._source.value
+            show_layer(self._viewer, enhancement, kind, "image", metadata=self._metadata("seeds", params),
+                       like=like, visible=False)
+            show_layer(self._viewer, seeds, SEEDS_LAYER, "labels", metadata=self._metadata("seeds", params),
+                       like=like)
             self._status.value = f"{int(seeds.max())} seeds"
 
         return self._request(pred, params, work, show)
@@ -160,7 +181,8 @@ class CellsWidget(_LiveStage):
         params = self.params()
 
         def show(cells) -> None:
-            show_layer(self._viewer, cells, CELLS_LAYER, "labels", metadata={"stage": "cells", "parameters": params})
+            show_layer(self._viewer, cells, CELLS_LAYER, "labels", metadata=self._metadata("cells", params),
+                       like=self._source.value)
             self._status.value = f"{int(cells.max())} cells"
 
         return self._request(pred, params, lambda: pred.segment(**params), show)

@@ -68,6 +68,8 @@ class SegmentCellsWidget(Container):
                      *self._seeds.widgets, self._min_area])
         self.predictions: list = []
         self._scale_request: tuple = NO_SCALE_REQUEST  # ModelInputs.scale_request of the last run
+        self._run_model: str | None = None  # the model of the last run
+        self._like = None  # the image layer of the last run: the cells lie on it
         self._cells: np.ndarray | None = None  # (planes, M, N) labels shown
         self._segmented_with: list[dict | None] = []  # per plane: the parameters of its labels
         self._touched = False  # has the user moved a slider?
@@ -80,6 +82,8 @@ class SegmentCellsWidget(Container):
         for signal in (*self._seeds.changed, self._min_area.changed):
             signal.connect(self._on_param)
         viewer.dims.events.current_step.connect(self._on_plane)
+        # Closed: the plane slider must not re-segment into the viewer for a widget that is gone.
+        self.native.destroyed.connect(lambda *_: viewer.dims.events.current_step.disconnect(self._on_plane))
 
     def _on_param(self, *_) -> None:
         self._touched = True
@@ -120,14 +124,21 @@ class SegmentCellsWidget(Container):
         # Untouched sliders: the model's own tuned defaults ({} = the model's defaults).
         params = self.params() if self._touched else {}
         on_done = partial(self._on_predicted, source=self._image.value.name, stack=data.ndim == 3,
-                          scale_request=self._inputs.scale_request())
+                          scale_request=self._inputs.scale_request(), model=model, like=self._image.value)
         return self._runner.start(predict_and_segment, data, self._inputs.pixel_size_um, model,
                                   self._device.value, params, self._inputs.scale_kwargs, on_done=on_done)
 
-    def _on_predicted(self, result, source: str, stack: bool, scale_request: tuple = NO_SCALE_REQUEST) -> None:
+    def _on_predicted(self, result, source: str, stack: bool, scale_request: tuple = NO_SCALE_REQUEST,
+                      model: str | None = None, like=None) -> None:
         predictions, cells, params = result
+        if like is not None and like not in self._viewer.layers:
+            self._runner.status.value = (f"the image layer {source!r} was removed while it was segmented: "
+                                         "its cells are not shown")
+            return
         self._live.drop()  # a re-segmentation still running belongs to the old prediction
         self.predictions, self._source, self._stack = predictions, source, stack
+        # What the run used, not what the model list or the layer list shows later.
+        self._run_model, self._like = model, like
         self._scale_request = scale_request
         if predictions and not self._touched:
             # The model's own tuned defaults, the first time only: later runs keep the
@@ -152,6 +163,9 @@ class SegmentCellsWidget(Container):
 
         def shown(cells: np.ndarray) -> None:
             if params == self.params():  # else the sliders moved on: a newer request follows
+                # A new array, not a write into the one the layer shows: a layer the user
+                # painted on is kept as it is (show_layer), not overwritten in place.
+                self._cells = self._cells.copy()
                 self._cells[plane] = cells
                 self._segmented_with[plane] = params
                 self._show()
@@ -160,12 +174,12 @@ class SegmentCellsWidget(Container):
 
     def _show(self):
         data = self._cells if self._stack else self._cells[0]
-        layer = show_layer(self._viewer, data, CELLS_LAYER, "labels")
         plane = self.current_plane()
-        layer.metadata.update({
+        metadata = {
             "stage": "cells", "parameters": self._segmented_with[plane], "source": self._source,
-            "model": self._model.value, **scale_metadata(self.predictions[plane], self._scale_request),
-            "stale_planes": sorted(self.stale_planes)})
+            "model": self._run_model, **scale_metadata(self.predictions[plane], self._scale_request),
+            "stale_planes": sorted(self.stale_planes)}
+        layer = show_layer(self._viewer, data, CELLS_LAYER, "labels", metadata=metadata, like=self._like)
         n = int(self._cells[plane].max())
         size, source = self.predictions[plane].pixel_size, self._scale_request[0]
         if source and size is None:  # the estimate had nothing to measure (a blank image)

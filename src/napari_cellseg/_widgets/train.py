@@ -43,6 +43,7 @@ class TrainWidget(Container):
 
         super().__init__()
         self._viewer = viewer
+        self._run_image = None  # the image layer of the run in progress (its cells lie on it)
         self._image = create_widget(label="Image", annotation="napari.layers.Image")
         self._labels = create_widget(label="Corrected labels", annotation="napari.layers.Labels")
         self._use_folder = CheckBox(value=False, text="Train on a folder of pairs instead")
@@ -89,7 +90,7 @@ class TrainWidget(Container):
             raise ValueError("choose the corrected labels layer")
         if labels.data.shape != image.shape:
             raise ValueError(f"labels {labels.data.shape} and image {image.shape} differ in shape")
-        data = np.asarray(labels.data)
+        data = np.array(labels.data)  # a copy: painting on during training must not change what it trains on
         name = layer.name
         if self._region.value:
             from ..workflows.training import annotated_region
@@ -114,6 +115,7 @@ class TrainWidget(Container):
         pairs, pixel_size, image = self._pairs()
         resegment = (image, pixel_size) if self._resegment.value and image is not None else None
         self.history = []
+        self._run_image = self._image.value if resegment is not None else None
         self._budget = (time.monotonic(), cfg.time_budget_s)
         return self._runner.start(_train_named, pairs, self._name.value, init=init, config=cfg,
                                   pixel_size=pixel_size, resegment=resegment,
@@ -140,9 +142,9 @@ class TrainWidget(Container):
             text += f"; stopped after epoch {result.history[-1]['epoch']} ({stopped})"
         text += _kept_summary(result)
         if cells is not None:
-            source = self._image.value.name if self._image.value is not None else None
+            like = self._run_image  # the image layer the run started from, not the one chosen now
             layer = show_layer(self._viewer, cells, f"cells ({self.saved.stem})", "labels", metadata={
-                "stage": "cells", "model": self.saved.stem, "source": source})
+                "stage": "cells", "model": self.saved.stem, "source": getattr(like, "name", None)}, like=like)
             text += f"; {int(cells.max())} cells in layer {layer.name!r}"
         self._runner.status.value = text
         self._init.reset_choices()
