@@ -601,3 +601,74 @@ def test_a_cell_diameter_in_pixels_sets_the_scale(make_napari_viewer, qtbot, tis
     assert meta["pixel_size_um"] == 0.65 and meta["pixel_size_from"] == "image layer"  # the layer's 0.65
     assert meta["scale_from"] == "cell diameter 19.5 µm (30 px)"
     np.testing.assert_array_equal(viewer.layers[CELLS_LAYER].data, first)
+
+
+def test_results_lie_on_a_scaled_image_and_hand_edits_are_kept(make_napari_viewer, qtbot, tissue):
+    """A result layer takes its image's scale and offset (a 'slide view' crop, an image
+    opened in µm), replaces the metadata of an earlier run rather than merging it, and a
+    cells layer the user painted on is kept, renamed, when the sliders re-segment."""
+    from napari_cellseg._widgets._inputs import CELLS_LAYER
+    from napari_cellseg._widgets.segment_cells import SegmentCellsWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(tissue[0][:128, :128], name="crop", scale=(0.5, 0.5), translate=(100.0, 200.0),
+                     metadata={"pixel_size_um": 0.5})
+    widget = SegmentCellsWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.run()
+    wait_done(qtbot, widget._runner)
+    cells = viewer.layers[CELLS_LAYER]
+    assert tuple(cells.scale) == (0.5, 0.5) and tuple(cells.translate) == (100.0, 200.0)
+    assert cells.metadata["model"] == widget._inputs.model_name
+    cells.metadata["left_by_an_earlier_run"] = True
+    widget._seeds.sensitivity.value = 30  # re-segments into the same layer
+    qtbot.waitUntil(lambda: cells.metadata.get("parameters", {}).get("sensitivity") == 30, timeout=WAIT_MS)
+    assert "left_by_an_earlier_run" not in cells.metadata
+    # The user corrects a cell by hand, then moves a slider: the corrections are kept.
+    cells.paint((10, 10), 999)
+    painted = cells.data.copy()
+    widget._seeds.sensitivity.value = 50
+    qtbot.waitUntil(lambda: f"{CELLS_LAYER} (edited)" in viewer.layers, timeout=WAIT_MS)
+    np.testing.assert_array_equal(viewer.layers[f"{CELLS_LAYER} (edited)"].data, painted)
+    fresh = viewer.layers[CELLS_LAYER]
+    assert fresh is not cells and (fresh.data == 999).sum() == 0
+    assert tuple(fresh.scale) == (0.5, 0.5)
+
+
+def test_batch_refuses_a_cells_layer_tuned_with_another_model(make_napari_viewer, tmp_path, tissue):
+    from napari_cellseg._widgets.batch import BatchWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_labels(tissue[1], name="cells", metadata={"parameters": {"sensitivity": 70},
+                                                         "model": "multiscale_nuclei"})
+    widget = BatchWidget(viewer)
+    assert widget._model.value != "multiscale_nuclei"
+    with pytest.raises(ValueError, match="tuned with the model 'multiscale_nuclei'"):
+        widget.params()
+    widget._model.value = "multiscale_nuclei"
+    assert widget.params() == {"sensitivity": 70}
+    widget._from_layer.value = False
+    assert widget.params() == widget._seeds.params()
+
+
+def test_stage_widgets_opened_before_predict_follow_it(make_napari_viewer, qtbot, tissue):
+    """Seeds and Cells docked before Predict ran: a slider says why nothing happens, then
+    they take the prediction when it comes, and their layers record its image and model."""
+    from napari_cellseg._widgets.predict import PredictWidget
+    from napari_cellseg._widgets.seeds_cells import CellsWidget, SeedsWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(tissue[0], name="tissue")
+    seeds, cells_widget = SeedsWidget(viewer), CellsWidget(viewer)
+    viewer.window.add_dock_widget(seeds)
+    viewer.window.add_dock_widget(cells_widget)
+    seeds._seeds.sensitivity.value = 40
+    qtbot.waitUntil(lambda: "run '1. Preprocess and predict' first" in seeds._status.value, timeout=5000)
+    predict = PredictWidget(viewer)
+    predict.run()
+    wait_done(qtbot, predict._runner)
+    assert seeds._source.value is viewer.layers["seed probability"]
+    assert cells_widget._source.value is viewer.layers["seed probability"]
+    cells = cells_widget.run()
+    assert cells.metadata["source"] == "tissue" and cells.metadata["model"] == predict._inputs.model_name
+    assert cells.metadata["stage"] == "cells" and "parameters" in cells.metadata

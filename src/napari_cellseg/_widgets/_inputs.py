@@ -152,6 +152,24 @@ def chosen_model(combo: ComboBox) -> str:
     return combo.value
 
 
+def cells_layer_parameters(viewer, model_combo_: ComboBox) -> dict | None:
+    """The segmentation parameters the 'cells' layer records (None: no such layer or none
+    recorded). Tuned with another model than the one chosen, they are refused in words:
+    values tuned for one model's maps mean something else on another's."""
+    if CELLS_LAYER not in viewer.layers:
+        return None
+    meta = viewer.layers[CELLS_LAYER].metadata
+    saved = meta.get("parameters")
+    if not saved:
+        return None
+    tuned_with = meta.get("model")
+    if tuned_with and model_combo_.value not in (None, NO_MODEL) and tuned_with != model_combo_.value:
+        raise ValueError(f"the '{CELLS_LAYER}' layer's parameters were tuned with the model {tuned_with!r}, "
+                         f"not {model_combo_.value!r}: choose that model, or untick 'Use the cells layer's "
+                         "parameters'")
+    return dict(saved)
+
+
 def image_data(layer) -> np.ndarray:
     """A layer's pixels as one channel: 2-D, or (planes, M, N) for a stack."""
     data = one_channel(layer)
@@ -184,6 +202,21 @@ def pixel_size_field(tooltip: str | None = None) -> FloatSpinBox:
     """A pixel size in µm (0: none), as every widget that takes one shows it."""
     return FloatSpinBox(value=0.0, min=0.0, max=100.0, step=PIXEL_SIZE_STEP, label="Pixel size (µm)",
                         tooltip=tooltip)
+
+
+def show_pixel_size(field: FloatSpinBox, size: float | None) -> float:
+    """Put a layer's pixel size in ``field``; one the field cannot hold (a scale in nm,
+    say 650 for 0.65 µm) leaves it at 0, said in a notification rather than raised in a
+    signal handler. Returns the value shown."""
+    size = float(size or 0.0)
+    if size > field.max:
+        from ._layers import _notify
+
+        _notify(f"a pixel size of {size:g} µm (from the layer's scale or metadata) is beyond "
+                f"{field.max:g} µm: not used; is the scale in nm? Type the pixel size in µm")
+        size = 0.0
+    field.value = size
+    return float(field.value)
 
 
 def diameter_fields(tooltip: str, unit_tooltip: str | None = None) -> tuple[FloatSpinBox, ComboBox]:
@@ -305,11 +338,7 @@ class ModelInputs:
     def _on_image(self, *_) -> None:
         """The image's own pixel size fills the field (and turns the estimate off); an image
         without one is estimated, unless a cell diameter is set."""
-        size = pixel_size_of(self.image.value)
-        if size:
-            self.pixel_size.value = size
-        else:
-            self.pixel_size.value = 0.0
+        if not show_pixel_size(self.pixel_size, pixel_size_of(self.image.value)):
             self.auto_scale.value = not self.cell_diameter.value
 
 

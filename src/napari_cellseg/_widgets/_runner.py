@@ -87,7 +87,19 @@ class Runner:
         self.status = status_label()
         self.worker = None
         self._gen = None
+        self._closed = False
         self.cancel_button.changed.connect(self.cancel)
+        # The widget closed (its dock removed): its run is cancelled and shows nothing more.
+        self.run_button.native.destroyed.connect(self.close)
+
+    def close(self, *_) -> None:
+        """Stop the run, as Cancel does, for a widget that is gone (no status to write)."""
+        self._closed = True
+        if self.running:
+            self.worker.quit()
+
+    def _unless_closed(self, handler: Callable) -> Callable:
+        return lambda *args: None if self._closed else handler(*args)
 
     @property
     def widgets(self) -> list:
@@ -115,10 +127,11 @@ class Runner:
 
         # Errors go to _on_error (a notification), not re-raised into the event loop.
         worker = create_worker(run, _start_thread=False, _ignore_errors=True)
-        worker.yielded.connect(on_yield or self.show_progress)
-        worker.returned.connect(on_done)
+        worker.yielded.connect(self._unless_closed(on_yield or self.show_progress))
+        # Showing the result can fail too (a layer gone, a file unreadable): in words.
+        worker.returned.connect(self._unless_closed(reports_errors(on_done, self.title, self.status)))
         worker.errored.connect(self._on_error)
-        worker.aborted.connect(self._on_aborted)
+        worker.aborted.connect(self._unless_closed(self._on_aborted))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._gen = gen
@@ -145,15 +158,19 @@ class Runner:
         self.status.value = f"{self.title}: {text}"
 
     def _on_error(self, err: Exception) -> None:
+        if self._closed:  # no status line left to write to: logged, never swallowed
+            logger.error("%s", error_text(self.title, err), exc_info=err)
+            return
         report_error(self.title, err, self.status)
 
     def _on_aborted(self) -> None:
         self.status.value = f"{self.title}: cancelled"
 
     def _on_finished(self) -> None:
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False
-        self.progress.visible = False
+        if not self._closed:
+            self.run_button.enabled = True
+            self.cancel_button.enabled = False
+            self.progress.visible = False
         if self.worker is not None and self.worker.abort_requested and self._gen is not None:
             # Cancelled: the worker left the generator suspended. Closing it runs its
             # clean-up (a cluster's tasks cancelled and the cluster shut down) off the GUI thread.
@@ -180,6 +197,13 @@ class LiveUpdate:
         self.worker = None
         self._generation = 0
         self._pending: tuple | None = None
+        self._closed = False
+        if status is not None:  # the widget closed: what it asked for is dropped
+            status.native.destroyed.connect(self._close)
+
+    def _close(self, *_) -> None:
+        self._closed = True
+        self.drop()
 
     @property
     def busy(self) -> bool:
@@ -215,7 +239,7 @@ class LiveUpdate:
 
         def returned(value) -> None:
             if generation == self._generation:  # nothing was asked for since
-                on_result(value)
+                reports_errors(on_result, self.title, self.status)(value)
 
         worker = create_worker(build_then_work, _start_thread=False, _ignore_errors=True)
         worker.returned.connect(returned)
@@ -228,6 +252,9 @@ class LiveUpdate:
 
     def _on_error(self, err: Exception) -> None:
         self._pending = None
+        if self._closed:
+            logger.error("%s", error_text(self.title, err), exc_info=err)
+            return
         report_error(self.title, err, self.status)
 
     def _on_finished(self) -> None:

@@ -14,7 +14,13 @@ from magicgui.widgets import (
 )
 
 from ..io import list_images
-from ._inputs import CELLS_LAYER, chosen_model, diameter_fields, model_combo, pixel_size_field
+from ._inputs import (
+    cells_layer_parameters,
+    chosen_model,
+    diameter_fields,
+    model_combo,
+    pixel_size_field,
+)
 from ._runner import Runner
 from ._seed_controls import SeedControls
 
@@ -54,11 +60,8 @@ class BatchWidget(Container):
         self.results = None
 
     def params(self) -> dict:
-        if self._from_layer.value and CELLS_LAYER in self._viewer.layers:
-            saved = self._viewer.layers[CELLS_LAYER].metadata.get("parameters")
-            if saved:
-                return dict(saved)
-        return self._seeds.params()
+        saved = cells_layer_parameters(self._viewer, self._model) if self._from_layer.value else None
+        return saved or self._seeds.params()
 
     def run(self, *_):
         from ..batch import iter_segment_files

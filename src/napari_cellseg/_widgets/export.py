@@ -19,7 +19,7 @@ from magicgui.widgets import (
 )
 
 from ..io import _jsonable, write_results
-from ._inputs import LayerDefaults, pixel_size_field, result_layers
+from ._inputs import LayerDefaults, pixel_size_field, result_layers, show_pixel_size
 from ._layers import image_plane, pixel_size_of
 from ._runner import reports_errors, status_label
 
@@ -85,8 +85,7 @@ class ExportWidget(Container):
 
     def _on_labels(self, *_) -> None:
         if not self._user_typed_pixel_size():
-            self._pixel_size.value = self._layers_pixel_size()
-            self._filled = float(self._pixel_size.value)  # as the field shows it (4 decimals)
+            self._filled = show_pixel_size(self._pixel_size, self._layers_pixel_size())  # as shown (4 decimals)
 
     def _base(self) -> str:
         if self._name.value.strip():
@@ -117,7 +116,7 @@ class ExportWidget(Container):
         # pixel size changes the cells layer's metadata, not the layer the field was filled from).
         typed = self._user_typed_pixel_size()
         self._on_labels()
-        pixel_size = (float(self._pixel_size.value) if typed else self._layers_pixel_size()) or None
+        pixel_size = (float(self._pixel_size.value) if typed or not self._filled else self._layers_pixel_size()) or None
         record = {"labels_layer": layer.name, "image_layer": getattr(self._image.value, "name", None),
                   "pixel_size_um": pixel_size,
                   "metadata": {k: v for k, v in layer.metadata.items() if _is_jsonable(v)}}

@@ -24,7 +24,7 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from ._inputs import CELLS_LAYER, chosen_model, model_combo
+from ._inputs import cells_layer_parameters, chosen_model, model_combo
 from ._layers import show_layer
 from ._runner import Runner, reports_errors
 from ._seed_controls import SeedControls
@@ -125,10 +125,8 @@ class SlideWidget(Container):
         return view
 
     def params(self) -> dict:
-        saved = None
-        if self._from_layer.value and CELLS_LAYER in self._viewer.layers:
-            saved = self._viewer.layers[CELLS_LAYER].metadata.get("parameters")
-        source = dict(saved) if saved else self._seeds.params()
+        saved = cells_layer_parameters(self._viewer, self._model) if self._from_layer.value else None
+        source = saved or self._seeds.params()
         if saved and saved.get("seed_split") == "shape":
             raise ValueError("the 'cells' layer was made with the shape split, which needs the whole "
                              "image: choose the probability split there, or untick 'Use the cells "
