@@ -672,3 +672,24 @@ def test_stage_widgets_opened_before_predict_follow_it(make_napari_viewer, qtbot
     cells = cells_widget.run()
     assert cells.metadata["source"] == "tissue" and cells.metadata["model"] == predict._inputs.model_name
     assert cells.metadata["stage"] == "cells" and "parameters" in cells.metadata
+
+
+def test_a_closed_widget_cancels_its_run_and_shows_nothing(qtbot):
+    import time
+
+    from napari_cellseg._widgets._runner import Runner
+    from napari_cellseg.progress import Progress
+
+    def slow():
+        for i in range(2000):
+            time.sleep(0.01)
+            yield Progress(i, 2000, "steps")
+        return "finished"
+
+    done = []
+    runner = Runner("Run", "Slow")
+    runner.start(slow, on_done=done.append)
+    qtbot.waitUntil(lambda: runner.running, timeout=5000)
+    runner.run_button.native.deleteLater()  # the dock closed: its widgets are destroyed
+    qtbot.waitUntil(lambda: runner.worker is None, timeout=10_000)
+    assert runner._closed and done == []
