@@ -187,3 +187,39 @@ def test_properties(a, b):
     assert -1.0 <= r.ari <= 1.0 + 1e-12
     assert 0.0 <= r.sm <= 1.0 + 1e-12
     assert evaluate(a, a).ap == 1.0
+
+
+def test_tens_of_thousands_of_cells_in_bounded_memory():
+    """40,000 cells a side: a dense (gt x pred) table would be 1.6e9 entries (13 GB per
+    array); only the pairs that overlap are kept."""
+    tiles = np.arange(1, 200 * 200 + 1, dtype=np.int32).reshape(200, 200)
+    labels = np.kron(tiles, np.ones((2, 2), np.int32))  # 2 x 2 px cells
+    r = evaluate(labels, labels)
+    assert r.n_true == r.n_pred == r.tp == 40_000 and r.ap == r.ari == r.sm == 1.0
+    merged = np.kron(np.arange(1, 100 * 200 + 1, dtype=np.int32).reshape(100, 200), np.ones((4, 2), np.int32))
+    r = evaluate(labels, merged)  # every predicted cell covers two true ones: IoU 0.5
+    assert (r.tp, r.fp, r.fn) == (20_000, 0, 20_000) and r.n_merged == 20_000  # each holds two
+    assert r.per_true["best_iou"].eq(0.5).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(labels_strategy, labels_strategy)
+def test_the_sorted_pair_count_equals_the_dense_one(a, b):
+    """The pair table of a slide (np.unique) gives what the dense count gives."""
+    import napari_cellseg.core.metrics as metrics
+
+    try:
+        dense = evaluate(a, b, min_size=2)
+    except ValueError:
+        return  # a mask-like image, refused either way
+    original = metrics.DENSE_TABLE_MAX
+    metrics.DENSE_TABLE_MAX = 1
+    try:
+        sparse = evaluate(a, b, min_size=2)
+    finally:
+        metrics.DENSE_TABLE_MAX = original
+    s, d = sparse.summary(), dense.summary()
+    assert s.keys() == d.keys()
+    for key in s:  # NaN (no match: no mean IoU) equals NaN here
+        assert s[key] == d[key] or (s[key] != s[key] and d[key] != d[key]), key
+    assert sparse.per_true.equals(dense.per_true) and sparse.per_pred.equals(dense.per_pred)

@@ -44,10 +44,33 @@ def _check_pair(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def contingency(gt_c: np.ndarray, pred_c: np.ndarray, n_gt: int, n_pred: int) -> np.ndarray:
     """Pixel counts of every (gt, pred) pair, background included: (n_gt+1, n_pred+1).
 
-    One ``bincount`` over all pixels: no loop over label pairs.
+    One ``bincount`` over all pixels: no loop over label pairs. Dense: for a few thousand
+    objects a side; :func:`evaluate` uses :func:`overlap_pairs`.
     """
     index = gt_c.ravel() * (n_pred + 1) + pred_c.ravel()
     return np.bincount(index, minlength=(n_gt + 1) * (n_pred + 1)).reshape(n_gt + 1, n_pred + 1)
+
+
+# Up to this many (gt, pred) cells the table is counted densely (one bincount), beyond it
+# only the pairs that occur are (a sort): a slide with 10^5 cells a side would otherwise
+# need a 10^10-entry table.
+DENSE_TABLE_MAX = 2**24
+
+
+def overlap_pairs(gt_c: np.ndarray, pred_c: np.ndarray, n_gt: int, n_pred: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nonzero entries of :func:`contingency` as (gt index, pred index, pixels), row
+    by row: memory grows with the pairs that touch, not with n_gt x n_pred."""
+    width = n_pred + 1
+    index = gt_c.ravel() * width + pred_c.ravel()
+    if (n_gt + 1) * width <= DENSE_TABLE_MAX:
+        counts = np.bincount(index, minlength=(n_gt + 1) * width)
+        keys = np.flatnonzero(counts)
+        counts = counts[keys]
+    else:
+        keys, counts = np.unique(index, return_counts=True)
+    rows, cols = np.divmod(keys, width)
+    return rows, cols, counts.astype(np.int64)
 
 
 def iou_matrix(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -60,19 +83,21 @@ def iou_matrix(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
 
 def _match(
-    inter: np.ndarray, gt_area: np.ndarray, pred_area: np.ndarray, threshold: float
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray], gt_area: np.ndarray, pred_area: np.ndarray,
+    threshold: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Optimal one-to-one matching among pairs with IoU >= threshold.
+    """Optimal one-to-one matching among pairs with IoU >= threshold; ``pairs`` are the
+    overlapping objects (gt index, pred index, pixels in common), 0-based.
 
     Maximises the number of matches, then their total IoU. Above 0.5 each object has
     at most one candidate, so the assignment problem is only solved on the rare
     conflicting objects (IoU exactly 0.5, or thresholds below 0.5).
     """
-    gi, pi = np.nonzero(inter)
+    gi, pi, i = pairs
     if len(gi) == 0:
         e = np.zeros(0, dtype=np.int64)
         return e, e, np.zeros(0)
-    i = inter[gi, pi].astype(np.float64)
+    i = i.astype(np.float64)
     iou = i / (gt_area[gi] + pred_area[pi] - i)
     ok = iou >= threshold - 1e-12
     gi, pi, iou = gi[ok], pi[ok], iou[ok]
@@ -81,21 +106,43 @@ def _match(
     clash = (g_count[gi] > 1) | (p_count[pi] > 1)
     mg, mp, mi = [gi[~clash]], [pi[~clash]], [iou[~clash]]
     if clash.any():
-        rows, r_inv = np.unique(gi[clash], return_inverse=True)
-        cols, c_inv = np.unique(pi[clash], return_inverse=True)
-        score = np.zeros((len(rows), len(cols)))
-        score[r_inv, c_inv] = 1.0 + iou[clash]  # count first, IoU breaks ties
-        r, c = linear_sum_assignment(score, maximize=True)
-        good = score[r, c] > 0
-        mg.append(rows[r[good]])
-        mp.append(cols[c[good]])
-        mi.append(score[r[good], c[good]] - 1.0)
+        # One assignment per connected group of clashing objects, not one over all of
+        # them: 10^4 clashes (a slide, or IoU exactly 0.5 everywhere) would otherwise be a
+        # dense 10^4 x 10^4 problem.
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        cg, cp, ci = gi[clash], pi[clash], iou[clash]
+        rows, r_inv = np.unique(cg, return_inverse=True)
+        cols, c_inv = np.unique(cp, return_inverse=True)
+        n_r = len(rows)
+        graph = coo_matrix((np.ones(len(cg)), (r_inv, n_r + c_inv)), shape=(n_r + len(cols),) * 2)
+        _, group = connected_components(graph, directed=False)
+        pair_group = group[r_inv]
+        order = np.argsort(pair_group, kind="stable")
+        bounds = np.flatnonzero(np.diff(pair_group[order])) + 1
+        for part in np.split(order, bounds):
+            rr, r_loc = np.unique(cg[part], return_inverse=True)
+            cc, c_loc = np.unique(cp[part], return_inverse=True)
+            score = np.zeros((len(rr), len(cc)))
+            score[r_loc, c_loc] = 1.0 + ci[part]  # count first, IoU breaks ties
+            r, c = linear_sum_assignment(score, maximize=True)
+            good = score[r, c] > 0
+            mg.append(rr[r[good]])
+            mp.append(cc[c[good]])
+            mi.append(score[r[good], c[good]] - 1.0)
     return np.concatenate(mg), np.concatenate(mp), np.concatenate(mi)
 
 
 def adjusted_rand_index(contingency_table: np.ndarray) -> float:
     """ARI from a contingency table of pixel counts (Hubert & Arabie 1985)."""
-    n = contingency_table.sum()
+    table = np.asarray(contingency_table)
+    return _ari(table[table > 0], table.sum(axis=1), table.sum(axis=0))
+
+
+def _ari(pair_counts: np.ndarray, row_sums: np.ndarray, col_sums: np.ndarray) -> float:
+    """ARI from the nonzero cells of a contingency table and its margins."""
+    n = float(np.sum(row_sums))
     if n < 2:
         return 1.0
 
@@ -103,9 +150,9 @@ def adjusted_rand_index(contingency_table: np.ndarray) -> float:
         x = np.asarray(x, dtype=np.float64)
         return float(np.sum(x * (x - 1.0) / 2.0))
 
-    sum_ij = comb2(contingency_table[contingency_table > 0])
-    sum_a = comb2(contingency_table.sum(axis=1))
-    sum_b = comb2(contingency_table.sum(axis=0))
+    sum_ij = comb2(pair_counts)
+    sum_a = comb2(row_sums)
+    sum_b = comb2(col_sums)
     total = n * (n - 1.0) / 2.0
     expected = sum_a * sum_b / total
     max_index = (sum_a + sum_b) / 2.0
@@ -199,11 +246,14 @@ def evaluate(
     g, g_ids, g_area = compact(gt, min_size, dtype=np.int64)
     p, p_ids, p_area = compact(pred, min_size, dtype=np.int64)
     n_g, n_p = len(g_ids), len(p_ids)
-    table = contingency(g, p, n_g, n_p)
-    inter = table[1:, 1:]
+    rows, cols, counts = overlap_pairs(g, p, n_g, n_p)
+    ari = _ari(counts, np.bincount(g.ravel(), minlength=n_g + 1), np.bincount(p.ravel(), minlength=n_p + 1))
+    both = (rows > 0) & (cols > 0)  # object on both sides: the intersections, 0-based ids
+    r, c, v = rows[both] - 1, cols[both] - 1, counts[both].astype(np.float64)
+    pairs = (r, c, counts[both])
 
     def scores(thr: float) -> tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]:
-        mg, mp, mi = _match(inter, g_area, p_area, thr)
+        mg, mp, mi = _match(pairs, g_area, p_area, thr)
         tp = len(mg)
         return tp, n_p - tp, n_g - tp, mg, mp, mi
 
@@ -213,40 +263,41 @@ def evaluate(
         t_tp, t_fp, t_fn, *_ = scores(thr)
         ap_by[float(thr)] = _ratio(t_tp, t_tp + t_fp + t_fn, 1.0)
 
-    # Best IoU / Dice per object, from the intersection table.
-    union = g_area[:, None] + p_area[None, :] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou_m = np.where(inter > 0, inter / np.maximum(union, 1), 0.0)
-        dice_m = np.where(inter > 0, 2.0 * inter / (g_area[:, None] + p_area[None, :]), 0.0)
-    best_dice_g = dice_m.max(axis=1) if n_p else np.zeros(n_g)
-    best_iou_g = iou_m.max(axis=1) if n_p else np.zeros(n_g)
-    best_iou_p = iou_m.max(axis=0) if n_g else np.zeros(n_p)
+    # Best IoU / Dice per object, over the pairs that overlap (0 where none does).
+    sizes = g_area[r] + p_area[c]
+    iou_v, dice_v = v / (sizes - v), 2.0 * v / sizes
+    best_iou_g, best_dice_g, best_iou_p = np.zeros(n_g), np.zeros(n_g), np.zeros(n_p)
+    np.maximum.at(best_iou_g, r, iou_v)
+    np.maximum.at(best_dice_g, r, dice_v)
+    np.maximum.at(best_iou_p, c, iou_v)
 
-    # SM: mutual best-Dice pairs are the one-to-one correspondences P.
-    if n_g and n_p:
-        g_best = dice_m.argmax(axis=1)
-        p_best = dice_m.argmax(axis=0)
-        has = best_dice_g > 0
-        mutual = int(np.sum(has & (p_best[g_best] == np.arange(n_g))))
-    else:
-        mutual = 0
+    # SM: mutual best-Dice pairs are the one-to-one correspondences P. Each object's best
+    # partner is its highest-Dice pair, the lowest index among equals (numpy's argmax).
+    def best_partner(own: np.ndarray, other: np.ndarray, n: int) -> np.ndarray:
+        order = np.lexsort((other, -dice_v, own))
+        first = np.ones(len(order), bool)
+        first[1:] = own[order][1:] != own[order][:-1]
+        partner = np.full(n, -1)
+        partner[own[order][first]] = other[order][first]
+        return partner
+
+    g_best, p_best = best_partner(r, c, n_g), best_partner(c, r, n_p)
+    has = g_best >= 0
+    mutual = int(np.sum(p_best[g_best[has]] == np.flatnonzero(has)))
     first = float(best_dice_g.mean()) if n_g else (1.0 if n_p == 0 else 0.0)
     second = _ratio(2.0 * mutual, n_g + n_p, 1.0)
     sm = SM_K * first + (1.0 - SM_K) * second
 
     # Splits and merges: an object "belongs" to the one on the other side that holds
     # more than half of its pixels.
+    # (At most one object can hold more than half of another.)
     owner_of_p = np.full(n_p, -1)
-    if n_p and n_g:
-        top_g = inter.argmax(axis=0)
-        frac = inter[top_g, np.arange(n_p)] / p_area
-        owner_of_p = np.where(frac > 0.5, top_g, -1)
+    most = v > 0.5 * p_area[c]
+    owner_of_p[c[most]] = r[most]
     pieces = np.bincount(owner_of_p[owner_of_p >= 0], minlength=n_g)
     owner_of_g = np.full(n_g, -1)
-    if n_p and n_g:
-        top_p = inter.argmax(axis=1)
-        frac = inter[np.arange(n_g), top_p] / g_area
-        owner_of_g = np.where(frac > 0.5, top_p, -1)
+    most = v > 0.5 * g_area[r]
+    owner_of_g[r[most]] = c[most]
     merged = np.bincount(owner_of_g[owner_of_g >= 0], minlength=n_p)
 
     matched_pred_of_g = np.zeros(n_g, dtype=np.int64)
@@ -266,7 +317,7 @@ def evaluate(
     })
     fg_g = g_area.sum()
     fg_p = p_area.sum()
-    dice = _ratio(2.0 * inter.sum(), fg_g + fg_p, 1.0)
+    dice = _ratio(2.0 * v.sum(), fg_g + fg_p, 1.0)
     precision = _ratio(tp, tp + fp, 1.0 if n_g == 0 else 0.0)
     recall = _ratio(tp, tp + fn, 1.0 if n_p == 0 else 0.0)
     return Evaluation(
@@ -275,7 +326,7 @@ def evaluate(
         f1=_ratio(2.0 * tp, 2.0 * tp + fp + fn, 1.0),
         ap=_ratio(tp, tp + fp + fn, 1.0),
         ap_by_threshold=ap_by, ap_50_95=float(np.mean(list(ap_by.values()))),
-        ari=adjusted_rand_index(table), dice=dice, sm=float(sm),
+        ari=ari, dice=dice, sm=float(sm),
         n_split=int(np.sum(pieces >= 2)), n_merged=int(np.sum(merged >= 2)),
         mean_matched_iou=float(mi.mean()) if len(mi) else float("nan"),
         per_true=per_true, per_pred=per_pred,
