@@ -16,7 +16,11 @@ class SeedControls:
                               tooltip="probability: maxima of the seed probability (default, best "
                                       "measured); shape: the paper's LoG + distance watershed")
         self.sensitivity = Slider(value=int(DEFAULT_SENSITIVITY), min=0, max=100, step=5,
-                                  label="Sensitivity", tooltip="higher: more seeds, fainter cells")
+                                  label="Sensitivity",
+                                  tooltip="higher: more seeds, fainter cells. Probability split: seeds where "
+                                          "the seed probability exceeds 1 - sensitivity/100, and 0.1 at "
+                                          "least (90-100 are the same). Shape split: 5 Otsu levels "
+                                          "(steps of 20)")
         self.h = FloatSlider(value=DEFAULT_H_UM, min=0.0, max=10.0, step=0.25, label="h (µm)",
                              tooltip="shape split: higher merges more seeds")
         self.h_probability = FloatSlider(value=DEFAULT_H_PROBABILITY, min=0.0, max=1.0, step=0.05,
