@@ -339,3 +339,27 @@ def test_higra_runs_on_a_python_thread_when_called_from_a_foreign_one():
     assert seen["caller"] == "_DummyThread"
     assert seen["ran on"].startswith("napari-cellseg-higra")
     assert seen["seeds"] == 1
+
+
+def test_stage_caches_keep_the_last_few_entries():
+    """Sweeping the cell threshold over 18 values keeps 8 foreground masks, not 18."""
+    from napari_cellseg.core._lru import LRUDict
+
+    d = LRUDict(2)
+    d["a"], d["b"] = 1, 2
+    assert d["a"] == 1  # read: now the most recent
+    d["c"] = 3
+    assert list(d) == ["a", "c"]
+    with pytest.raises(ValueError):
+        LRUDict(0)
+    rng = np.random.default_rng(0)
+    prob = ndi.gaussian_filter(rng.random((64, 64)), 3).astype(np.float32)
+    stage = cells_mod.CellStage(prob, prob, Grid(0.5, 7.5))
+    seeds = np.zeros((64, 64), np.int32)
+    seeds[10, 10], seeds[40, 40] = 1, 2
+    for t in np.arange(0.05, 0.95, 0.05):
+        stage.segment(seeds, SegmentParams(cell_threshold=float(t)))
+    assert len(stage._foregrounds) == 8
+    first = stage.segment(seeds, SegmentParams(cell_threshold=0.05))  # evicted: rebuilt, the same
+    fresh = cells_mod.CellStage(prob, prob, Grid(0.5, 7.5))
+    assert np.array_equal(first, fresh.segment(seeds, SegmentParams(cell_threshold=0.05)))

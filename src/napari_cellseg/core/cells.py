@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
+from ._lru import LRUDict
 from ._threads import on_python_thread
 from .labels import relabel
 from .params import Grid, SegmentParams
@@ -262,9 +263,11 @@ class CellStage:
             raise ValueError(f"foreground probability {self.foreground_probability.shape} and image "
                              f"{self.image.shape} differ in shape")
         self.grid = grid
-        self._graphs: dict[float, BasinGraph] = {}  # intensity weight -> basins of its landscape
+        # Bounded: a slider swept over many values keeps the last few, not one full-size
+        # map per value (a basin graph is ~12 B per pixel).
+        self._graphs: dict[float, BasinGraph] = LRUDict(3)  # intensity weight -> basins of its landscape
         self._otsu: dict[float, tuple[np.ndarray, np.ndarray]] = {}  # weight -> (thresholds, area above)
-        self._foregrounds: dict[tuple[float, str, float], tuple[np.ndarray, np.ndarray]] = {}
+        self._foregrounds: dict[tuple[float, str, float], tuple[np.ndarray, np.ndarray]] = LRUDict(8)
         self._normalized: np.ndarray | None = None
 
     def graph(self, p: SegmentParams) -> BasinGraph:

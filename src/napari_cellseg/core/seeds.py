@@ -30,6 +30,7 @@ from dataclasses import replace
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._lru import LRUDict
 from ._threads import on_python_thread
 from .params import DEFAULT_CELL_DIAMETER_UM, Grid, SegmentParams
 
@@ -277,8 +278,9 @@ class SeedStage:
             raise ValueError(f"seed_probability must be 2-D, got shape {self.seed_probability.shape}")
         self.grid = grid
         self._smoothed: np.ndarray | None = None
-        self._log: dict[tuple[float, float], tuple[np.ndarray, np.ndarray]] = {}  # Ø px -> (response, levels)
-        self._hierarchies: dict[tuple, SeedSplitter] = {}  # _hierarchy_key -> hierarchy
+        # Bounded (the last few seed diameters and splits): see cells.CellStage.
+        self._log: dict[tuple[float, float], tuple[np.ndarray, np.ndarray]] = LRUDict(4)  # Ø px -> (response, levels)
+        self._hierarchies: dict[tuple, SeedSplitter] = LRUDict(12)  # _hierarchy_key -> hierarchy
 
     @property
     def smoothed(self) -> np.ndarray:
