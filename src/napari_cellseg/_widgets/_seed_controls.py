@@ -24,8 +24,8 @@ class SeedControls:
         self.h = FloatSlider(value=DEFAULT_H_UM, min=0.0, max=10.0, step=0.25, label="h (µm)",
                              tooltip="shape split: the depth (µm) of the dip in the distance transform "
                                      "that keeps two seeds of one blob apart; higher merges more. A dip "
-                                     "is never deeper than the seed's radius: above about a third of "
-                                     "the seed diameter nothing more merges")
+                                     "is never deeper than the seed's radius: above it nothing more "
+                                     "merges")
         self.h_probability = FloatSlider(value=DEFAULT_H_PROBABILITY, min=0.0, max=1.0, step=0.05,
                                          label="h (probability)",
                                          tooltip="probability split: the dip between two seeds that keeps "
