@@ -101,7 +101,7 @@ def test_workflow_small_images_patch_and_units(tmp_path):
     d_px = median_cell_diameter([lab for _, _, lab in pairs])
     assert info.pixel_size == 0.25
     assert info.cell_diameter_um == pytest.approx(d_px * 0.25)
-    assert info.extra["val_fraction"] == 0.2
+    assert info.extra["val_fraction"] == 0.0  # asked for 0.2, but nothing was held out
     # From scratch without a pixel size: 0.5 µm.
     scratch = drain(iter_train(pairs, tmp_path / "scratch", config=_tiny_config(epochs=1), channels=TINY))
     assert scratch.info.pixel_size == 0.5 and scratch.info.cell_diameter_um == pytest.approx(d_px * 0.5)
@@ -121,6 +121,41 @@ def test_fine_tuning_keeps_the_initial_pixel_size_and_drops_its_size_defaults(tm
     assert result.info.pixel_size == 0.3
     assert result.info.cell_diameter_um == pytest.approx(median_cell_diameter([pairs[0][2]]) * 0.3)
     assert result.info.extra["segment_defaults"] == {"min_intensity": 0.1}
+
+
+def test_a_fine_tune_records_its_own_run_not_its_start_models(tmp_path, tiny_model):
+    """The start model's held-out band, starting score and kept epoch described another run:
+    a fine-tune on a 48 px image (no validation) had recorded val_band [4, 5] and a start
+    val AP it never measured."""
+    net, info = tiny_model
+    info.extra.update({"val_band": [4, 5], "start_val_mAP": 0.62, "kept_epoch": 17, "source_file": "x",
+                       "segment_defaults": {"min_intensity": 0.1}, "val_fraction": 0.2})
+    init = save_model(tmp_path / "init", net, info)
+    pairs = _pairs(1, shape=(48, 48))
+    extra = drain(iter_train(pairs, tmp_path / "tuned", init=init, config=_tiny_config(epochs=1, patch=48))).info.extra
+    for key in ("val_band", "start_val_mAP", "kept_epoch", "source_file"):
+        assert key not in extra, key
+    assert extra["segment_defaults"] == {"min_intensity": 0.1} and extra["val_fraction"] == 0.0
+    assert extra["fine_tuned_from"]["name"] == "init"
+
+
+def test_training_labels_with_huge_or_float_ids_are_renumbered(tmp_path):
+    """An id of 2**32 + 7 would wrap onto cell 7 in int32; float ids that are whole are ids."""
+    name, image, labels = _pairs(1)[0]
+    big = np.where(labels == 1, 2**32 + 7, labels.astype(np.int64))
+    result = drain(iter_train([(name, image, big.astype(np.float64))], tmp_path / "m",
+                              config=_tiny_config(epochs=1), channels=TINY))
+    assert result.info.extra["trained_on"][0]["cells"] == len(np.unique(labels)) - 1
+    with pytest.raises(ValueError, match=">= 0"):
+        next(iter_train([(name, image, -labels)], tmp_path / "neg", config=_tiny_config(), channels=TINY))
+
+
+def test_a_user_model_cannot_take_a_built_in_name(tmp_path):
+    from napari_cellseg.model.registry import DEFAULT_MODEL, user_model_path
+
+    with pytest.raises(ValueError, match="built-in model's name"):
+        user_model_path(DEFAULT_MODEL, tmp_path)
+    assert user_model_path("my_cells", tmp_path) == tmp_path / "my_cells.safetensors"
 
 
 def test_fine_tuning_a_2x_model_trains_on_its_grid(tmp_path, tiny_model):

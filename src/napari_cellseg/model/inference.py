@@ -96,6 +96,16 @@ def _fuse(model: UNet, device: torch.device) -> UNet:
     return fused.to(device).to(memory_format=torch.channels_last)
 
 
+def autocast(device_type: str, dtype: torch.dtype, enabled: bool):
+    """``torch.autocast`` when enabled, else no context at all: torch 2.2-2.4 refuse an
+    autocast on Apple's "mps" device even with ``enabled=False``."""
+    import contextlib
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
 def cpu_bf16() -> bool:
     """Whether this CPU computes bfloat16 convolutions natively (oneDNN: AVX-512 BF16 or
     AMX). Set ``NAPARI_CELLSEG_CPU_BF16=0`` to force float32."""
@@ -315,7 +325,7 @@ def _run_tiles(model, plan: TilePlan, positions: list[tuple[int, int]], box: tup
         # pooled thread in inference mode, breaking a later training job on it.
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(batch)).to(dev).to(memory_format=torch.channels_last)
-            with torch.autocast(device_type=dev.type, dtype=half_dtype, enabled=bool(half)):
+            with autocast(dev.type, half_dtype, bool(half)):
                 if flips:
                     prob = sum(torch.softmax(model(t.flip(d)).float(), dim=1).flip(d)
                                for d in ((), (2,), (3,), (2, 3))) / 4.0

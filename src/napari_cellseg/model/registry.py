@@ -83,9 +83,12 @@ def user_model_path(name: str, folder: str | Path | None = None) -> Path:
     Raises
     ------
     ValueError
-        ``name`` is empty or holds a path separator.
+        ``name`` is empty, holds a path separator or is a built-in model's (saved under
+        it, the model could never be loaded by its name: the built-in one wins).
     """
     name = (name or "").strip()
     if not name or any(c in name for c in "/\\:"):
         raise ValueError(f"invalid model name {name!r}: use letters, digits, '-' or '_'")
+    if name in builtin_models():
+        raise ValueError(f"{name!r} is a built-in model's name: choose another name for yours")
     return Path(folder or user_model_dir()) / f"{name}{WEIGHTS_SUFFIX}"

@@ -23,7 +23,7 @@ import torch
 
 from ..progress import Progress
 from .data import Example, PatchSampler
-from .inference import choose_device, cpu_bf16
+from .inference import autocast, choose_device, cpu_bf16
 from .store import ModelInfo, save_model
 from .targets import CONTACT, IGNORE, TOUCH, target_probabilities
 from .unet import CLASSES, UNet, UNetConfig
@@ -299,7 +299,7 @@ def _step(model, opt, sampler, rng, weights, cfg: TrainConfig, device, bf16: boo
     x, y = x.to(device).to(memory_format=torch.channels_last), y.to(device)
     opt.zero_grad(set_to_none=True)
     with torch.enable_grad():
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(device.type, torch.bfloat16, bf16):
             logits = model(x)
         loss = loss_fn(logits.float(), y, weights, cfg.loss, cfg.margin, cfg.contact_weight)
         if not torch.isfinite(loss):

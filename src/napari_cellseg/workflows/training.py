@@ -20,7 +20,7 @@ import numpy as np
 
 from ..core.params import Grid, SegmentParams
 from ..core.preprocess import rescale, scale_factor
-from ..core.validate import finite_positive, rescale_factor
+from ..core.validate import finite_positive, label_image, rescale_factor
 from ..model.data import Example, median_cell_diameter, split_band, split_pair, synthetic_examples
 from ..model.inference import choose_device
 from ..model.store import WEIGHTS_SUFFIX, ModelInfo
@@ -30,6 +30,9 @@ from ..progress import Progress
 logger = logging.getLogger(__name__)
 
 MIN_SPLIT_SIDE = 64  # an image smaller than this gives up no validation strip
+# What a fine-tune keeps of its start model's metadata: its segmentation defaults, the
+# image pixel size of a 2x model, and whether its touch class was added by a fine-tune.
+INHERITED_RECORDS = ("segment_defaults", "image_pixel_size", "touch_class_added")
 DEFAULT_PIXEL_SIZE = 0.5  # µm, when neither the user nor the initial model gives one
 # Segmentation defaults in µm that describe the initial model's cells, not the new ones.
 _SIZE_DEFAULTS = ("cell_diameter", "min_cell_area", "seed_diameter")
@@ -150,10 +153,22 @@ def iter_train(
     if not pairs:
         raise ValueError("no training images")
     cfg = config or TrainConfig()
-    for name, _, labels in pairs:
-        if np.asarray(labels).max(initial=0) == 0:
+    checked = []
+    for name, image, labels in pairs:
+        # Ids 1..K: targets and validation index arrays by id (an id of 2e7 took 500 MB, one
+        # of 2**32 + 7 wrapped onto cell 7 in int32).
+        from skimage.segmentation import relabel_sequential
+
+        labels = label_image(labels, f"labels of training pair {name!r}", whole_floats=True)
+        if labels.max(initial=0) == 0:
             raise ValueError(f"training pair {name!r} has no labelled cell")
+        checked.append((name, image, relabel_sequential(labels)[0]))
+    pairs = checked
     model, info = new_model(channels, init=init, touch_class=cfg.touch_class)
+    if init is not None:
+        # What describes the network carries over; the start model's run records (its
+        # held-out band, starting score, kept epoch, source file) would pass for this run's.
+        info.extra = {k: v for k, v in info.extra.items() if k in INHERITED_RECORDS}
     from ..pipeline import image_pixel_size
 
     images_px = image_pixel_size(info)
@@ -207,7 +222,9 @@ def iter_train(
         from ..model.store import model_record
 
         info.extra["fine_tuned_from"] = {k: v for k, v in model_record(init).items() if k != "path"}
-    info.extra["val_fraction"] = val_fraction  # a benchmark must know whether its strips were trained on
+    # What was held out: a benchmark must know whether its strips were trained on (0 when
+    # every image was too small to give one up).
+    info.extra["val_fraction"] = val_fraction if val_ex or val_band is not None else 0.0
     if unlabelled_val:
         info.extra["no_validation_cells"] = unlabelled_val  # trained whole (or their band left out)
     if val_band is not None:
