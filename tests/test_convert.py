@@ -63,6 +63,13 @@ def test_convert_keeps_the_live_channel_of_rgb_and_refuses_clearly(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite"):
         convert_to_zarr(path, out, chunk=64)
     assert convert_to_zarr(path, out, chunk=64, channel=0, overwrite=True).channel == 0
+    # A refused conversion leaves the existing output as it was; the slide is never the output.
+    with pytest.raises(ValueError, match="has 3 channels"):
+        convert_to_zarr(path, out, chunk=64, channel=5, overwrite=True)
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["0"][:], rgb[..., 0])
+    with pytest.raises(ValueError, match="would replace the slide"):
+        convert_to_zarr(path, path, chunk=64, overwrite=True)
+    assert path.is_file()
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(stack, np.zeros((5, 64, 64), np.uint8))
     with pytest.raises(ValueError, match="not a 2-D slide"):

@@ -215,6 +215,13 @@ def test_refused_settings_say_why(tissue, tmp_path):
         with pytest.raises(ValueError, match=phrase):
             segment_large(image, tmp_path / "x.zarr", **kwargs)
     assert not (tmp_path / "x.zarr").exists()
+    # --overwrite deletes only a napari-cellseg output, never a folder of other files.
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="not replaced, even with --overwrite"):
+        segment_large(image, folder, overwrite=True)
+    assert (folder / "notes.txt").read_text() == "keep"
 
 
 def test_cli_against_a_scheduler_on_loopback(tissue, client, tmp_path, capsys):
@@ -242,3 +249,52 @@ def test_cli_against_a_scheduler_on_loopback(tissue, client, tmp_path, capsys):
     assert main(argv) == 2
     assert main([*argv, "--resume"]) == 0
     assert "0 computed, 9 already done" in capsys.readouterr().out
+
+
+def test_a_fragment_its_owner_block_does_not_list_is_an_error_not_a_shared_id(tmp_path):
+    """Block (0, 1) holds a fragment of a cell whose first pixel lies in block (0, 0), which
+    does not list it: searchsorted gave it the id of a neighbouring cell (two cells with
+    one id, the table a row short)."""
+    import types
+
+    import zarr
+
+    from napari_cellseg.workflows.large import _create, _relabel_task
+
+    out, (H, W, b) = tmp_path / "fake.zarr", (64, 128, 64)
+    root = zarr.open_group(str(out), mode="w", zarr_format=2)
+    _create(root, "0", (H, W), (b, b), "int32")
+    for d in ("owned", "relabel"):
+        (out / "_work" / d).mkdir(parents=True, exist_ok=True)
+    prov = zarr.open_array(str(out / "_work" / "provisional"), mode="w", shape=(H, W), chunks=(b, b),
+                           dtype="int64", fill_value=0, zarr_format=2)
+    a, c, x = 10 * W + 5 + 1, 30 * W + 70 + 1, 15 * W + 60 + 1  # names: first pixel + 1
+    p = np.zeros((H, W), np.int64)
+    p[10:14, 5:9], p[30:34, 70:74], p[15:18, 64:68] = a, c, x
+    prov[:] = p
+    np.save(out / "_work" / "owned" / "0.0.npy", np.array([a]))
+    np.save(out / "_work" / "owned" / "0.1.npy", np.array([c]))
+    run = types.SimpleNamespace(shape=(H, W), block=b, out=str(out))
+    assert _relabel_task(run, 0, 0, np.array([0, 1]), 1) == 0
+    with pytest.raises(RuntimeError, match=r"does not list.*larger halo"):
+        _relabel_task(run, 0, 1, np.array([0, 1]), 1)
+
+
+def test_the_slides_own_pixel_size_is_read_and_nan_between_samples_is_found(tissue, client, tmp_path):
+    """A slide file that states another pixel size than the model's is refused, not run at
+    the wrong scale (its areas 4x off); one at the model's measures area_um2. A NaN that the
+    strided sample misses is found by its block."""
+    import tifffile
+
+    from napari_cellseg.workflows.large import segment_large
+
+    image, _ = tissue
+    fine = tmp_path / "fine.tif"
+    tifffile.imwrite(fine, image[:256, :256], imagej=True, resolution=(4.0, 4.0), metadata={"unit": "um"})
+    with pytest.raises(ValueError, match=r"states 0.25 µm per pixel.*rescale"):
+        segment_large(fine, tmp_path / "fine.zarr")
+    assert not (tmp_path / "fine.zarr").exists()
+    holed = image[:256, :256].astype(np.float32).copy()
+    holed[101, 101] = np.nan  # off the sample's grid (stride 16 at 256 sample pixels)
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(first at row 101, column 101\)"):
+        run(holed, tmp_path / "nan.zarr", client, block=128, halo=32, sample_pixels=256)

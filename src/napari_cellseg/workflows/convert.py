@@ -64,6 +64,8 @@ def _layout(shape: tuple[int, ...], channel: int | None, path: Path) -> tuple[in
             raise ValueError(f"channel {channel} given, but {path} has one channel (shape {tuple(shape)})")
         return dims[0], dims[1], None
     if len(dims) == 3 and dims[-1] in (3, 4):
+        if channel is not None and not 0 <= channel < dims[-1]:
+            raise ValueError(f"channel {channel} given, but {path} has {dims[-1]} channels (0-{dims[-1] - 1})")
         return dims[0], dims[1], len(shape) - 1
     raise ValueError(f"{path}: shape {tuple(shape)} is not a 2-D slide or an RGB(A) one; pick one "
                      "plane and channel first")
@@ -91,10 +93,12 @@ def iter_convert(source, out, *, chunk: int = 1024, channel: int | None = None,
     if chunk < 64 or chunk % 32:
         raise ValueError(f"chunk must be a multiple of 32 and at least 64 px, got {chunk}")
     optional_pixel_size(pixel_size, "pixel_size")
-    if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    if out.resolve() == source.resolve() or source.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"the output {out} would replace the slide it is converted from ({source})")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    # An existing output is replaced only once the new one is complete (below): a refused
+    # or failed conversion leaves it as it was.
     if pixel_size is None:
         pixel_size = read_pixel_size(source)
     arr, store = _open_tiff(source)
@@ -153,6 +157,8 @@ def iter_convert(source, out, *, chunk: int = 1024, channel: int | None = None,
                 {"type": "translation", "translation": [px * (2**k - 1) / 2] * 2}]} for k in range(levels)],
             "type": "mean"}],
             "napari_cellseg": {"converted_from": str(source), "channel": channel, "pixel_size": pixel_size}})
+        if out.exists():  # overwrite (checked above): the old output goes now, not before
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)
         yield Progress(total, total, "bands", f"wrote {out}")
     finally:

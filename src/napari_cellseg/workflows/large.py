@@ -98,6 +98,42 @@ def _open_source(source):
     return arr, ("array", arr)
 
 
+def _source_pixel_size(spec) -> float | None:
+    """The pixel size in µm a slide file states (None: an array, or a file that states
+    none): a TIFF's metadata (io.read_pixel_size), or an OME-Zarr's full-resolution scale
+    with its axes' unit (convert writes both, and its own record)."""
+    if spec[0] != "path":
+        return None
+    path = Path(spec[1])
+    if path.suffix.lower() in (".tif", ".tiff"):
+        from ..io import read_pixel_size
+
+        return read_pixel_size(path)
+    import zarr
+
+    from ..io import _um_per
+
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception:  # not readable here: _read_path says so in words
+        return None
+    if hasattr(node, "shape"):
+        return None
+    own = node.attrs.get("napari_cellseg", {})
+    if isinstance(own, dict) and own.get("pixel_size"):
+        return float(own["pixel_size"])
+    ms = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+    if not ms:
+        return None
+    axes = [a for a in ms[0].get("axes", []) if isinstance(a, dict)][-2:]
+    factor = _um_per(axes[-1].get("unit", "")) if axes else None
+    scales = [t["scale"] for t in ms[0]["datasets"][0].get("coordinateTransformations", [])
+              if t.get("type") == "scale"]
+    if factor is None or not scales:
+        return None  # no unit: a scale in pixels says nothing of the optics
+    return float(scales[0][-1]) * factor
+
+
 def _squeeze2d(arr, name: str):
     shape = tuple(int(s) for s in arr.shape)
     while len(shape) > 2 and shape[0] == 1:  # OME-Zarr (t, c, z, y, x) with singleton axes
@@ -326,6 +362,11 @@ def _segment_window(run: _Run, net, arr, plan, core, win, p: SegmentParams, grid
     ci = cmap[cols[0] : cols[-1] + tw]
     r0, r1, c0, c1 = int(ri.min()), int(ri.max()) + 1, int(ci.min()), int(ci.max()) + 1
     data = _read(arr, slice(r0, r1), slice(c0, c1))
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        # The driver checked a sample only (strided above 16 Mpx): every block checks its own.
+        bad = np.argwhere(~np.isfinite(data))[0]
+        raise ValueError(f"the image holds NaN or infinite values (first at row {r0 + int(bad[0])}, "
+                         f"column {c0 + int(bad[1])}); replace them first")
     src = _OffsetImage(data, r0, c0, (H, W))
     image = data[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0].astype(np.float32)
     if run.net_stats is None:  # a constant image: no cell (as iter_predict)
@@ -400,7 +441,16 @@ def _relabel_task(run: _Run, i: int, j: int, offsets: np.ndarray, levels: int) -
     for oi, oj in set(zip(owner_i.tolist(), owner_j.tolist(), strict=True)):
         owned = np.load(_work(run.out) / "owned" / f"{oi}.{oj}.npy")
         sel = (owner_i == oi) & (owner_j == oj)
-        rank = np.searchsorted(owned, names[names > 0][sel])
+        wanted = names[names > 0][sel]
+        rank = np.searchsorted(owned, wanted)
+        known = rank < len(owned)
+        known[known] = owned[rank[known]] == wanted[known]
+        if not known.all():
+            # A fragment its owner block does not list would take a neighbour's id: two
+            # cells with one id, and a table short of a row. Never silently.
+            raise RuntimeError(f"block ({i}, {j}) holds {int((~known).sum())} cell fragment(s) that block "
+                               f"({oi}, {oj}) does not list: the blocks disagree on a cell across their "
+                               "border; run again with a larger halo (--halo), or --overwrite")
         out_ids[sel] = offsets[oi * nb_cols + oj] + rank + 1
     final[names > 0] = out_ids
     labels = final[inverse].reshape(prov.shape).astype(np.int32)
@@ -450,11 +500,16 @@ def _open_out(out: Path, record: dict, shape, block: int, levels: int, resume: b
             old = dict(zarr.open_group(str(out), mode="r").attrs).get("napari_cellseg")
         except Exception:  # not a zarr group: refuse below unless overwrite
             old = None
+        if overwrite and old is None:
+            # Only a napari-cellseg output is deleted: --overwrite on a folder that holds
+            # other files (the slide itself, say) would delete them.
+            raise FileExistsError(f"{out} exists and is not a napari-cellseg output: not replaced, even "
+                                  "with --overwrite; choose another output path")
         if overwrite:
             shutil.rmtree(out)
         elif old is None:
-            raise FileExistsError(f"{out} exists and is not a napari-cellseg output; pass overwrite=True "
-                                  "(--overwrite) to replace it")
+            raise FileExistsError(f"{out} exists and is not a napari-cellseg output; choose another "
+                                  "output path")
         elif not resume:
             raise FileExistsError(f"{out} exists; pass resume=True (--resume) to finish it or "
                                   "overwrite=True (--overwrite) to start again")
@@ -537,6 +592,16 @@ def iter_segment_large(
                          f"{image_px} µm/px (a 2x model); block-wise segmentation "
                          "runs on the model's grid only and does not support it yet: use a 1x model "
                          "(e.g. the default) for slides")
+    if pixel_size is None:
+        # The slide's own pixel size: it measures area_um2, and a slide at another scale
+        # than the model's is refused, not segmented at the wrong one.
+        stated = _source_pixel_size(source_spec)
+        if stated is not None and info.pixel_size and abs(scale_factor(stated, info.pixel_size) - 1) > 0.01:
+            raise ValueError(f"{source_spec[1]} states {stated:g} µm per pixel, the model's grid is "
+                             f"{info.pixel_size:g} µm: block-wise segmentation runs on the model's grid "
+                             f"only; rescale the slide to {info.pixel_size:g} µm/px first")
+    else:
+        stated = None
     if scale_factor(pixel_size, info.pixel_size) != 1.0:
         raise ValueError(f"pixel size {pixel_size} µm differs from the model's {info.pixel_size} µm: "
                          "block-wise segmentation runs on the model's grid only; rescale the slide "
@@ -584,7 +649,7 @@ def iter_segment_large(
             src = c.scatter(source_spec, broadcast=True, hash=False) if source_spec[0] == "array" else None
             mdl = c.scatter(model, broadcast=True, hash=False) if isinstance(model, tuple) else None
             run = _Run(source_spec if src is None else ("array", None), str(out), shape, block, halo, mdl, p.to_dict(), (grid_px, info.cell_diameter_um),
-                       net_stats, image_stats, device, tile, pixel_size or info.pixel_size,
+                       net_stats, image_stats, device, tile, pixel_size or stated or info.pixel_size,
                        threads_per_host(c))
             run = replace(run, model=None if mdl is not None else model)
             done = len(blocks) - len(todo)
