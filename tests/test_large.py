@@ -189,6 +189,14 @@ def test_resume_recomputes_only_missing_blocks(tissue, client, tmp_path):
     # Other settings on the same output: refused, not mixed.
     with pytest.raises(ValueError, match="other settings"):
         run(image, out, client, block=256, halo=32)
+    # Another image of the same shape and percentiles (a file replaced under its name), or
+    # another tile size: refused too.
+    other = image.copy()
+    other[0, :2] = other[0, 1::-1]
+    with pytest.raises(ValueError, match=r"other settings \(sample_sha256\)"):
+        run(other, out, client, block=256, halo=64)
+    with pytest.raises(ValueError, match=r"other settings \(tile\)"):
+        run(image, out, client, block=256, halo=64, tile=256)
     with pytest.raises(FileExistsError, match="resume"):
         run(image, out, client, block=256, halo=64, resume=False)
 

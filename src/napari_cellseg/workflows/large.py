@@ -619,6 +619,11 @@ def iter_segment_large(
     if not constant and not info.normalize:
         net_stats = (0.0, 1.0, "float32")  # (a - 0) / 1: a model that wants raw values
     image_stats = _norm_stats(sample, 1.0, 99.8)
+    import hashlib
+
+    # What the pixels are, not only their shape and percentiles: a resume onto another
+    # image of the same shape (a file replaced under its name) is refused.
+    sample_sha = hashlib.sha256(np.ascontiguousarray(sample).tobytes()).hexdigest()[:20]
     del sample
     levels = 1
     while max(shape) / 2**levels > block / 2 and block % 2 ** (levels + 1) == 0 and block // 2**levels >= 32:
@@ -628,7 +633,9 @@ def iter_segment_large(
         "source": str(source_spec[1]) if source_spec[0] == "path" else "array",
         # name, file and SHA-256: a resume with other weights (an upgrade) is refused
         "model": model_record(model), "params": p.to_dict(),
-        "pixel_size": grid_px, "sample_stride": stride,
+        "pixel_size": grid_px, "sample_stride": stride, "sample_sha256": sample_sha,
+        # Where and in what tiles the network ran: blocks of one output must agree on them.
+        "device": str(device), "tile": int(tile),
         "net_normalization": net_stats, "image_normalization": image_stats,
         "levels": levels,
     }
