@@ -306,3 +306,21 @@ def test_the_slides_own_pixel_size_is_read_and_nan_between_samples_is_found(tiss
     holed[101, 101] = np.nan  # off the sample's grid (stride 16 at 256 sample pixels)
     with pytest.raises(ValueError, match=r"NaN or infinite values \(first at row 101, column 101\)"):
         run(holed, tmp_path / "nan.zarr", client, block=128, halo=32, sample_pixels=256)
+
+
+def test_cluster_failures_and_an_empty_zarr_are_said_in_words(tmp_path, monkeypatch, capsys):
+    from distributed.scheduler import KilledWorker
+
+    from napari_cellseg import cli
+
+    empty = tmp_path / "empty.zarr"
+    zarr.open_group(str(empty), mode="w")
+    assert cli.main(["segment-large", str(empty), "--out", str(tmp_path / "o.zarr")]) == 2
+    assert "no image in it" in capsys.readouterr().err
+
+    def killed(args):
+        raise KilledWorker("cellseg-block-0-0", "tcp://127.0.0.1:1", 3)
+
+    monkeypatch.setitem(cli.COMMANDS, "segment-large", (cli.COMMANDS["segment-large"][0], killed))
+    assert cli.main(["segment-large", str(empty), "--out", str(tmp_path / "o.zarr")]) == 2
+    assert "the dask cluster failed: KilledWorker" in capsys.readouterr().err

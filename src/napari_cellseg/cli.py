@@ -508,6 +508,18 @@ def main(argv: list[str] | None = None) -> int:
         # ArithmeticError: a model that produced NaN. Each says what went wrong.
         print(f"napari-cellseg {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        # A cluster's own errors (distributed.KilledWorker: a worker killed again and again,
+        # e.g. out of memory) are no bug of ours, and deserve words, not a traceback.
+        if type(err).__module__.split(".")[0] != "distributed":
+            raise
+        try:
+            text = str(err)
+        except Exception:  # a cluster error whose own message fails (it reads a worker's state)
+            text = ", ".join(map(str, err.args))
+        print(f"napari-cellseg {args.command}: error: the dask cluster failed: {type(err).__name__}: {text} "
+              "(a worker out of memory? try fewer workers, smaller blocks or --resume)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

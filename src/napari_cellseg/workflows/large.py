@@ -159,8 +159,10 @@ def _read_path(path: Path):
         node = zarr.open(str(path), mode="r")
     if not hasattr(node, "shape"):  # a group: an OME-Zarr image's full resolution, or a TIFF's level 0
         ms = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
-        key = ms[0]["datasets"][0]["path"] if ms else sorted(node.array_keys())[0]
-        node = node[key]
+        keys = sorted(node.array_keys())
+        if not ms and not keys:
+            raise ValueError(f"{path}: a zarr group with no image in it (no array, no OME-Zarr multiscales)")
+        node = node[ms[0]["datasets"][0]["path"] if ms else keys[0]]
     return _squeeze2d(node, str(path))
 
 
