@@ -1,5 +1,7 @@
 """UNet, targets, tiled inference, training, weights I/O."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -429,6 +431,14 @@ def test_corrupt_and_mismatched_weights_are_clear_errors(tmp_path, tiny_model):
               metadata=other.to_metadata())
     with pytest.raises(ValueError, match="do not match"):
         load_model(tmp_path / "mis.safetensors")
+    # Damaged metadata: a clear error naming the file, not a KeyError or a TypeError later.
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    good = json.loads(info.to_metadata()["napari_cellseg"])
+    for name, text in (("nokey", json.dumps({k: v for k, v in good.items() if k != "config"})),
+                       ("badjson", "{not json"), ("strpx", json.dumps({**good, "pixel_size": "0.5"}))):
+        save_file(state, str(tmp_path / f"{name}.safetensors"), metadata={"napari_cellseg": text})
+        with pytest.raises(ValueError, match=rf"{name}\.safetensors: the weight file's napari-cellseg metadata is damaged"):
+            load_model(tmp_path / f"{name}.safetensors")
     with pytest.raises(FileNotFoundError, match="no model"):
         load_model("no-such-model")
 

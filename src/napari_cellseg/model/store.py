@@ -50,14 +50,26 @@ class ModelInfo:
         if not meta or "napari_cellseg" not in meta:
             raise ValueError("the weight file has no napari-cellseg metadata (architecture, "
                              "pixel size); it was not saved by napari-cellseg")
-        d = json.loads(meta["napari_cellseg"])
-        return cls(
-            config=UNetConfig.from_dict(d["config"]),
-            pixel_size=d.get("pixel_size"),
-            cell_diameter_um=float(d.get("cell_diameter_um", 7.5)),
-            normalize=tuple(d.get("normalize", (1.0, 99.8))),
-            extra=d.get("extra", {}),
-        )
+        try:
+            d = json.loads(meta["napari_cellseg"])
+            pixel_size = d.get("pixel_size")
+            if pixel_size is not None and (isinstance(pixel_size, bool) or not isinstance(pixel_size, int | float)):
+                raise TypeError(f"pixel_size {pixel_size!r} is not a number")
+            info = cls(
+                config=UNetConfig.from_dict(d["config"]),
+                pixel_size=None if pixel_size is None else float(pixel_size),
+                cell_diameter_um=float(d.get("cell_diameter_um", 7.5)),
+                normalize=tuple(float(v) for v in d.get("normalize", (1.0, 99.8))),
+                extra=d.get("extra", {}),
+            )
+            if len(info.normalize) != 2 or not isinstance(info.extra, dict):
+                raise TypeError("normalize must be two percentiles and extra a mapping")
+        except (ValueError, TypeError, KeyError, AttributeError) as err:  # json.JSONDecodeError is a ValueError
+            # Damaged metadata (edited by hand, written by another tool) is said as such.
+            what = f"missing {err}" if isinstance(err, KeyError) else str(err)
+            raise ValueError(f"the weight file's napari-cellseg metadata is damaged ({what}); "
+                             "re-save or re-train the model") from err
+        return info
 
 
 def save_model(path: str | Path, model: UNet, info: ModelInfo, overwrite: bool = False) -> Path:
@@ -103,7 +115,10 @@ def load_model(model: str | Path | None = None, device: str | torch.device = "cp
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"cannot read model weights from {path}: the file is corrupt or not "
                          f"a safetensors file ({err})") from err
-    info = ModelInfo.from_metadata(meta)
+    try:
+        info = ModelInfo.from_metadata(meta)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
     saved_sum = (meta or {}).get(CHECKSUM_KEY)
     if saved_sum is not None and saved_sum != weights_checksum(state):
         raise ValueError(f"the weights in {path} are corrupt: their checksum does not match the "
