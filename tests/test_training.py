@@ -432,3 +432,17 @@ def test_time_budget_stops_training_and_says_so():
     assert records[0]["steps"] == 1 and records[0]["stopped"] == "time budget of 0 s"
     with pytest.raises(ValueError, match="time budget"):
         next(train(model, examples, [], TrainConfig(**{**cfg.to_dict(), "time_budget_s": -1.0})))
+
+
+def test_a_checkpoint_of_another_run_is_not_resumed(tmp_path):
+    """Resuming onto a checkpoint left by another run (other images) returned that run's
+    weights as a model trained on the new images: refused now; the same run resumes."""
+    pairs = _pairs(2)
+    first = drain(iter_train(pairs[:1], tmp_path / "m", config=_tiny_config(epochs=1), channels=TINY))
+    assert (tmp_path / "m.ckpt").exists() and (tmp_path / "m.ckpt.json").exists()
+    with pytest.raises(ValueError, match="checkpoint of another run"):
+        drain(iter_train(pairs[1:], tmp_path / "m", config=_tiny_config(epochs=1), channels=TINY,
+                         overwrite=True, resume=True))
+    again = drain(iter_train(pairs[:1], tmp_path / "m", config=_tiny_config(epochs=2), channels=TINY,
+                             overwrite=True, resume=True))  # the same run, trained one epoch longer
+    assert [r["epoch"] for r in again.history] == [1, 2] and first.history[0]["epoch"] == 1

@@ -10,6 +10,7 @@ training labels (the minimum cell area and the LoG scales derive from it).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Generator, Sequence
@@ -258,7 +259,16 @@ def iter_train(
         return validation_scores(m, info, val_ex)
 
     resuming = resume and ckpt.exists()
+    # The run a checkpoint belongs to: a resume with other images, another start model or
+    # other settings would continue (or, finished, simply return) a different training.
+    stamp = ckpt.with_name(ckpt.name + ".json")
+    run_id = _run_fingerprint(pairs, init, cfg, channels, val_fraction, val_band, synthetic, synthetic_nuclei)
+    if resuming and stamp.exists() and json.loads(stamp.read_text()).get("run") != run_id:
+        raise ValueError(f"{ckpt} is the checkpoint of another run (other images, start model or "
+                         "settings): not resumed; start again without resume (--resume), or delete it")
     if not resuming:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps({"run": run_id}))
         best.unlink(missing_ok=True)  # an earlier run's: it would pass for this one's
     baseline = -math.inf
     if init is not None and val_ex and not resuming:
@@ -303,6 +313,32 @@ def iter_train(
     if best_file is not None:
         best_file.unlink()  # the saved model is that epoch: no second copy in the model list
     return TrainResult(out, out if best_file is not None else None, state.history, info)
+
+
+def _run_fingerprint(pairs, init, cfg: TrainConfig, channels, val_fraction, val_band, synthetic,
+                     synthetic_nuclei) -> str:
+    """SHA-256 of what makes a training run itself: the images and labels (their bytes),
+    the start model's weights, the architecture and the settings. Left out: the number of
+    epochs (a resume may train longer), the device, threads, precision and time budget
+    (a resume may run elsewhere)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, image, labels in pairs:
+        h.update(str(name).encode())
+        for a in (np.ascontiguousarray(image), np.ascontiguousarray(labels)):
+            h.update(str((a.shape, a.dtype.str)).encode())
+            h.update(a.tobytes())
+    if init is not None:
+        from ..model.store import model_record
+
+        h.update(str(model_record(init).get("sha256")).encode())
+    settings = {k: v for k, v in cfg.to_dict().items()
+                if k not in ("epochs", "device", "threads", "precision", "time_budget_s")}
+    h.update(json.dumps([settings, list(channels) if channels else None, val_fraction,
+                         list(val_band) if val_band is not None else None, synthetic, synthetic_nuclei],
+                        sort_keys=True, default=str).encode())
+    return h.hexdigest()
 
 
 def annotated_region(labels: np.ndarray, margin: int = 16, min_side: int = 64) -> tuple[slice, slice]:
