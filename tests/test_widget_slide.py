@@ -107,6 +107,17 @@ def test_tune_on_view_copies_the_region_in_view(make_napari_viewer, slide):
     np.testing.assert_array_equal(view.data, big[rows[0] : rows[1], cols[0] : cols[1]])
     np.testing.assert_allclose(view.translate, [0.5 * rows[0], 0.5 * cols[0]])
     assert viewer.layers[VIEW_LAYER] is view
+    # An RGB slide: rows and columns come before its channels (they were cut on the
+    # columns and the channels).
+    rgb = np.zeros((*big.shape, 3), np.uint8)
+    rgb[..., 0] = (big / big.max() * 255).astype(np.uint8)
+    viewer.add_image(rgb, name="rgb slide", rgb=True, scale=(0.5, 0.5))
+    widget.reset_choices()
+    widget._image.value = viewer.layers["rgb slide"]
+    view = widget.tune_on_view()
+    rows, cols = view.metadata["slide_region"]["rows"], view.metadata["slide_region"]["cols"]
+    assert rows[0] <= 1200 < rows[1] and cols[0] <= 1400 < cols[1]
+    np.testing.assert_array_equal(view.data, rgb[rows[0] : rows[1], cols[0] : cols[1]])
 
 
 def test_settings_block_mode_cannot_honour_are_refused(make_napari_viewer, slide, tmp_path):

@@ -56,7 +56,8 @@ def slide_source(layer):
 def view_region(layer, viewer, limit: int = MAX_VIEW) -> tuple[slice, slice]:
     """The full-resolution rows and columns of ``layer`` in view, at most ``limit`` px
     each way around the centre of the view."""
-    H, W = (layer.data[0] if getattr(layer, "multiscale", False) else layer.data).shape[-2:]
+    shape = (layer.data[0] if getattr(layer, "multiscale", False) else layer.data).shape
+    H, W = shape[-3:-1] if getattr(layer, "rgb", False) else shape[-2:]  # RGB: the channels come last
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9
     centre = np.asarray(layer.world_to_data(list(viewer.dims.point[:-2]) + list(camera.center[-2:])))[-2:]
     try:  # the displayed corners, in full-resolution pixels
@@ -114,7 +115,8 @@ class SlideWidget(Container):
         layer = self._layer()
         rows, cols = view_region(layer, self._viewer)
         data = layer.data[0] if layer.multiscale else layer.data
-        crop = np.asarray(data[..., rows, cols])
+        # An RGB slide's channels are its last axis: the rows and columns come before it.
+        crop = np.asarray(data[..., rows, cols, :] if getattr(layer, "rgb", False) else data[..., rows, cols])
         scale = np.asarray(layer.scale[-2:], float)
         translate = np.asarray(layer.translate[-2:], float) + scale * [rows.start, cols.start]
         view = show_layer(self._viewer, crop, VIEW_LAYER, "image", scale=tuple(scale),

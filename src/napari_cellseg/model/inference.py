@@ -30,7 +30,7 @@ def choose_device(device: str | torch.device = "auto") -> torch.device:
     not available is an error, not a silent fallback."""
     if isinstance(device, torch.device):
         return device
-    device = (device or "auto").lower() if isinstance(device, str) else device
+    device = (device or "auto").lower() if isinstance(device, str) or device is None else device
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
