@@ -206,6 +206,17 @@ def test_cli_refuses_with_words(tmp_path, capsys, extra, phrase):
     assert not list(out.glob("*_masks.tif"))  # nothing written
 
 
+def test_cli_slide_options_are_checked_too(tmp_path, capsys):
+    """--workers 0 and --channel were passed over in silence with --zarr."""
+    slide = tmp_path / "slide.tif"
+    slide.write_bytes(_lesson_file(tmp_path).read_bytes())
+    for extra, phrase in ((["--workers", "0"], "--workers must be at least 1"),
+                          (["--channel", "1"], "--channel goes with images, not --zarr")):
+        assert cli(["segment", "--zarr", str(slide), "--out", str(tmp_path / "o.zarr"), *extra]) == 2
+        assert phrase in capsys.readouterr().err
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def test_cli_output_folder_checked_before_work(tmp_path, capsys, monkeypatch):
     import os
     import shutil

@@ -83,9 +83,14 @@ def _segment(args: argparse.Namespace) -> int:
     from .io import check_output_folder, result_paths
     from .progress import drain
 
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
     if args.zarr is not None:
         if args.images:
             raise ValueError("give either images or --zarr SLIDE, not both")
+        if args.channel is not None:
+            raise ValueError("--channel goes with images, not --zarr: a slide is one channel (convert "
+                             "picks it: napari-cellseg convert --channel)")
         if args.method != "unet" or args.pixel_size == "auto" or args.cell_diameter is not None:
             raise ValueError("--zarr runs the unet method on the model's grid: no --method classic, "
                              "--pixel-size auto or --cell-diameter (rescale the slide first)")
@@ -95,8 +100,6 @@ def _segment(args: argparse.Namespace) -> int:
         return _segment_large(args)
     if not args.images:
         raise ValueError("no images given (or --zarr SLIDE for a whole slide)")
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
     # Every argument is checked before any image is read or any work done.
     if args.pixel_size not in ("auto", "model"):
         # 0 means unknown, as None (and as the Batch widget's 0): each file's own, else estimated.

@@ -195,7 +195,9 @@ def resolve_model(model=None) -> tuple[UNet, ModelInfo]:
 
     path = resolve_model_path(model).resolve()
     stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    # The inode too: a file re-saved (atomically, by a rename) within one tick of a coarse
+    # file-system clock, at the same size, is still another file.
+    key = (str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
     with _LOADED_LOCK:
         hit = _LOADED.pop(key, None)
     if hit is None:
