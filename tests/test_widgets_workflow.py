@@ -672,6 +672,11 @@ def test_stage_widgets_opened_before_predict_follow_it(make_napari_viewer, qtbot
     cells = cells_widget.run()
     assert cells.metadata["source"] == "tissue" and cells.metadata["model"] == predict._inputs.model_name
     assert cells.metadata["stage"] == "cells" and "parameters" in cells.metadata
+    # The cells follow the seeds: a Seeds slider redraws the cells too.
+    seeds.run()
+    seeds._seeds.sensitivity.value = 80
+    qtbot.waitUntil(lambda: viewer.layers["cells"].metadata["parameters"].get("sensitivity") == 80,
+                    timeout=WAIT_MS)
 
 
 def test_a_closed_widget_cancels_its_run_and_shows_nothing(qtbot):

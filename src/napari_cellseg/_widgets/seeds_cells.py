@@ -156,6 +156,17 @@ class CellsWidget(_LiveStage):
         self._min_area = FloatSpinBox(value=0.0, min=0.0, max=10000.0, step=1.0, label="Min cell area (µm²)",
                                       tooltip="0: a fifth of a typical cell")
         super().__init__(viewer, [self._background, self._threshold, self._intensity, self._min_area], "Cells")
+        # The cells follow the seeds: when the Seeds stage redraws its layer (its metadata
+        # holds the seed parameters), the cells are redrawn from them, as a slider here does.
+        self._watched = None
+        viewer.layers.events.inserted.connect(self._watch_seeds)
+        self._watch_seeds()
+
+    def _watch_seeds(self, *_) -> None:
+        layer = self._viewer.layers[SEEDS_LAYER] if SEEDS_LAYER in self._viewer.layers else None  # noqa: SIM401 (a LayerList has no get)
+        if layer is not None and layer is not self._watched:
+            layer.events.metadata.connect(self._on_param)
+            self._watched = layer
 
     def _show_defaults(self, defaults) -> None:
         with self._background.changed.blocked(), self._threshold.changed.blocked():
