@@ -13,6 +13,16 @@ DENSE = SHARED / "data" / "dense_tcells" / "train"
 VAL_FRACTION = 0.2  # the right-hand 20 % of each training portion; the model never saw it
 
 
+def strips_trained_on(extra: dict) -> str | None:
+    """Why a model's figures on the validation strips would not be validation figures
+    (it held out less than those strips), or None when it held them out."""
+    band = extra.get("val_band")
+    if band:
+        return None if band == [band[1] - 1, band[1]] else f"band {band[0] + 1} of {band[1]}"
+    fraction = extra.get("val_fraction", VAL_FRACTION)
+    return None if fraction >= VAL_FRACTION else f"val_fraction {fraction}"
+
+
 def dense_or_exit() -> Path:
     if not DENSE.is_dir():
         sys.exit(f"skipped: the dense T-cell set is not at {DENSE} "

@@ -13,7 +13,7 @@ import json
 import time
 
 import numpy as np
-from _data import VAL_FRACTION, validation_strips
+from _data import VAL_FRACTION, strips_trained_on, validation_strips
 
 
 def main() -> None:
@@ -38,10 +38,8 @@ def main() -> None:
     model = load_model(args.model)
     # A model that held out less than these strips has trained on some of their pixels.
     extra = model[1].extra
-    band = extra.get("val_band")
-    if not args.trained and (extra.get("val_fraction", VAL_FRACTION) < VAL_FRACTION
-                             or (band and band != [band[1] - 1, band[1]])):
-        held = f"band {band[0] + 1} of {band[1]}" if band else f"--val-fraction {extra['val_fraction']}"
+    held = strips_trained_on(extra)
+    if not args.trained and held:
         print(f"WARNING: this model held out {held}, not the right {VAL_FRACTION:.0%}: some of these "
               "strips were trained on, so the figures below are not validation figures")
     rows = []
