@@ -716,7 +716,8 @@ def _write_table(out: Path, blocks, shape, block: int) -> int:
 
     parts = [_work(out) / "parts" / f"{i}.{j}.csv" for i, j in blocks]
     means = [pd.read_csv(f, usecols=["mean_intensity"])["mean_intensity"].to_numpy() for f in parts]
-    means = np.concatenate(means) if means else np.zeros(0)
+    # float: an empty part reads as a column of objects
+    means = np.concatenate(means).astype(np.float64) if means else np.zeros(0)
     means = means[np.isfinite(means)]  # a cell of NaN pixels only has no mean (core.measure)
     cut = two_class_cutoff(means) if len(means) else 0.0
     del means
@@ -729,7 +730,7 @@ def _write_table(out: Path, blocks, shape, block: int) -> int:
             if not len(table):
                 continue
             table["label"] = np.arange(n + 1, n + len(table) + 1)
-            mean = table["mean_intensity"].to_numpy()
+            mean = table["mean_intensity"].to_numpy(dtype=np.float64)
             table["bright"] = pd.array(np.where(np.isfinite(mean), mean > cut, None), dtype="boolean")
             table[list(TABLE_COLUMNS)].to_csv(stream, index=False, header=False)
             n += len(table)
