@@ -18,6 +18,7 @@ import numpy as np
 
 from .core import validate
 from .core.cells import CellStage
+from .core.labels import relabel
 from .core.params import Grid, SegmentParams
 from .core.preprocess import REFERENCE_PIXEL_SIZE, rescale, restore_shape, scale_factor, tophat
 from .core.seeds import SeedStage
@@ -110,9 +111,7 @@ class Prediction:
         its id would leave a gap (so that the largest id overstated the count)."""
         out = self.to_input(labels, order=0)
         if out is not labels and out.size:
-            from skimage.segmentation import relabel_sequential
-
-            out = relabel_sequential(out)[0].astype(labels.dtype, copy=False)
+            out = relabel(out).astype(labels.dtype, copy=False)
         return out
 
     # ---- stages --------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..core.labels import relabel
 from ..core.params import Grid, SegmentParams
 from ..core.preprocess import rescale, scale_factor
 from ..core.validate import finite_positive, label_image, rescale_factor
@@ -158,12 +159,10 @@ def iter_train(
     for name, image, labels in pairs:
         # Ids 1..K: targets and validation index arrays by id (an id of 2e7 took 500 MB, one
         # of 2**32 + 7 wrapped onto cell 7 in int32).
-        from skimage.segmentation import relabel_sequential
-
         labels = label_image(labels, f"labels of training pair {name!r}", whole_floats=True)
         if labels.max(initial=0) == 0:
             raise ValueError(f"training pair {name!r} has no labelled cell")
-        checked.append((name, image, relabel_sequential(labels)[0]))
+        checked.append((name, image, relabel(labels)))
     pairs = checked
     model, info = new_model(channels, init=init, touch_class=cfg.touch_class)
     if init is not None:
