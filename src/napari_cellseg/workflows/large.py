@@ -111,6 +111,7 @@ def _source_pixel_size(spec) -> float | None:
         return read_pixel_size(path)
     import zarr
 
+    from .._reader import _transforms
     from ..io import _um_per
 
     try:
@@ -127,11 +128,10 @@ def _source_pixel_size(spec) -> float | None:
         return None
     axes = [a for a in ms[0].get("axes", []) if isinstance(a, dict)][-2:]
     factor = _um_per(axes[-1].get("unit", "")) if axes else None
-    scales = [t["scale"] for t in ms[0]["datasets"][0].get("coordinateTransformations", [])
-              if t.get("type") == "scale"]
-    if factor is None or not scales:
+    scale, _ = _transforms(ms[0]["datasets"][0])
+    if factor is None or not scale:
         return None  # no unit: a scale in pixels says nothing of the optics
-    return float(scales[0][-1]) * factor
+    return scale[-1] * factor
 
 
 def _squeeze2d(arr, name: str):
