@@ -234,6 +234,27 @@ def test_write_results_checks_every_target_first(tmp_path):
         io.write_results(tmp_path, "c", labels, image[:5])
 
 
+def test_write_results_writes_a_stack_plane_by_plane(tmp_path):
+    labels = np.zeros((2, 10, 10), np.int32)
+    labels[0, 1:4, 1:4] = 1  # 9 px
+    labels[1, 1:3, 1:3], labels[1, 5:9, 5:9] = 1, 2  # 4 and 16 px: plane 1's own ids
+    image = np.stack([np.full((10, 10), 3.0), np.full((10, 10), 5.0)])
+    paths = io.write_results(tmp_path, "s", labels, image, 0.5)
+    np.testing.assert_array_equal(tifffile.imread(paths["labels"]), labels)
+    with tifffile.TiffFile(paths["labels"]) as tif:  # planes, not the samples of one RGB image
+        assert len(tif.pages) == 2 and tif.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
+    table = pd.read_csv(paths["table"])
+    assert list(table.columns[:2]) == ["plane", "label"]
+    assert table[["plane", "label", "area_px"]].values.tolist() == [[0, 1, 9], [1, 1, 4], [1, 2, 16]]
+    assert list(table["mean_intensity"]) == [3.0, 5.0, 5.0] and list(table["area_um2"]) == [2.25, 1.0, 4.0]
+    assert json.loads(paths["params"].read_text()) == {"cells": 3, "cells_per_plane": [1, 2]}
+    with pytest.raises(ValueError, match=r"multi-page \.tif"):
+        io.write_results(tmp_path, "p", labels, labels_format=".png")
+    with pytest.raises(ValueError, match="differ in shape"):
+        io.write_results(tmp_path, "q", labels, image[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s_cells.csv", "s_masks.tif", "s_params.json"]
+
+
 def test_bad_labels_are_refused_before_any_file_is_written(tmp_path):
     """-1 would be written as 65535 and 1000.5 as 1000; a refusal after the labels file
     was written would leave a partial export that a retry then refuses as existing."""

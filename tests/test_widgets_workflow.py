@@ -153,7 +153,7 @@ def test_shape_split_is_built_in_a_worker(make_napari_viewer, qtbot, tissue, bui
     np.testing.assert_array_equal(viewer.layers[CELLS_LAYER].data, pred.segment(**{**params, "h": 1.0}))
 
 
-def test_stack_slider_resegments_the_plane_in_view(make_napari_viewer, qtbot, tissue):
+def test_stack_slider_resegments_the_plane_in_view(make_napari_viewer, qtbot, tissue, tmp_path):
     from napari_cellseg._widgets._inputs import CELLS_LAYER
     from napari_cellseg._widgets.segment_cells import SegmentCellsWidget
 
@@ -189,6 +189,31 @@ def test_stack_slider_resegments_the_plane_in_view(make_napari_viewer, qtbot, ti
     assert not np.array_equal(cells.data[1], second)
     assert widget.stale_planes == {2}
     assert viewer.layers[CELLS_LAYER].metadata["parameters"] == params
+    # Export: a stack with a stale plane would record one set of parameters for planes cut
+    # with two; it is refused in words until every plane follows the sliders.
+    from napari_cellseg._widgets.export import ExportWidget
+
+    export = ExportWidget(viewer)
+    export._labels.value, export._image.value = viewer.layers[CELLS_LAYER], viewer.layers["stack"]
+    export._folder.value = tmp_path
+    with pytest.raises(ValueError, match="planes 2 of 'cells' still show cells from earlier slider settings"):
+        export.export()
+    assert list(tmp_path.iterdir()) == []
+    viewer.dims.set_current_step(0, 2)
+    qtbot.waitUntil(lambda: not widget.stale_planes, timeout=5000)
+    paths = export.export()  # one multi-page TIFF, a table with the plane, cells per plane
+    np.testing.assert_array_equal(tifffile.imread(paths[0]), viewer.layers[CELLS_LAYER].data)
+    table = pd.read_csv(paths[1])
+    counts = [len(np.unique(cells.data[i])) - 1 for i in range(3)]
+    assert table.columns[0] == "plane" and np.bincount(table["plane"], minlength=3).tolist() == counts
+    assert counts[0] > 0 and counts[1] > 0 and counts[2] == 0
+    record = json.loads(paths[2].read_text())
+    assert record["cells_per_plane"] == counts and record["cells"] == sum(counts)
+    assert record["metadata"]["parameters"] == params
+    # A stack's intensities are the image's planes, not the one in view.
+    row = table[table["plane"] == 1].iloc[0]
+    mask = cells.data[1] == row["label"]
+    assert row["mean_intensity"] == pytest.approx(float(stack[1][mask].mean()), rel=1e-5)
 
 
 def test_viewer_stays_responsive_and_cancel_stops(make_napari_viewer, qtbot):

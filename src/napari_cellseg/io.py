@@ -347,22 +347,42 @@ def write_results(
     """Write one segmentation's labels, cell table (CSV, intensities from ``image``) and
     ``record`` plus the number of cells (JSON), under the names of :func:`result_paths`.
 
-    Every target is checked before anything is written; an existing file is replaced
-    only when ``overwrite`` is True. Returns the paths by kind ("labels", "table", "params").
+    ``labels`` is 2-D, or a (planes, M, N) stack segmented plane by plane (each plane's
+    ids its own): a stack is written as one multi-page TIFF, its table gets a ``plane``
+    column (0-based, as napari's slider counts) with each plane measured on its own, and
+    the record the cells per plane. Every target is checked before anything is written;
+    an existing file is replaced only when ``overwrite`` is True. Returns the paths by
+    kind ("labels", "table", "params").
     """
     import json
+
+    import pandas as pd
 
     from .core.measure import cell_table
 
     labels = np.asarray(labels)
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"labels of shape {labels.shape}: a 2-D image or a (planes, M, N) stack")
     if image is not None and np.shape(image) != labels.shape:
         raise ValueError(f"image {np.shape(image)} and labels {labels.shape} differ in shape")
+    stack = labels.ndim == 3
+    if stack and labels_format != ".tif":
+        raise ValueError(f"a stack of {labels.shape[0]} planes is written as one multi-page .tif; "
+                         f"a {labels_format} file holds one plane")
     paths = result_paths(folder, base, labels_format)
     check_can_write_all(paths.values(), overwrite)
-    table = cell_table(labels, image, pixel_size)  # checks the labels and the image before any file is written
+    # The table checks the labels and the image before any file is written.
+    if stack:
+        table = pd.concat([cell_table(plane, None if image is None else image[i], pixel_size)
+                           .assign(plane=i) for i, plane in enumerate(labels)], ignore_index=True)
+        table = table[["plane", *table.columns.drop("plane")]]
+    else:
+        table = cell_table(labels, image, pixel_size)
     write_labels(paths["labels"], labels, overwrite=overwrite)
     table.to_csv(check_can_write(paths["table"], overwrite), index=False)
-    record = {**(record or {}), "cells": int(np.count_nonzero(np.unique(labels)))}
+    record = {**(record or {}), "cells": len(table)}
+    if stack:
+        record["cells_per_plane"] = np.bincount(table["plane"].to_numpy(int), minlength=len(labels)).tolist()
     text = json.dumps(record, indent=2, default=_jsonable)
     check_can_write(paths["params"], overwrite).write_text(text)
     return paths
@@ -406,7 +426,8 @@ def write_labels(path: str | Path, labels: np.ndarray, overwrite: bool = False) 
     if suffix in (".tif", ".tiff"):
         import tifffile
 
-        tifffile.imwrite(path, labels.astype(dtype), compression="zlib")
+        # minisblack: a stack of 3 or 4 planes would otherwise be stored as one RGB(A) image.
+        tifffile.imwrite(path, labels.astype(dtype), compression="zlib", photometric="minisblack")
     elif suffix == ".png":
         if dtype != np.uint16:
             raise ValueError(f"{path}: {int(labels.max())} labels do not fit a 16-bit PNG; use .tif")

@@ -19,7 +19,7 @@ from magicgui.widgets import (
 )
 
 from ..io import _jsonable, write_results
-from ._inputs import LayerDefaults, pixel_size_field, result_layers, show_pixel_size
+from ._inputs import LayerDefaults, image_data, pixel_size_field, result_layers, show_pixel_size
 from ._layers import image_plane, pixel_size_of
 from ._runner import reports_errors, status_label
 
@@ -104,11 +104,20 @@ class ExportWidget(Container):
             raise ValueError("choose a folder to export to")
         folder = Path(self._folder.value)
         labels = np.asarray(layer.data)
-        if labels.ndim != 2:
-            raise ValueError(f"labels of shape {labels.shape}: export one plane at a time (2-D)")
+        if labels.ndim not in (2, 3):
+            raise ValueError(f"labels of shape {labels.shape}: napari-cellseg exports 2-D labels "
+                             "or a (planes, M, N) stack")
+        stale = layer.metadata.get("stale_planes") if labels.ndim == 3 else None
+        if stale:
+            # The record holds one set of parameters: planes cut with older slider settings
+            # would be exported under the new ones.
+            raise ValueError(f"planes {', '.join(map(str, stale))} of {layer.name!r} still show cells from "
+                             "earlier slider settings: step through them (each is re-segmented when "
+                             "shown) or press Segment cells again, then export")
         image = None
         if self._image.value is not None:
-            image = image_plane(self._image.value, self._viewer)
+            # A stack's intensities are the image's planes; 2-D labels take the plane in view.
+            image = image_data(self._image.value) if labels.ndim == 3 else image_plane(self._image.value, self._viewer)
             if image.shape != labels.shape:
                 raise ValueError(f"image {self._image.value.name!r} {image.shape} and labels "
                                  f"{labels.shape} differ in shape")
