@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, create_widget
 
-from ._layers import one_channel, pixel_size_of
+from ._layers import notify, one_channel, pixel_size_of
 
 # Layer names. A re-run replaces the layer of its name (``show_layer``).
 CELLS_LAYER = "cells"
@@ -210,10 +210,8 @@ def show_pixel_size(field: FloatSpinBox, size: float | None) -> float:
     signal handler. Returns the value shown."""
     size = float(size or 0.0)
     if size > field.max:
-        from ._layers import _notify
-
-        _notify(f"a pixel size of {size:g} µm (from the layer's scale or metadata) is beyond "
-                f"{field.max:g} µm: not used; is the scale in nm? Type the pixel size in µm")
+        notify(f"a pixel size of {size:g} µm (from the layer's scale or metadata) is beyond "
+               f"{field.max:g} µm: not used; is the scale in nm? Type the pixel size in µm")
         size = 0.0
     field.value = size
     return float(field.value)

@@ -65,7 +65,7 @@ def show_layer(
             _EDITED.discard(layer)
             _OURS.discard(layer)
             layer.name = f"{name} ({'edited' if edited else 'kept'})"  # napari keeps names unique
-            _notify(f"the layer {name!r} {'was edited by hand' if edited else 'was not made by napari-cellseg'}: "
+            notify(f"the layer {name!r} {'was edited by hand' if edited else 'was not made by napari-cellseg'}: "
                     f"kept as {layer.name!r}; the new result is {name!r}")
         elif type(layer).__name__.lower() == kind:  # napari.layers.Labels <-> "labels"
             layer.data = data
@@ -82,7 +82,8 @@ def show_layer(
     return layer
 
 
-def _notify(message: str) -> None:
+def notify(message: str) -> None:
+    """Log ``message`` and show it in napari's notification area."""
     logger.warning(message)
     try:
         from napari.utils.notifications import show_info
