@@ -163,11 +163,14 @@ def test_stack_slider_resegments_the_plane_in_view(make_napari_viewer, qtbot, ti
     viewer.add_image(stack, name="stack")
     widget = SegmentCellsWidget(viewer)
     widget._pixel_size.value = 0.5
+    viewer.dims.set_current_step(0, 1)
     widget.run()
     wait_done(qtbot, widget._runner)
     preds = widget.predictions
     cells = viewer.layers[CELLS_LAYER]
     assert cells.data.shape == (3, 128, 128) and widget.stale_planes == set()
+    # The first run reports the plane in view (it said plane 1 before the cells layer existed).
+    assert widget._runner.status.value == f"{int(cells.data[1].max())} cells in plane 2 of 3 planes"
     for i in range(3):  # every plane segmented in the worker
         np.testing.assert_array_equal(cells.data[i], preds[i].segment())
     assert cells.data[2].max() == 0

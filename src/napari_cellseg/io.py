@@ -236,13 +236,16 @@ def is_rgb(array: np.ndarray) -> bool:
     return array.ndim == 3 and array.shape[-1] in (3, 4) and min(array.shape[:2]) > 4
 
 
-def select_channel(array: np.ndarray, channel: int | None = None) -> tuple[np.ndarray, int | None]:
+def select_channel(array: np.ndarray, channel: int | None = None,
+                   rgb: bool | None = None) -> tuple[np.ndarray, int | None]:
     """One channel of an RGB(A) image: the one given, else the one that carries signal.
 
     Returns the 2-D (or stacked) single-channel array and the channel index used (None
     for an image that had one channel). The alpha channel is never chosen by itself.
+    ``rgb``: whether the last axis holds colours (a napari layer says so, whatever its
+    number of axes); by default guessed by :func:`is_rgb` (an (M, N, 3 or 4) array).
     """
-    if not is_rgb(array):
+    if not (is_rgb(array) if rgb is None else rgb):
         if channel not in (None, 0):
             raise ValueError(f"--channel {channel} given, but the image has one channel "
                              f"(shape {array.shape})")

@@ -405,22 +405,36 @@ def iter_predict_planes(
     if stack.ndim != 3:
         raise ValueError(f"expected a 2-D image or a (planes, M, N) stack, got shape {stack.shape}")
     model = resolve_model(model)
-    out = []
+    out: list[Prediction | None] = []
     n = len(stack)
-    for i, plane in enumerate(stack):
-        gen = iter_predict(plane, pixel_size, model, device, **kwargs)
+    estimating = pixel_size == "auto" and kwargs.get("cell_diameter_px") is None
+    unmeasured: list[int] = []  # planes taken at the model's scale while no plane had cells to measure
+    order = list(range(n))
+    k = 0
+    while k < len(order):
+        i = order[k]
+        gen = iter_predict(stack[i], pixel_size, model, device, **kwargs)
         while True:
             try:
                 step = next(gen)
             except StopIteration as stop:
-                out.append(stop.value)
-                if pixel_size == "auto" and kwargs.get("cell_diameter_px") is None:
-                    # Estimated once per stack: the first plane's scale (the model's, where
-                    # that plane had nothing to measure) holds for every plane.
-                    pixel_size = stop.value.pixel_size
+                if i < len(out):
+                    out[i] = stop.value
+                else:
+                    out.append(stop.value)
+                if estimating:
+                    if stop.value.pixel_size is None:
+                        unmeasured.append(i)
+                    else:
+                        # Estimated once per stack: the first plane with cells to measure
+                        # sets the scale of every plane, those before it predicted again
+                        # (a stack that opens on blank or out-of-focus planes).
+                        pixel_size, estimating = stop.value.pixel_size, False
+                        order += unmeasured
                 break
             done, total = step.done, step.total
             text = step.message or f"{done} / {total} tiles"
-            yield Progress(int(100 * i + 100 * done / total), 100 * n, "%",
+            yield Progress(int(100 * k + 100 * done / total), 100 * len(order), "%",
                            message=f"plane {i + 1} of {n}: {text}" if n > 1 else text)
+        k += 1
     return out

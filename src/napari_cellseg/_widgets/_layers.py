@@ -67,7 +67,8 @@ def show_layer(
             layer.name = f"{name} ({'edited' if edited else 'kept'})"  # napari keeps names unique
             notify(f"the layer {name!r} {'was edited by hand' if edited else 'was not made by napari-cellseg'}: "
                     f"kept as {layer.name!r}; the new result is {name!r}")
-        elif type(layer).__name__.lower() == kind:  # napari.layers.Labels <-> "labels"
+        elif type(layer).__name__.lower() == kind and getattr(layer, "rgb", False) == _is_rgb(data, kind, kwargs):
+            # Same kind and the same colour model (napari fixes a layer's rgb when it is made):
             layer.data = data
             layer.metadata = metadata  # replaced: keys of an earlier run must not outlive it
             for key, value in kwargs.items():
@@ -80,6 +81,13 @@ def show_layer(
     _OURS.add(layer)
     _watch_edits(layer)
     return layer
+
+
+def _is_rgb(data, kind: str, kwargs: dict) -> bool:
+    """Whether napari would make ``data`` an RGB layer (its guess: a last axis of 3 or 4)."""
+    if kind != "image":
+        return False
+    return bool(kwargs.get("rgb", np.ndim(data) > 2 and np.shape(data)[-1] in (3, 4)))
 
 
 def notify(message: str) -> None:
@@ -100,17 +108,41 @@ def one_channel(layer) -> np.ndarray:
 
     if layer is None:
         raise ValueError("no image layer selected: open an image first")
-    data = np.asarray(layer.data[0] if getattr(layer, "multiscale", False) else layer.data)
+    data = layer_array(layer)
     if getattr(layer, "rgb", False):
-        data, _ = select_channel(data)
+        data, _ = select_channel(data, rgb=True)  # also an RGB stack, or one with a leading axis of 1
     return data
 
 
-def image_plane(layer, viewer=None) -> np.ndarray:
+def layer_array(layer) -> np.ndarray:
+    """A layer's pixels as a numpy array: the finest level of a multiscale layer
+    (``np.asarray`` of napari's multiscale data gives the coarsest)."""
+    return np.asarray(layer.data[0] if getattr(layer, "multiscale", False) else layer.data)
+
+
+def plane_record(layer, viewer) -> dict:
+    """``{"plane": [...]}`` for a result cut from the plane in view of a stack, else {}:
+    Export and Train then take the intensities from that plane, not the one in view later."""
+    plane = view_plane(layer, viewer)
+    return {} if plane is None else {"plane": plane}
+
+
+def view_plane(layer, viewer) -> list[int] | None:
+    """The plane of a stack layer the viewer shows now (its indices into the leading
+    axes, as a result's metadata records it under ``"plane"``); None for a 2-D layer."""
+    if layer is None:
+        return None
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    lead = data.shape[: data.ndim - (3 if getattr(layer, "rgb", False) else 2)]
+    return list(plane_index(layer, viewer, lead)) if lead else None
+
+
+def image_plane(layer, viewer=None, plane=None) -> np.ndarray:
     """The 2-D plane an image layer shows now, as a numpy array.
 
     RGB layers give the channel that carries signal; a stack gives the plane at the
-    viewer's current slider position (stacks are segmented plane by plane).
+    viewer's current slider position (stacks are segmented plane by plane), or ``plane``
+    (a result's recorded ``"plane"``: the one it was cut from) when given.
     """
     from ..io import select_channel
 
@@ -120,12 +152,20 @@ def image_plane(layer, viewer=None) -> np.ndarray:
     rgb = bool(getattr(layer, "rgb", False))
     spatial = 3 if rgb else 2
     if data.ndim > spatial:
+        lead = data.shape[:-spatial]
+        if plane is None:
+            index = plane_index(layer, viewer, lead)
+        elif len(plane) == len(lead) and all(0 <= int(i) < n for i, n in zip(plane, lead, strict=True)):
+            index = tuple(int(i) for i in plane)
+        else:
+            raise ValueError(f"the labels were cut from plane {list(plane)} of a stack; {layer.name!r} "
+                             f"has planes {list(lead)}: choose the image they were segmented from")
         # The plane first, then the pixels: a lazy (dask, zarr) time-lapse is not read whole
         # on the GUI thread to show one plane.
-        data = data[plane_index(layer, viewer, data.shape[:-spatial])]
+        data = data[index]
     data = np.asarray(data)
     if rgb:
-        data, _ = select_channel(data)
+        data, _ = select_channel(data, rgb=True)
     return data
 
 

@@ -17,7 +17,7 @@ from magicgui.widgets import (
 
 from ..core import classic
 from ._inputs import CLASSIC_LAYER
-from ._layers import image_plane, show_layer
+from ._layers import image_plane, plane_record, show_layer
 from ._runner import reports_errors, status_label
 
 if TYPE_CHECKING:
@@ -83,5 +83,6 @@ class ClassicWidget(Container):
         labels = classic.segment_classic(image, **params)
         self._status.value = f"{int(labels.max())} cells"
         return show_layer(self._viewer, labels, CLASSIC_LAYER, "labels",
-                          metadata={"stage": "classic", "parameters": params, "source": layer.name},
+                          metadata={"stage": "classic", "parameters": params, "source": layer.name,
+                                    **plane_record(layer, self._viewer)},
                           like=layer)

@@ -16,7 +16,7 @@ from magicgui.widgets import (
 
 from ..core.metrics import Evaluation, evaluate
 from ._inputs import COMPARE_LAYERS, LayerDefaults, looks_like_truth, result_layers
-from ._layers import placement, show_layer
+from ._layers import layer_array, placement, show_layer
 from ._runner import reports_errors, status_label
 
 if TYPE_CHECKING:
@@ -88,8 +88,7 @@ class CompareWidget(Container):
             raise ValueError(f"ground truth and prediction are the same layer {gt_layer.name!r}: "
                              "it would score 1.000 against itself; choose the layer to score "
                              "as the prediction")
-        gt = np.asarray(gt_layer.data)
-        pred = np.asarray(pred_layer.data)
+        gt, pred = layer_array(gt_layer), layer_array(pred_layer)
         if gt.shape != pred.shape:
             raise ValueError(f"ground truth {gt_layer.name!r} has shape {gt.shape}, prediction "
                              f"{pred_layer.name!r} has shape {pred.shape}")

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -20,7 +19,7 @@ from magicgui.widgets import (
 
 from ..io import _jsonable, write_results
 from ._inputs import LayerDefaults, image_data, pixel_size_field, result_layers, show_pixel_size
-from ._layers import image_plane, pixel_size_of
+from ._layers import image_plane, layer_array, pixel_size_of
 from ._runner import reports_errors, status_label
 
 if TYPE_CHECKING:
@@ -103,7 +102,7 @@ class ExportWidget(Container):
         if self._folder.value is None or not str(self._folder.value).strip():
             raise ValueError("choose a folder to export to")
         folder = Path(self._folder.value)
-        labels = np.asarray(layer.data)
+        labels = layer_array(layer)
         if labels.ndim not in (2, 3):
             raise ValueError(f"labels of shape {labels.shape}: napari-cellseg exports 2-D labels "
                              "or a (planes, M, N) stack")
@@ -117,7 +116,9 @@ class ExportWidget(Container):
         image = None
         if self._image.value is not None:
             # A stack's intensities are the image's planes; 2-D labels take the plane in view.
-            image = image_data(self._image.value) if labels.ndim == 3 else image_plane(self._image.value, self._viewer)
+            # (2-D labels cut from one plane of a stack record it: that plane, not the one in view).
+            image = (image_data(self._image.value) if labels.ndim == 3
+                     else image_plane(self._image.value, self._viewer, plane=layer.metadata.get("plane")))
             if image.shape != labels.shape:
                 raise ValueError(f"image {self._image.value.name!r} {image.shape} and labels "
                                  f"{labels.shape} differ in shape")

@@ -16,7 +16,7 @@ from ._inputs import (
     ModelInputs,
     scale_metadata,
 )
-from ._layers import image_plane, show_layer
+from ._layers import image_plane, plane_record, show_layer
 from ._runner import Runner
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class PredictWidget(Container):
         tophat = float(self._tophat.value) or None
         # What this run used, recorded when it ends (the fields may have changed by then).
         run = {"source": self._image.value.name, "model": self._inputs.model_name, "tophat_um": tophat,
-               "like": self._image.value}
+               "like": self._image.value, **plane_record(self._image.value, self._viewer)}
         # warm={}: the hierarchies for the model's own defaults are built in the worker.
         return self._runner.start(
             iter_predict, image, self._inputs.pixel_size_um, self._inputs.model_name,

@@ -108,10 +108,14 @@ class SegmentCellsWidget(Container):
 
     def current_plane(self) -> int:
         """The plane of the stack in view (0 for a 2-D image)."""
-        if len(self.predictions) < 2 or CELLS_LAYER not in self._viewer.layers:
+        if len(self.predictions) < 2:
             return 0
-        layer = self._viewer.layers[CELLS_LAYER]
-        if layer.ndim != 3:
+        layers = self._viewer.layers
+        layer = layers[CELLS_LAYER] if CELLS_LAYER in layers else None  # noqa: SIM401 (a LayerList has no get)
+        if layer is None or layer.ndim != 3:
+            # Before the stack's cells layer exists (the first run): the image's plane in view.
+            layer = self._like if self._like is not None and self._like in layers else None
+        if layer is None:
             return 0
         return plane_index(layer, self._viewer, (len(self.predictions),))[0]
 

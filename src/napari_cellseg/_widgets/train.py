@@ -26,7 +26,7 @@ from magicgui.widgets import (
 
 from ..progress import Progress
 from ._inputs import MODEL_TIP, model_choices
-from ._layers import image_plane, pixel_size_of, show_layer
+from ._layers import image_plane, layer_array, pixel_size_of, show_layer, view_plane
 from ._runner import Runner
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class TrainWidget(Container):
         super().__init__()
         self._viewer = viewer
         self._run_image = None  # the image layer of the run in progress (its cells lie on it)
+        self._plane: list[int] | None = None  # the plane of a stack trained on (_pairs)
         self._image = create_widget(label="Image", annotation="napari.layers.Image")
         self._labels = create_widget(label="Corrected labels", annotation="napari.layers.Labels")
         self._use_folder = CheckBox(value=False, text="Train on a folder of pairs instead")
@@ -84,13 +85,21 @@ class TrainWidget(Container):
         layer = self._image.value
         if layer is None:
             raise ValueError("choose the image layer")
-        image = image_plane(layer, self._viewer)
         labels = self._labels.value
         if labels is None:
             raise ValueError("choose the corrected labels layer")
-        if labels.data.shape != image.shape:
-            raise ValueError(f"labels {labels.data.shape} and image {image.shape} differ in shape")
-        data = np.array(labels.data)  # a copy: painting on during training must not change what it trains on
+        data = layer_array(labels)
+        if data.ndim == 2:
+            # Cells cut from one plane of a stack carry it: that plane, not the one in view now.
+            self._plane = labels.metadata.get("plane") or view_plane(layer, self._viewer)
+            image = image_plane(layer, self._viewer, plane=labels.metadata.get("plane"))
+        else:  # corrected cells of a whole stack: the plane in view of both
+            self._plane = view_plane(labels, self._viewer)
+            data = data[tuple(self._plane)] if self._plane and data.ndim == len(self._plane) + 2 else data
+            image = image_plane(layer, self._viewer, plane=self._plane)
+        if data.shape != image.shape:
+            raise ValueError(f"labels {data.shape} and image {image.shape} differ in shape")
+        data = np.array(data)  # a copy: painting on during training must not change what it trains on
         name = layer.name
         if self._region.value:
             from ..workflows.training import annotated_region
@@ -116,6 +125,7 @@ class TrainWidget(Container):
         resegment = (image, pixel_size) if self._resegment.value and image is not None else None
         self.history = []
         self._run_image = self._image.value if resegment is not None else None
+        self._run_plane = None if self._use_folder.value else self._plane
         self._budget = (time.monotonic(), cfg.time_budget_s)
         return self._runner.start(_train_named, pairs, self._name.value, init=init, config=cfg,
                                   pixel_size=pixel_size, resegment=resegment,
@@ -143,8 +153,10 @@ class TrainWidget(Container):
         text += _kept_summary(result)
         if cells is not None:
             like = self._run_image  # the image layer the run started from, not the one chosen now
+            plane = {"plane": self._run_plane} if self._run_plane else {}
             layer = show_layer(self._viewer, cells, f"cells ({self.saved.stem})", "labels", metadata={
-                "stage": "cells", "model": self.saved.stem, "source": getattr(like, "name", None)}, like=like)
+                "stage": "cells", "model": self.saved.stem, "source": getattr(like, "name", None), **plane},
+                like=like)
             text += f"; {int(cells.max())} cells in layer {layer.name!r}"
         self._runner.status.value = text
         self._init.reset_choices()
