@@ -299,8 +299,9 @@ def test_the_slides_own_pixel_size_is_read_and_nan_between_samples_is_found(tiss
     image, _ = tissue
     fine = tmp_path / "fine.tif"
     tifffile.imwrite(fine, image[:256, :256], imagej=True, resolution=(4.0, 4.0), metadata={"unit": "um"})
-    with pytest.raises(ValueError, match=r"states 0.25 µm per pixel.*rescale"):
-        segment_large(fine, tmp_path / "fine.zarr")
+    for unknown in (None, 0, 0.0):  # 0 means unknown too (the CLI's --pixel-size 0): it was run at 0.5
+        with pytest.raises(ValueError, match=r"states 0.25 µm per pixel.*rescale"):
+            segment_large(fine, tmp_path / "fine.zarr", pixel_size=unknown)
     assert not (tmp_path / "fine.zarr").exists()
     holed = image[:256, :256].astype(np.float32).copy()
     holed[101, 101] = np.nan  # off the sample's grid (stride 16 at 256 sample pixels)

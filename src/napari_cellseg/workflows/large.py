@@ -578,9 +578,14 @@ def iter_segment_large(
     from ..model.store import model_record, resolve_model
     from ..pipeline import image_pixel_size
 
+    from ..core.validate import optional_pixel_size
+
     t0 = time.perf_counter()
     out = Path(out)
     block, halo = int(block), int(halo)
+    # 0 means unknown, as everywhere: the slide's own pixel size is then read and checked
+    # (0 went past that check and ran a 0.25 µm slide at the model's 0.5, areas 4x).
+    pixel_size = optional_pixel_size(pixel_size)
     if block < 64 or block % 32:
         raise ValueError(f"block must be a multiple of 32 and at least 64 px, got {block}")
     if halo < 8:
