@@ -575,10 +575,9 @@ def iter_segment_large(
                            "install them with: pip install 'napari-cellseg[large]'") from err
 
     from ..core.preprocess import REFERENCE_PIXEL_SIZE, scale_factor
+    from ..core.validate import optional_pixel_size
     from ..model.store import model_record, resolve_model
     from ..pipeline import image_pixel_size
-
-    from ..core.validate import optional_pixel_size
 
     t0 = time.perf_counter()
     out = Path(out)
