@@ -90,6 +90,40 @@ def test_an_implausible_plain_resolution_is_ignored_with_a_warning(tmp_path, cap
     assert f"means {um} µm per pixel" in caplog.text and "ignored" in caplog.text
 
 
+@pytest.mark.parametrize(("resolution", "unit", "um"), [
+    (72, "inch", "352.778"),  # what ImageJ stores for a screenshot or a JPEG it opened
+    (2, "cm", "5000"),
+    (1e6, "um", "1e-06"),
+])
+def test_an_implausible_imagej_or_ome_size_is_ignored_with_a_warning(tmp_path, caplog, resolution, unit, um):
+    """Named units were taken as written: 352.778 µm per pixel from ImageJ's 72 pixels per
+    inch, every area_um2 ~10^5 times too large, exit status 0."""
+    path = tmp_path / "ij.tif"
+    tifffile.imwrite(path, SMALL, imagej=True, resolution=(resolution, resolution), metadata={"unit": unit})
+    with caplog.at_level("WARNING"):
+        assert io.read_pixel_size(path) is None
+    assert f"ImageJ metadata states {um} µm per pixel" in caplog.text and "ignored" in caplog.text
+    path = _ome(tmp_path / "far.ome.tif", PhysicalSizeX=25.0, PhysicalSizeY=25.0)
+    assert io.read_pixel_size(path) is None
+    assert "OME metadata states 25 µm per pixel" in caplog.text
+
+
+def test_imagej_plural_units_are_read_and_unknown_ones_said(tmp_path, caplog):
+    path = tmp_path / "ij.tif"
+    for unit, given in (("micrometers", 0.65), ("nanometers", 650), ("microns", 0.65)):
+        tifffile.imwrite(path, SMALL, imagej=True, resolution=(1 / given, 1 / given), metadata={"unit": unit})
+        assert io.read_pixel_size(path) == pytest.approx(0.65), unit
+    tifffile.imwrite(path, SMALL, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "furlong"})
+    with caplog.at_level("WARNING"):
+        assert io.read_pixel_size(path) is None
+    assert "ImageJ unit 'furlong' is not a length" in caplog.text
+    caplog.clear()
+    tifffile.imwrite(path, SMALL, imagej=True, resolution=(1.0, 1.0), metadata={"unit": "pixel"})
+    with caplog.at_level("WARNING"):
+        assert io.read_pixel_size(path) is None
+    assert caplog.text == ""  # uncalibrated: nothing to say
+
+
 def test_png_has_none(tmp_path):
     path = tmp_path / "a.png"
     iio.imwrite(path, SMALL.astype(np.uint8))

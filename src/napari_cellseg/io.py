@@ -55,6 +55,11 @@ UM_PER_UNIT = {
     "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3,
     "nanometre": 1e-3, "pm": 1e-6, "å": 1e-4, "angstrom": 1e-4, "in": 25400.0, "inch": 25400.0,
 }
+# Plurals as ImageJ users type them ("micrometers" was read as no unit, silently).
+UM_PER_UNIT.update({"meters": 1e6, "metres": 1e6, "centimeters": 1e4, "centimetres": 1e4, "millimeters": 1e3,
+                    "millimetres": 1e3, "micrometers": 1.0, "micrometres": 1.0, "nanometers": 1e-3,
+                    "nanometres": 1e-3, "angstroms": 1e-4, "inches": 25400.0})
+NOT_A_LENGTH = ("", "pixel", "pixels", "px")  # ImageJ's "uncalibrated"
 # TIFF ResolutionUnit codes: 2 inch (the TIFF default), 3 centimetre; 4 and 5 (mm, µm) are
 # tifffile's extension. 1 ("none") states an aspect ratio only.
 UM_PER_RESOLUTION_UNIT = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}
@@ -62,11 +67,11 @@ UM_PER_RESOLUTION_UNIT = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}
 # 72 / 96 dpi of screens and image editors. At 72 dpi a pixel would be 353 µm: no microscope
 # image means that, so these say "no pixel size", not a measured one.
 PLACEHOLDER_PPI = (1.0, 72.0, 96.0)
-# A plain TIFF resolution states a pixel size only when it is one a microscope gives: an
-# image editor's 300 dpi reads as 85 µm per pixel, and would make every area_um2 ~10^4 times
-# too large where nothing else checks it (the classic method, a diameter in px). OME and
-# ImageJ metadata name their unit, and are taken as written.
-PLAUSIBLE_TIFF_UM = (0.001, 20.0)
+# Metadata states a pixel size only when it is one a microscope gives: an image editor's
+# 300 dpi reads as 85 µm per pixel, ImageJ's 72 pixels per inch of a screenshot as 353, and
+# would make every area_um2 ~10^4 times too large where nothing else checks it (the classic
+# method, a diameter in px). Outside this range a stated size (any source) is ignored, warned.
+PLAUSIBLE_UM = (0.001, 20.0)
 SQUARE_TOLERANCE = 0.01  # X and Y pixel sizes further apart than this (relative) are refused
 
 
@@ -139,6 +144,9 @@ def _imagej_size(tif) -> tuple[float, float] | None:
     """(X, Y) µm of an ImageJ TIFF: its ``unit``, and X/YResolution as pixels per unit."""
     meta = tif.imagej_metadata if tif.is_imagej else None
     factor = _um_per(meta.get("unit", "")) if meta else None
+    if meta and factor is None and str(meta.get("unit", "")).strip().lower() not in NOT_A_LENGTH:
+        logger.warning("%s: ImageJ unit %r is not a length napari-cellseg knows; its pixel size is "
+                       "ignored: give it if you know it", tif.filename, meta.get("unit"))
     resolution = _resolution(tif)
     if factor is None or resolution is None:
         return None  # uncalibrated ("pixel" or no unit): a plain resolution may still say
@@ -156,7 +164,7 @@ def _resolution_size(tif) -> tuple[float, float] | None:
     if unit == 2 and all(r in PLACEHOLDER_PPI for r in resolution):
         return None
     sizes = tuple(_um_per_pixel(factor, r) for r in resolution)
-    lo, hi = PLAUSIBLE_TIFF_UM
+    lo, hi = PLAUSIBLE_UM
     if any(np.isfinite(v) and not lo <= v <= hi for v in sizes):
         unit_name = {2: "inch", 3: "cm", 4: "mm", 5: "µm"}[unit]
         logger.warning("%s: the TIFF resolution (%.6g pixels per %s) means %.6g µm per pixel, not "
@@ -189,8 +197,8 @@ def read_pixel_size(path: str | Path) -> float | None:
     units, µm by default), ImageJ's ``unit`` with X/YResolution as pixels per unit, plain
     TIFF X/YResolution in pixels per centimetre or inch. PNG, JPEG and BMP files, TIFFs
     without a resolution, with ResolutionUnit "none", with a writer's placeholder (1, 72
-    or 96 pixels per inch) or with a plain resolution outside 0.001-20 µm per pixel (an
-    image editor's 300 dpi) give None. A value that is not a finite number > 0 is ignored
+    or 96 pixels per inch) or stating a size outside 0.001-20 µm per pixel (an image
+    editor's 300 dpi, ImageJ's 72 pixels per inch) give None, the latter warned. A value that is not a finite number > 0 is ignored
     with a logged warning.
 
     Raises
@@ -216,8 +224,15 @@ def read_pixel_size(path: str | Path) -> float | None:
                           ("TIFF resolution", _resolution_size)):
             xy = read(tif)
             size = None if xy is None else _square(path, how, *xy)
-            if size is not None:
-                return size
+            if size is None:
+                continue
+            lo, hi = PLAUSIBLE_UM
+            if not lo <= size <= hi:  # e.g. ImageJ's 72 pixels per inch: 353 µm
+                logger.warning("%s: the %s metadata states %.6g µm per pixel, not a microscope's "
+                               "(%g-%g µm): ignored; give the pixel size if you know it",
+                               path, how, size, lo, hi)
+                continue
+            return size
     return None
 
 
