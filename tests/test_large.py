@@ -309,6 +309,28 @@ def test_the_slides_own_pixel_size_is_read_and_nan_between_samples_is_found(tiss
         run(holed, tmp_path / "nan.zarr", client, block=128, halo=32, sample_pixels=256)
 
 
+def test_an_ome_zarr_slides_pixel_size_is_read_as_a_tiffs(tmp_path):
+    """Only X was read: non-square pixels passed, as would a scale no microscope gives."""
+    import zarr
+
+    from napari_cellseg.workflows.large import _source_pixel_size
+
+    def slide(name, scale, unit="micrometer"):
+        group = zarr.open_group(str(tmp_path / name), mode="w")
+        group.create_array("0", shape=(64, 64), dtype="uint16")
+        group.attrs["multiscales"] = [{"version": "0.4", "axes": [
+            {"name": "y", "type": "space", "unit": unit}, {"name": "x", "type": "space", "unit": unit}],
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}]
+        return ("path", str(tmp_path / name))
+
+    assert _source_pixel_size(slide("a.zarr", [0.5, 0.5])) == 0.5
+    assert _source_pixel_size(slide("nm.zarr", [250.0, 250.0], "nanometer")) == 0.25
+    with pytest.raises(ValueError, match=r"not square: 0\.5 µm in X, 1 µm in Y"):
+        _source_pixel_size(slide("ns.zarr", [1.0, 0.5]))
+    assert _source_pixel_size(slide("px.zarr", [1.0, 1.0], "")) is None  # no unit: pixels
+    assert _source_pixel_size(slide("far.zarr", [353.0, 353.0])) is None  # warned, ignored
+
+
 def test_cluster_failures_and_an_empty_zarr_are_said_in_words(tmp_path, monkeypatch, capsys):
     from distributed.scheduler import KilledWorker
 

@@ -112,7 +112,7 @@ def _source_pixel_size(spec) -> float | None:
     import zarr
 
     from .._reader import _transforms
-    from ..io import _um_per
+    from ..io import PLAUSIBLE_UM, _square, _um_per
 
     try:
         node = zarr.open(str(path), mode="r")
@@ -127,11 +127,18 @@ def _source_pixel_size(spec) -> float | None:
     if not ms:
         return None
     axes = [a for a in ms[0].get("axes", []) if isinstance(a, dict)][-2:]
-    factor = _um_per(axes[-1].get("unit", "")) if axes else None
+    units = [_um_per(a.get("unit", "")) for a in axes]
     scale, _ = _transforms(ms[0]["datasets"][0])
-    if factor is None or not scale:
+    if len(units) != 2 or None in units or not scale or len(scale) < 2:
         return None  # no unit: a scale in pixels says nothing of the optics
-    return scale[-1] * factor
+    # Y and X as a TIFF's are read: non-square pixels refused, a size no microscope gives ignored.
+    size = _square(path, "OME-Zarr", scale[-1] * units[1], scale[-2] * units[0])
+    lo, hi = PLAUSIBLE_UM
+    if size is not None and not lo <= size <= hi:
+        logger.warning("%s: the OME-Zarr scale states %.6g µm per pixel, not a microscope's (%g-%g µm): "
+                       "ignored", path, size, lo, hi)
+        return None
+    return size
 
 
 def _squeeze2d(arr, name: str):
