@@ -101,6 +101,9 @@ def test_pair_stem():
     assert io.pair_stem("x/M1_Position8_CD3_train_masks.png") == "M1_Position8_CD3_train"
     assert io.pair_stem("M1_Position8_CD3_train_img.png") == "M1_Position8_CD3_train"
     assert io.pair_stem("a_labels.tif") == io.pair_stem("a.tiff") == "a"
+    # What segment writes for x_img.png and x.ome.tif pairs with x_masks.tif (it stayed x_img).
+    assert io.pair_stem("001_img_masks.tif") == io.pair_stem("001_masks.tif") == "001"
+    assert io.pair_stem("x.ome.tif") == io.pair_stem("x.ome_masks.tif") == io.pair_stem("x_masks.tif") == "x"
 
 
 def test_noise_sweep_writes_csv_and_png(tmp_path):
@@ -174,6 +177,22 @@ def test_evaluate_json_has_map(tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["mAP"] == pytest.approx(0.5)
     assert result["unpaired_gt"] == ["lonely"]
+
+
+def test_evaluate_pairs_segments_outputs_and_refuses_two_files_of_one_name(tmp_path, capsys):
+    gt, pred, a = evaluate_folders(tmp_path)
+    io.write_labels(gt / "001_masks.tif", a)  # Cellpose-style truth for 001_img.png
+    io.write_labels(pred / "001_img_masks.tif", a)  # what segment writes for it
+    assert run_cli("evaluate", "--gt", gt, "--pred", pred) == 0
+    assert "mAP 1.000" in capsys.readouterr().out
+    io.write_labels(gt / "001_labels.png", a)  # a second truth of one name: which one is scored?
+    assert run_cli("evaluate", "--gt", gt, "--pred", pred) == 2
+    assert "001_labels.png and 001_masks.tif" in capsys.readouterr().err
+    (gt / "001_labels.png").unlink()
+    (pred / "001_img_masks.tif").rename(pred / "other_masks.tif")
+    assert run_cli("evaluate", "--gt", gt, "--pred", pred) == 2
+    err = capsys.readouterr().err
+    assert "no ground-truth / prediction pairs" in err and "(001_masks.tif)" in err and "(other_masks.tif)" in err
 
 
 def test_evaluate_ignores_raw_images_beside_masks(tmp_path, capsys):

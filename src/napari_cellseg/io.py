@@ -11,7 +11,6 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 LABEL_TAGS = ("_masks", "_mask", "_labels")  # a file name ending so (before the extension) holds labels
-LABEL_SUFFIXES = (*LABEL_TAGS, "_img")  # removed to pair an image with its labels
 
 
 def _check_file(path: Path) -> None:
@@ -458,16 +457,38 @@ def write_labels(path: str | Path, labels: np.ndarray, overwrite: bool = False) 
 
 
 def pair_stem(path: str | Path) -> str:
-    """File name without extension and without a trailing _masks/_mask/_labels/_img."""
+    """File name without extension (``.ome.tif`` as one), without a trailing
+    _masks/_mask/_labels, then without a trailing _img: ``x_img_masks.tif`` (what
+    ``segment`` writes for ``x_img.png``), ``x_masks.tif`` and ``x.ome.tif`` all pair as x."""
     stem = Path(path).name
     for suffix in IMAGE_SUFFIXES:
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break
-    for tail in LABEL_SUFFIXES:
+    stem = _drop_ome(stem)
+    for tail in LABEL_TAGS:
         if stem.endswith(tail):
-            return stem[: -len(tail)]
-    return stem
+            stem = stem[: -len(tail)]
+            break
+    stem = stem[: -len("_img")] if stem.endswith("_img") else stem
+    return _drop_ome(stem)  # x.ome_masks.tif, what segment writes for x.ome.tif
+
+
+def _drop_ome(stem: str) -> str:
+    return stem[: -len(".ome")] if stem.lower().endswith(".ome") else stem
+
+
+def files_by_stem(files) -> dict[str, Path]:
+    """``{pair_stem: path}``; two files of one stem (``x_masks.tif`` and ``x_labels.png``)
+    are an error naming both, not one of them dropped unsaid."""
+    out: dict[str, Path] = {}
+    for path in files:
+        stem = pair_stem(path)
+        if stem in out:
+            raise ValueError(f"{out[stem].name} and {Path(path).name} in {Path(path).parent} both pair as "
+                             f"{stem!r}: keep one of them there")
+        out[stem] = Path(path)
+    return out
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -484,14 +505,12 @@ def load_pairs(
     """Image / mask pairs from two folders, matched by name (``x_img.png`` with
     ``x_masks.png``, ``x.tif`` with ``x_labels.tif`` ...): ``(stem, image, labels)``
     sorted by stem. A file without a partner is an error that names it."""
-    img_files = {pair_stem(p): p for p in list_images(images)}
-    mask_files = {pair_stem(p): p for p in list_images(masks)}
     if Path(images).resolve() == Path(masks).resolve():
         # One folder holding both: images are the files that are not masks.
-        img_files = {pair_stem(p): p for p in list_images(images)
-                     if not p.stem.endswith(LABEL_TAGS)}
-        mask_files = {pair_stem(p): p for p in list_images(masks)
-                      if p.stem.endswith(LABEL_TAGS)}
+        img_files = files_by_stem(p for p in list_images(images) if not p.stem.endswith(LABEL_TAGS))
+        mask_files = files_by_stem(p for p in list_images(masks) if p.stem.endswith(LABEL_TAGS))
+    else:
+        img_files, mask_files = files_by_stem(list_images(images)), files_by_stem(list_images(masks))
     missing = sorted(set(img_files) ^ set(mask_files))
     if missing:
         raise ValueError(f"images and masks do not pair up; without a partner: {missing}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..core.metrics import Evaluation, evaluate, mean_scores
-from ..io import LABEL_TAGS, list_images, pair_stem, read_labels
+from ..io import LABEL_TAGS, files_by_stem, list_images, pair_stem, read_labels
 from ..progress import Progress, drain
 
 # The columns printed; the table itself holds every scalar score of each image.
@@ -65,11 +65,16 @@ def iter_evaluate_folders(
     ValueError
         No pair at all, or a pair whose shapes differ (naming both files).
     """
-    gt_files = {pair_stem(p): p for p in label_files(gt)}
-    pred_files = {pair_stem(p): p for p in label_files(pred)}
+    gt_files, pred_files = files_by_stem(label_files(gt)), files_by_stem(label_files(pred))
     common = sorted(set(gt_files) & set(pred_files))
     if not common:
-        raise ValueError(f"no ground-truth / prediction pairs between {gt} and {pred}")
+        def names(files: dict) -> str:
+            listed = ", ".join(sorted(p.name for p in files.values())[:5])
+            return f"{listed}{', ...' if len(files) > 5 else ''}" if files else "no label files"
+
+        raise ValueError(f"no ground-truth / prediction pairs between {gt} ({names(gt_files)}) and {pred} "
+                         f"({names(pred_files)}): files pair by name once the extension and a trailing "
+                         "_masks / _mask / _labels, then _img, are removed")
     report = FolderEvaluation(
         iou, min_size, {},
         unpaired_gt=[gt_files[s] for s in sorted(set(gt_files) - set(pred_files))],
