@@ -106,6 +106,28 @@ def test_pair_stem():
     assert io.pair_stem("x.ome.tif") == io.pair_stem("x.ome_masks.tif") == io.pair_stem("x_masks.tif") == "x"
 
 
+def test_channels_stored_first_or_with_alpha_are_channels_not_planes(tmp_path):
+    """A planar RGB TIFF (3, M, N), an ImageJ composite CYX and a grey PNG with alpha were
+    read as stacks of 2-3 planes ("split the stack"), and --channel said "one channel"."""
+    import imageio.v3 as iio
+
+    cell = np.zeros((32, 32), np.float32)
+    cell[8:20, 8:20] = 1.0
+    tifffile.imwrite(tmp_path / "planar.tif", np.stack([cell * 0, cell, cell * 0]), photometric="rgb",
+                     planarconfig="separate")
+    np.testing.assert_array_equal(io.read_image(tmp_path / "planar.tif"), cell)  # the live channel
+    tifffile.imwrite(tmp_path / "composite.tif", np.stack([cell * 0, cell * 5]), imagej=True,
+                     metadata={"axes": "CYX"})
+    np.testing.assert_array_equal(io.read_image(tmp_path / "composite.tif"), cell * 5)
+    assert io.read_image(tmp_path / "composite.tif", channel=0).max() == 0
+    grey_alpha = np.stack([(cell * 200).astype(np.uint8), np.full((32, 32), 255, np.uint8)], axis=-1)
+    iio.imwrite(tmp_path / "la.png", grey_alpha)
+    np.testing.assert_array_equal(io.read_image(tmp_path / "la.png"), cell * 200)
+    # A z-stack stays a stack.
+    tifffile.imwrite(tmp_path / "z.tif", np.stack([cell] * 3), imagej=True, metadata={"axes": "ZYX"})
+    assert io.read_image(tmp_path / "z.tif").shape == (3, 32, 32)
+
+
 def test_noise_sweep_writes_csv_and_png(tmp_path):
     assert run_cli("noise-sweep", "--out", tmp_path, "--n", "4") == 0
     df = pd.read_csv(tmp_path / "noise_sweep.csv")

@@ -32,16 +32,31 @@ def _unreadable(path: Path, err: Exception) -> ValueError:
 
 
 def _read_raw(path: Path) -> np.ndarray:
+    return _read_with_axes(path)[0]
+
+
+def _read_with_axes(path: Path) -> tuple[np.ndarray, bool]:
+    """The file's pixels, and whether their last axis holds colour channels that a TIFF
+    stored first (planar RGB, an ImageJ composite CYX: moved last here, where they were
+    taken for a stack of 2-4 planes)."""
     _check_file(path)
     suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            return np.asarray(tifffile.imread(path))
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                array, axes = np.asarray(series.asarray()), series.axes
+            if len(axes) == array.ndim:
+                kept = [(a, i) for i, (a, n) in enumerate(zip(axes, array.shape, strict=True)) if n > 1]
+                names = "".join(a for a, _ in kept)
+                if len(names) == 3 and names[1:] == "YX" and names[0] in "CS" and 2 <= array.shape[kept[0][1]] <= 4:
+                    return np.moveaxis(array.squeeze(), 0, -1), True
+            return array, False
         import imageio.v3 as iio
 
-        return np.asarray(iio.imread(path))
+        return np.asarray(iio.imread(path)), False
     except Exception as err:
         raise _unreadable(path, err) from err
 
@@ -269,13 +284,14 @@ def select_channel(array: np.ndarray, channel: int | None = None,
         if not 0 <= channel < n:
             raise ValueError(f"channel {channel} out of range for an image with {n} channels")
         return array[..., channel], channel
-    colour = array[..., :3].reshape(-1, 3).astype(np.float64)
+    colours = min(n, 3)  # RGBA's alpha is not a colour; 2 channels (a composite) are both
+    colour = array[..., :colours].reshape(-1, colours).astype(np.float64)
     spread = colour.std(axis=0)
     chosen = int(np.argmax(spread))
     if np.count_nonzero(spread > 0.05 * spread.max()) > 1:
         # Several live channels: a true colour image; its luminance-like mean is fairest.
         logger.info("RGB image with several live channels: using their mean")
-        return array[..., :3].mean(axis=-1), None
+        return array[..., :colours].mean(axis=-1), None
     return array[..., chosen], chosen
 
 
@@ -293,11 +309,19 @@ def read_image(path: str | Path, channel: int | None = None) -> np.ndarray:
         The file is not a readable image, or its shape is not 2-D / RGB / a stack.
     """
     path = Path(path)
-    array = _read_raw(path)
+    array, channels_last = _read_with_axes(path)
     array = _drop_singletons(array)
-    single, used = select_channel(array, channel)
+    if not channels_last and array.ndim == 3 and array.shape[-1] == 2 and path.suffix.lower() not in (".tif", ".tiff"):
+        # A grey PNG with alpha (LA): the grey, not a stack of M planes of N x 2.
+        if channel is None:
+            logger.info("%s: grey with alpha: using the grey", path.name)
+            array = array[..., 0]
+        else:
+            channels_last = True
+    single, used = select_channel(array, channel, rgb=True if channels_last else None)
     if used is not None:
-        logger.info("%s: RGB image, using channel %d (%s)", path.name, used, "RGBA"[used])
+        name = "RGBA"[used] if array.shape[-1] > 2 else str(used)
+        logger.info("%s: %d channels, using channel %d (%s)", path.name, array.shape[-1], used, name)
     if single.ndim not in (2, 3):
         raise ValueError(f"{path}: expected a 2-D image, an RGB image or a stack, "
                          f"got shape {array.shape}")
