@@ -128,6 +128,23 @@ def test_channels_stored_first_or_with_alpha_are_channels_not_planes(tmp_path):
     assert io.read_image(tmp_path / "z.tif").shape == (3, 32, 32)
 
 
+def test_an_option_of_the_other_method_is_refused_not_ignored(lesson_tif, tmp_path, capsys):
+    """--method classic --sensitivity 80 ran the classic method and ignored the sensitivity."""
+    out = tmp_path / "o"
+    assert run_cli("segment", lesson_tif, "--out", out, "--method", "classic", "--sensitivity", "80") == 2
+    assert "--sensitivity goes with --method unet, not classic" in capsys.readouterr().err
+    assert run_cli("segment", lesson_tif, "--out", out, "--sigma", "5", "--split", "distance") == 2
+    assert "--sigma, --split go with --method classic, not unet" in capsys.readouterr().err
+    assert run_cli("segment", lesson_tif, "--out", out, "--method", "classic", "--min-size", "-5") == 2
+    assert "--min-size must be >= 0" in capsys.readouterr().err
+    assert not out.exists()  # refused before any work
+    gt, pred, a = evaluate_folders(tmp_path)
+    io.write_labels(gt / "x_masks.tif", a)
+    io.write_labels(pred / "x_masks.tif", a)
+    assert run_cli("evaluate", "--gt", gt, "--pred", pred, "--min-size", "-3") == 2
+    assert "min_size must be >= 0 pixels, got -3" in capsys.readouterr().err
+
+
 def test_noise_sweep_writes_csv_and_png(tmp_path):
     assert run_cli("noise-sweep", "--out", tmp_path, "--n", "4") == 0
     df = pd.read_csv(tmp_path / "noise_sweep.csv")

@@ -65,13 +65,15 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cell-threshold", type=float, default=None,
                    help="cell probability above which a pixel can be a cell (default 0.4)")
     g = p.add_argument_group("classic method")
-    g.add_argument("--sigma", type=float, default=classic.SMOOTH_SIGMA)
-    g.add_argument("--threshold", type=float, default=classic.THRESHOLD)
-    g.add_argument("--min-size", type=int, default=classic.MIN_CELL_SIZE)
-    g.add_argument("--threshold-method", choices=classic.THRESHOLD_METHODS, default="global")
+    # Defaults None, filled in _segment: an option of the other method is then refused, not ignored.
+    g.add_argument("--sigma", type=float, default=None, help=f"smoothing, px (default {classic.SMOOTH_SIGMA})")
+    g.add_argument("--threshold", type=float, default=None, help=f"0-1 scale (default {classic.THRESHOLD})")
+    g.add_argument("--min-size", type=int, default=None, help=f"px (default {classic.MIN_CELL_SIZE})")
+    g.add_argument("--threshold-method", choices=classic.THRESHOLD_METHODS, default=None,
+                   help="default global")
     g.add_argument("--split", choices=classic.SPLIT_METHODS, default=None,
                    help="split touching cells (intensity or distance watershed)")
-    g.add_argument("--normalize", choices=classic.NORMALIZE_MODES, default="auto",
+    g.add_argument("--normalize", choices=classic.NORMALIZE_MODES, default=None,
                    help="thresholds are on a 0-1 scale; auto: percentile-normalise integer (camera) "
                         "images and float images far off 0-1, use 0-1 float images as they are")
 
@@ -85,6 +87,17 @@ def _segment(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    # An option of the other method is refused, not ignored.
+    unet_only = {"--model": args.model, "--sensitivity": args.sensitivity, "--seed-split": args.seed_split,
+                 "--h-probability": args.h_probability, "--h": args.h, "--cell-threshold": args.cell_threshold}
+    classic_only = {"--sigma": args.sigma, "--threshold": args.threshold, "--min-size": args.min_size,
+                    "--threshold-method": args.threshold_method, "--split": args.split,
+                    "--normalize": args.normalize}
+    other = classic_only if args.method == "unet" else unet_only
+    given = [name for name, value in other.items() if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} {'goes' if len(given) == 1 else 'go'} with --method "
+                         f"{'classic' if args.method == 'unet' else 'unet'}, not {args.method}")
     if args.zarr is not None:
         if args.images:
             raise ValueError("give either images or --zarr SLIDE, not both")
@@ -121,8 +134,15 @@ def _segment(args: argparse.Namespace) -> int:
         raise ValueError(f"--pixel-size {args.pixel_size} needs the unet method (the classic one has "
                          "no model to size cells against)")
     if args.method == "classic":
-        params = {"sigma": args.sigma, "threshold": args.threshold, "min_size": args.min_size,
-                  "method": args.threshold_method, "split": args.split, "normalize": args.normalize}
+        from .core import classic
+
+        params = {"sigma": classic.SMOOTH_SIGMA if args.sigma is None else args.sigma,
+                  "threshold": classic.THRESHOLD if args.threshold is None else args.threshold,
+                  "min_size": classic.MIN_CELL_SIZE if args.min_size is None else args.min_size,
+                  "method": args.threshold_method or "global", "split": args.split,
+                  "normalize": args.normalize or "auto"}
+        if params["sigma"] < 0 or params["min_size"] < 0:
+            raise ValueError(f"--sigma and --min-size must be >= 0, got {params['sigma']} and {params['min_size']}")
     else:
         from .model.inference import choose_device
 

@@ -242,6 +242,8 @@ def evaluate(
     """
     if not 0 < iou <= 1:
         raise ValueError(f"iou must be in (0, 1], got {iou}")
+    if not min_size >= 0:
+        raise ValueError(f"min_size must be >= 0 pixels, got {min_size}")
     gt, pred = _check_pair(gt, pred)
     g, g_ids, g_area = compact(gt, min_size, dtype=np.int64)
     p, p_ids, p_area = compact(pred, min_size, dtype=np.int64)
