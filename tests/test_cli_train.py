@@ -63,6 +63,14 @@ def test_train_resume_and_fine_tune(pairs, tmp_path, capsys):
     assert ("best epoch by validation" in text) == beaten
     # No silent overwrite.
     assert cli.main(["train", *map(str, common), "--out", str(out), "--epochs", "1"]) == 2
+    # Nor of an earlier run's best epoch or checkpoint, which a new run deleted unsaid.
+    out.unlink()
+    kept = out.with_name("m.best.safetensors")
+    kept.write_bytes(b"an earlier run's best epoch")
+    capsys.readouterr()
+    assert cli.main(["train", *map(str, common), "--out", str(out), "--epochs", "1"]) == 2
+    assert "pass --resume to continue it, or --overwrite" in capsys.readouterr().err
+    assert kept.read_bytes() == b"an earlier run's best epoch" and not out.exists()
     # A malformed zoom range is named, not a traceback.
     assert cli.main(["train", *map(str, common), "--out", str(tmp_path / "z"), "--scale-jitter", "2"]) == 2
     assert "--scale-jitter must be LO,HI" in capsys.readouterr().err

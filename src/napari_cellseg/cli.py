@@ -325,9 +325,15 @@ def _train(args: argparse.Namespace) -> int:
     from .progress import drain
     from .workflows.training import iter_train, model_paths
 
-    out = model_paths(args.out)[0]
+    out, best, ckpt = model_paths(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    # A new run (not --resume) starts its best epoch and checkpoint afresh: an earlier run's
+    # are replaced only when asked (the best epoch was deleted unsaid).
+    earlier = [str(f) for f in (best, ckpt) if f.exists()] if not args.resume else []
+    if earlier and not args.overwrite:
+        raise FileExistsError(f"an earlier run's {' and '.join(earlier)} exist: pass --resume to continue "
+                              "it, or --overwrite to start again and replace them")
     if not 0 <= args.val_fraction < 1:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     val_band = _band(args.val_band) if args.val_band else None
