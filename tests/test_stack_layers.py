@@ -120,3 +120,31 @@ def test_a_stack_that_opens_blank_is_estimated_from_its_first_plane_with_cells()
     assert [p.pixel_size for p in preds] == [alone.pixel_size] * 2
     np.testing.assert_array_equal(preds[1].segment(), alone.segment())
     assert preds[0].segment().max() == 0
+
+
+def test_compare_scores_a_stack_plane_by_plane(make_napari_viewer):
+    """Stacks of labels were refused ("must be a 2-D label image")."""
+    from napari_cellseg._widgets.compare import CompareWidget
+
+    viewer = make_napari_viewer()
+    truth = np.zeros((3, 40, 40), np.int32)
+    truth[:, 5:15, 5:15], truth[:, 22:34, 20:32] = 1, 2
+    found = truth.copy()
+    found[2, 22:34, 20:32] = 0  # plane 2 misses one cell
+    gt = viewer.add_labels(truth, name="ground truth")
+    pred = viewer.add_labels(found, name="cells")
+    compare = CompareWidget(viewer)
+    compare._gt.value, compare._pred.value = gt, pred
+    viewer.dims.set_current_step(0, 1)
+    assert compare.run().ap == 1.0 and compare._summary.value.startswith("plane 1: AP 1.000")
+    viewer.dims.set_current_step(0, 2)
+    assert compare.run().ap == 0.5 and compare._summary.value.startswith("plane 2: AP 0.500  (TP 1, FP 0, FN 1)")
+    # A 2-D result cut from plane 2 is scored against that plane, whatever is in view.
+    cut = viewer.add_labels(found[2], name="classic cells", metadata={"plane": [2]})
+    compare.reset_choices()
+    compare._pred.value = cut
+    viewer.dims.set_current_step(0, 0)
+    assert compare.run().ap == 0.5
+    cut.metadata["plane"] = [7]
+    with pytest.raises(ValueError, match=r"'ground truth' has planes \[3\]: it has no plane \[7\]"):
+        compare.run()

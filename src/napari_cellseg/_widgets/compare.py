@@ -16,7 +16,7 @@ from magicgui.widgets import (
 
 from ..core.metrics import Evaluation, evaluate
 from ._inputs import COMPARE_LAYERS, LayerDefaults, looks_like_truth, result_layers
-from ._layers import layer_array, placement, show_layer
+from ._layers import layer_array, placement, show_layer, view_plane
 from ._runner import reports_errors, status_label
 
 if TYPE_CHECKING:
@@ -89,12 +89,21 @@ class CompareWidget(Container):
                              "it would score 1.000 against itself; choose the layer to score "
                              "as the prediction")
         gt, pred = layer_array(gt_layer), layer_array(pred_layer)
+        # A stack is scored one plane at a time: the one a 2-D result was cut from (its
+        # "plane"), else the one in view.
+        recorded = next((layer.metadata.get("plane") for layer, data in ((pred_layer, pred), (gt_layer, gt))
+                         if data.ndim == 2 and layer.metadata.get("plane")), None)
+        plane = None
+        if gt.ndim > 2 or pred.ndim > 2:
+            plane = recorded or view_plane(pred_layer if pred.ndim > 2 else gt_layer, self._viewer)
+            gt, pred = (_plane_of(data, layer, plane) for data, layer in ((gt, gt_layer), (pred, pred_layer)))
         if gt.shape != pred.shape:
             raise ValueError(f"ground truth {gt_layer.name!r} has shape {gt.shape}, prediction "
                              f"{pred_layer.name!r} has shape {pred.shape}")
         r = evaluate(gt, pred, iou=float(self._iou.value), min_size=int(self._min_size.value))
         self.result = r
         self._summary.value = (
+            (f"plane {', '.join(map(str, plane))}: " if plane else "") +
             f"AP {r.ap:.3f}  (TP {r.tp}, FP {r.fp}, FN {r.fn})\n"
             f"precision {r.precision:.3f}  recall {r.recall:.3f}\n"
             f"ARI {r.ari:.3f}  SM {r.sm:.3f}  Dice {r.dice:.3f}  AP50:95 {r.ap_50_95:.3f}")
@@ -104,7 +113,7 @@ class CompareWidget(Container):
             "FN": np.where(np.isin(gt, r.fn_ids), gt, 0),
         }
         meta = {"stage": "compare", "ground_truth": gt_layer.name, "prediction": pred_layer.name,
-                "iou": r.iou_threshold, "ap": r.ap}
+                "iou": r.iou_threshold, "ap": r.ap, **({"plane": plane} if plane else {})}
         for layer in {gt_layer.name: gt_layer, pred_layer.name: pred_layer}.values():
             layer.opacity = min(layer.opacity, DIMMED_OPACITY)
         for key, data in parts.items():
@@ -172,3 +181,13 @@ class CompareWidget(Container):
         camera = scene.camera if scene is not None and hasattr(scene, "camera") else self._viewer.camera
         camera.center = (y, x)
         camera.zoom = max(camera.zoom, 4.0)
+
+
+def _plane_of(data: np.ndarray, layer, plane: list[int] | None) -> np.ndarray:
+    """``data`` itself when 2-D, else its ``plane`` (said in words when it has no such plane)."""
+    if data.ndim == 2 or plane is None:
+        return data
+    lead = data.shape[:-2]
+    if len(plane) != len(lead) or not all(0 <= i < n for i, n in zip(plane, lead, strict=True)):
+        raise ValueError(f"{layer.name!r} has planes {list(lead)}: it has no plane {list(plane)} to score")
+    return data[tuple(plane)]
