@@ -707,6 +707,73 @@ def test_stage_widgets_opened_before_predict_follow_it(make_napari_viewer, qtbot
                     timeout=WAIT_MS)
 
 
+def test_a_runtime_error_in_a_worker_is_shown_and_ends_the_run(qtbot):
+    """superqt took a generator's RuntimeError (CUDA out of memory, no such device) for a
+    deleted worker: no error, no finished, Run disabled and 'running' for ever."""
+    from napari_cellseg._widgets._runner import Runner
+    from napari_cellseg.progress import Progress
+
+    def fails():
+        yield Progress(0, 2, "steps")
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    runner = Runner("Run", "Prediction")
+    runner.start(fails, on_done=lambda _: None)
+    qtbot.waitUntil(lambda: runner.worker is None, timeout=10_000)
+    assert runner.status.value == "Prediction failed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert runner.run_button.enabled and not runner.cancel_button.enabled
+
+
+def test_cancel_stops_a_run_still_waiting_for_a_thread(qtbot):
+    """A worker queued behind others (one thread per core) was not 'running': Cancel did
+    nothing and the run went to its end later."""
+    from napari_cellseg._widgets._runner import Runner
+    from napari_cellseg.progress import Progress
+
+    steps = []
+
+    def work():
+        for i in range(3):
+            steps.append(i)
+            yield Progress(i, 3, "steps")
+        return "done"
+
+    done = []
+    runner = Runner("Run", "Train")
+    runner.start(work, on_done=done.append)
+    runner.cancel()  # before any thread has picked it up
+    qtbot.waitUntil(lambda: runner.worker is None, timeout=10_000)
+    assert done == [] and steps == [] and runner.status.value == "Train: cancelled"
+
+
+def test_a_dock_removed_mid_run_cancels_it(qtbot):
+    """napari's remove_dock_widget only takes the widget out of its dock (setParent(None));
+    the worker holds it alive, so 'destroyed' never fired and the run went on."""
+    import time
+
+    from magicgui.widgets import Container
+    from qtpy.QtWidgets import QWidget
+
+    from napari_cellseg._widgets._runner import Runner
+    from napari_cellseg.progress import Progress
+
+    def slow():
+        for i in range(2000):
+            time.sleep(0.01)
+            yield Progress(i, 2000, "steps")
+        return "finished"
+
+    dock = QWidget()
+    runner = Runner("Run", "Slow")
+    container = Container(widgets=runner.widgets)
+    container.native.setParent(dock)
+    done = []
+    runner.start(slow, on_done=done.append)
+    container.native.setParent(None)  # what remove_dock_widget does
+    qtbot.waitUntil(lambda: runner.worker is None, timeout=10_000)
+    assert runner._closed and done == []
+
+
 def test_a_closed_widget_cancels_its_run_and_shows_nothing(qtbot):
     import time
 

@@ -71,6 +71,38 @@ def status_label() -> Label:
     return label
 
 
+class WorkerFailed(Exception):
+    """A RuntimeError raised in a worker, carried out as another type: superqt takes a
+    generator's RuntimeError for a deleted worker and ends the run with neither
+    ``errored`` nor ``finished`` (the widget stuck at "running", no error shown): CUDA
+    out of memory, a device that is not there, a missing optional package."""
+
+    def __init__(self, original: RuntimeError):
+        super().__init__(str(original))
+        self.original = original
+
+
+def _watch_detach(widget, callback: Callable[[], None]):
+    """Call ``callback`` when ``widget`` or an ancestor of it is taken out of its parent:
+    napari's ``remove_dock_widget`` does ``setParent(None)`` on the dock's widget, which
+    lives on (held by its running worker), so ``destroyed`` never fires. Returns the
+    filter (keep a reference)."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class Detached(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Type.ParentChange and obj.parent() is None:
+                callback()
+            return False
+
+    detached = Detached()
+    w = widget.parentWidget()
+    while w is not None:
+        w.installEventFilter(detached)
+        w = w.parentWidget()
+    return detached
+
+
 class Runner:
     """Run a progress generator in a napari ``thread_worker``; the viewer stays live.
 
@@ -88,6 +120,7 @@ class Runner:
         self.worker = None
         self._gen = None
         self._closed = False
+        self._detach_filter = None
         self.cancel_button.changed.connect(self.cancel)
         # The widget closed (its dock removed): its run is cancelled and shows nothing more.
         self.run_button.native.destroyed.connect(self.close)
@@ -112,7 +145,9 @@ class Runner:
 
     @property
     def running(self) -> bool:
-        return self.worker is not None and self.worker.is_running
+        """A run was started and has not finished: also while its worker still waits for
+        a thread (the pool has one per core), when Cancel must stop it all the same."""
+        return self.worker is not None
 
     def start(self, generator: Callable[..., Generator], *args, on_done: Callable,
               on_yield: Callable | None = None, **kwargs):
@@ -123,7 +158,10 @@ class Runner:
         gen = generator(*args, **kwargs)
 
         def run():  # the generator is ours, so that Cancel can close it (see _on_finished)
-            return (yield from gen)
+            try:
+                return (yield from gen)
+            except RuntimeError as err:
+                raise WorkerFailed(err) from err
 
         # Errors go to _on_error (a notification), not re-raised into the event loop.
         worker = create_worker(run, _start_thread=False, _ignore_errors=True)
@@ -140,6 +178,8 @@ class Runner:
         self.progress.visible = True
         self.progress.value = 0
         self.status.value = f"{self.title}: starting…"
+        if self._detach_filter is None:  # by now the widget sits in its dock
+            self._detach_filter = _watch_detach(self.run_button.native, self.close)
         worker.start()
         return worker
 
@@ -158,6 +198,7 @@ class Runner:
         self.status.value = f"{self.title}: {text}"
 
     def _on_error(self, err: Exception) -> None:
+        err = err.original if isinstance(err, WorkerFailed) else err
         if self._closed:  # no status line left to write to: logged, never swallowed
             logger.error("%s", error_text(self.title, err), exc_info=err)
             return
