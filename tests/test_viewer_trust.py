@@ -249,6 +249,15 @@ def test_compare_and_export_default_to_the_cells_layer(make_napari_viewer):
     compare._pred.value = other  # the user's choice stays when layers come and go
     viewer.add_labels(np.ones((16, 16), np.int32), name="cells 2")
     assert compare._pred.value is other and compare._gt.value is truth
+    # The layer the user chose is deleted: Export fell to the first one left (the ground
+    # truth) and stayed there; now the defaults apply again, a new cells layer included.
+    export._labels.value = other
+    viewer.layers.remove(other)
+    viewer.layers.remove(cells)
+    viewer.layers.remove("cells 2")
+    assert compare._gt.value is truth
+    new_cells = viewer.add_labels(np.ones((16, 16), np.int32), name="cells")
+    assert export._labels.value is new_cells and compare._pred.value is new_cells
     train = TrainWidget(viewer)
     assert train._init.value == DEFAULT_MODEL  # fine-tunes the shipped model
     # The model lists say which built-in model is for which image.

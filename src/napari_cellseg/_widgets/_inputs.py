@@ -90,9 +90,15 @@ class LayerDefaults:
     def run(self, action) -> None:
         """Run ``action`` (e.g. the container's reset_choices) without counting its value
         changes as the user's choice, then pick the defaults."""
+        before = {key: combo.value for key, combo in self._combos.items()}
         self._picking = True
         try:
             action()
+            for key, combo in self._combos.items():
+                # The layer the user chose is gone (magicgui moved to the first one left,
+                # e.g. the ground truth): the defaults apply again, a new cells layer included.
+                if before[key] is not None and not any(c is before[key] for c in combo.choices):
+                    self.user_chose.discard(key)
             self._rule(self.user_chose)
         finally:
             self._picking = False
