@@ -363,3 +363,16 @@ def test_stage_caches_keep_the_last_few_entries():
     first = stage.segment(seeds, SegmentParams(cell_threshold=0.05))  # evicted: rebuilt, the same
     fresh = cells_mod.CellStage(prob, prob, Grid(0.5, 7.5))
     assert np.array_equal(first, fresh.segment(seeds, SegmentParams(cell_threshold=0.05)))
+
+
+def test_a_flat_landscape_is_one_basin():
+    """skimage's watershed labels nothing on a constant image (no regional minimum), and
+    seeds in it crashed the segmentation (a collapsed model's map, scored in training)."""
+    from napari_cellseg.core.cells import BasinGraph
+
+    graph = BasinGraph(np.full((20, 20), 0.7, np.float32))
+    assert graph.n_basins == 1
+    seeds = np.zeros((20, 20), np.int32)
+    seeds[5, 5], seeds[15, 15] = 1, 2
+    out = graph.segment(seeds, np.ones((20, 20), bool))
+    assert set(np.unique(out)) == {1, 2} and out[5, 5] == 1 and out[15, 15] == 2

@@ -131,7 +131,12 @@ class BasinGraph:
         # through a thin background line (restricting basins to likely-cell pixels cost
         # 2 points of validation mAP).
         self.basins = watershed(flood).astype(np.int64)  # 1..B, one per regional minimum
-        self.n_basins = int(self.basins.max())
+        if self.basins.max(initial=0) == 0:
+            # A flat landscape has no regional minimum, and skimage labels nothing: it is
+            # one basin (seeds in it crashed the segmentation, e.g. a collapsed model's
+            # constant map when scored during training).
+            self.basins = np.ones(self.landscape.shape, dtype=np.int64)
+        self.n_basins = int(self.basins.max(initial=0))
         src, dst, passes = basin_adjacency(self.basins, flood)
         self.rag = hg.UndirectedGraph(self.n_basins)
         self.rag.add_edges(src - 1, dst - 1)
