@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from napari_cellseg import cli
 from napari_cellseg.core import synthetic as syn
@@ -159,3 +160,42 @@ def test_a_new_network_from_the_cli_is_the_default_models():
     args = cli.build_parser().parse_args(["train", "--images", "a", "--masks", "a", "--out", "m"])
     assert tuple(int(c) for c in args.channels.split(",")) == LIGHT_CHANNELS
     assert load_model()[1].config.channels == LIGHT_CHANNELS
+
+
+def test_training_takes_the_pixel_size_its_files_state_and_repeats_from_scratch(pairs, tmp_path, capsys):
+    """Calibrated training images were trained at 0.5 µm whatever they stated (0.25
+    here), so the model halved every calibrated image it met afterwards; and a model from
+    scratch got other weights on every run with the same seed."""
+    from napari_cellseg.model.store import load_model
+
+    calibrated = tmp_path / "cal"
+    calibrated.mkdir()
+    for image in sorted(pairs.glob("img?.tif")):
+        tifffile.imwrite(calibrated / image.name, tifffile.imread(image), imagej=True,
+                         resolution=(4.0, 4.0), metadata={"unit": "um"})  # 0.25 µm per pixel
+        (calibrated / image.name.replace(".tif", "_masks.tif")).write_bytes(
+            (pairs / image.name.replace(".tif", "_masks.tif")).read_bytes())
+    common = ["--images", str(calibrated), "--masks", str(calibrated), "--patch", "48", "--batch", "2",
+              "--steps-per-epoch", "1", "--channels", "4,8,16", "--synthetic", "0", "--epochs", "1"]
+    assert cli.main(["train", *common, "--out", str(tmp_path / "a")]) == 0
+    assert "pixel size 0.25 µm, from the images' metadata" in capsys.readouterr().out
+    a = load_model(tmp_path / "a.safetensors")
+    assert a[1].pixel_size == 0.25
+    assert cli.main(["train", *common, "--out", str(tmp_path / "b")]) == 0
+    b = load_model(tmp_path / "b.safetensors")
+    for (name, wa), wb in zip(a[0].state_dict().items(), b[0].state_dict().values(), strict=True):
+        assert torch.equal(wa, wb), name
+    # Sizes that disagree are refused in words, before any training.
+    tifffile.imwrite(calibrated / "img1.tif", tifffile.imread(pairs / "img1.tif"), imagej=True,
+                     resolution=(2.0, 2.0), metadata={"unit": "um"})
+    assert cli.main(["train", *common, "--out", str(tmp_path / "c")]) == 2
+    assert "state different pixel sizes (img0: 0.25 µm, img1: 0.5 µm)" in capsys.readouterr().err
+    assert cli.main(["train", *common, "--out", str(tmp_path / "c"), "--pixel-size", "0.3"]) == 0
+
+
+def test_the_user_model_folder_is_expanded(monkeypatch, tmp_path):
+    from napari_cellseg.model.registry import user_model_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NAPARI_CELLSEG_MODELS", "~/models")
+    assert user_model_dir() == tmp_path / "models"

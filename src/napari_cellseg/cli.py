@@ -276,8 +276,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic-fraction", type=float, default=d.synthetic_fraction, metavar="P",
                    help=f"share of the patches drawn from the synthetic images (default {d.synthetic_fraction})")
     p.add_argument("--pixel-size", type=float, default=None,
-                   help="µm per pixel of the images (default: the --init model's, else 0.5; for a 2x "
-                        "--init model its images' pixel size: the pairs are upsampled onto its grid)")
+                   help="µm per pixel of the images (default: what their files state, else the --init "
+                        "model's, else 0.5; for a 2x --init model its images' pixel size: the pairs are "
+                        "upsampled onto its grid)")
     p.add_argument("--channel", type=int, default=None)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--minutes", type=float, default=0.0,
@@ -319,7 +320,7 @@ def _scale_jitter(text: str | None) -> tuple[float, float]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .io import load_pairs
+    from .io import load_pairs, pairs_pixel_size
     from .model.data import check_blur
     from .model.train import TrainConfig
     from .progress import drain
@@ -354,6 +355,11 @@ def _train(args: argparse.Namespace) -> int:
                       freeze_norm=args.freeze_norm, scale_jitter=_scale_jitter(args.scale_jitter),
                       scale_p=args.scale_p, blur=args.blur, blur_p=args.blur_p,
                       synthetic_fraction=args.synthetic_fraction)
+    pixel_size = args.pixel_size
+    if pixel_size is None:  # what the images' files state (a model trained at 0.5 for 0.25 µm images halves them)
+        pixel_size = pairs_pixel_size(args.images, args.masks)
+        if pixel_size is not None:
+            print(f"pixel size {pixel_size:g} µm, from the images' metadata")
     pairs = load_pairs(args.images, args.masks, args.channel)
     live = sys.stderr.isatty()  # a live bar in a terminal, nothing in logs
 
@@ -370,7 +376,7 @@ def _train(args: argparse.Namespace) -> int:
     result = drain(iter_train(
         pairs, out, init=args.init, config=cfg, val_fraction=args.val_fraction,
         val_band=val_band, synthetic=args.synthetic, synthetic_nuclei=args.synthetic_nuclei,
-        pixel_size=args.pixel_size,
+        pixel_size=pixel_size,
         channels=[int(c) for c in args.channels.split(",")], resume=args.resume,
         overwrite=args.overwrite), show)
     print(f"saved {result.path}" + (f" (best epoch by validation: {result.best})" if result.best else ""))

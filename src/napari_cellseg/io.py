@@ -523,12 +523,8 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def load_pairs(
-    images: str | Path, masks: str | Path, channel: int | None = None
-) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Image / mask pairs from two folders, matched by name (``x_img.png`` with
-    ``x_masks.png``, ``x.tif`` with ``x_labels.tif`` ...): ``(stem, image, labels)``
-    sorted by stem. A file without a partner is an error that names it."""
+def pair_files(images: str | Path, masks: str | Path) -> dict[str, tuple[Path, Path]]:
+    """``{stem: (image file, mask file)}`` of :func:`load_pairs` (nothing read)."""
     if Path(images).resolve() == Path(masks).resolve():
         # One folder holding both: images are the files that are not masks.
         img_files = files_by_stem(p for p in list_images(images) if not p.stem.endswith(LABEL_TAGS))
@@ -540,8 +536,37 @@ def load_pairs(
         raise ValueError(f"images and masks do not pair up; without a partner: {missing}")
     if not img_files:
         raise ValueError(f"no images found in {images}")
-    return [(stem, read_image(img_files[stem], channel), read_labels(mask_files[stem]))
-            for stem in sorted(img_files)]
+    return {stem: (img_files[stem], mask_files[stem]) for stem in sorted(img_files)}
+
+
+def load_pairs(
+    images: str | Path, masks: str | Path, channel: int | None = None
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Image / mask pairs from two folders, matched by name (``x_img.png`` with
+    ``x_masks.png``, ``x.tif`` with ``x_labels.tif`` ...): ``(stem, image, labels)``
+    sorted by stem. A file without a partner is an error that names it."""
+    return [(stem, read_image(image, channel), read_labels(mask))
+            for stem, (image, mask) in pair_files(images, masks).items()]
+
+
+def pairs_pixel_size(images: str | Path, masks: str | Path) -> float | None:
+    """The pixel size (µm) the training images' files state, one for all of them; None
+    when none states one. Sizes that differ by more than 1 %, or some files with a size
+    and some without, are an error naming them: training takes one pixel size, and a
+    model trained at the wrong one runs every image at the wrong zoom afterwards."""
+    sizes = {stem: read_pixel_size(image) for stem, (image, _) in pair_files(images, masks).items()}
+    known = {stem: v for stem, v in sizes.items() if v is not None}
+    if not known:
+        return None
+    unknown = sorted(set(sizes) - set(known))
+    if unknown:
+        raise ValueError(f"some training images state a pixel size ({', '.join(f'{k}: {v:g} µm' for k, v in known.items())}) "
+                         f"and some do not ({', '.join(unknown)}): give the pixel size (--pixel-size)")
+    lo, hi = min(known.values()), max(known.values())
+    if hi > lo * (1 + SQUARE_TOLERANCE):
+        raise ValueError(f"the training images state different pixel sizes ({', '.join(f'{k}: {v:g} µm' for k, v in known.items())}): "
+                         "training takes one; resample them to one pixel size, or train on one size at a time")
+    return lo
 
 
 MIN_FREE_BYTES = 50 * 2**20  # refuse to start writing results with less free space than this

@@ -76,12 +76,13 @@ class TrainWidget(Container):
         """(name, image, labels) pairs, their pixel size (None: unknown) and the whole
         image they come from (None for a folder)."""
         if self._use_folder.value:
-            from ..io import load_pairs
+            from ..io import load_pairs, pairs_pixel_size
 
             if self._folder.value is None:
                 raise ValueError("choose the folder of image / mask pairs")
             folder = Path(self._folder.value)
-            return load_pairs(folder, folder), None, None
+            # The pixel size the files state (as a layer's own is used below), else unknown.
+            return load_pairs(folder, folder), pairs_pixel_size(folder, folder), None
         layer = self._image.value
         if layer is None:
             raise ValueError("choose the image layer")

@@ -45,7 +45,9 @@ def user_model_dir() -> Path:
     import os
 
     env = os.environ.get("NAPARI_CELLSEG_MODELS")
-    return Path(env) if env else Path.home() / ".napari-cellseg" / "models"
+    # ~ expanded and made absolute: a launcher's "~/models" or a relative path would move
+    # with the folder napari was started from, and saved models seem to vanish.
+    return Path(env).expanduser().resolve() if env else Path.home() / ".napari-cellseg" / "models"
 
 
 def available_models() -> dict[str, Path]:

@@ -164,6 +164,9 @@ def iter_train(
             raise ValueError(f"training pair {name!r} has no labelled cell")
         checked.append((name, image, relabel(labels)))
     pairs = checked
+    import torch
+
+    torch.manual_seed(cfg.seed)  # a model from scratch starts from the seed's weights: runs repeat
     model, info = new_model(channels, init=init, touch_class=cfg.touch_class)
     if init is not None:
         # What describes the network carries over; the start model's run records (its
