@@ -148,3 +148,17 @@ def test_compare_scores_a_stack_plane_by_plane(make_napari_viewer):
     cut.metadata["plane"] = [7]
     with pytest.raises(ValueError, match=r"'ground truth' has planes \[3\]: it has no plane \[7\]"):
         compare.run()
+
+
+def test_predict_keeps_a_users_layer_that_shares_a_result_name(make_napari_viewer, qtbot):
+    """Predict removed any layer called 'preprocessed' (a user's preprocessed.tif) when its
+    run had no preprocessed image to show."""
+    from napari_cellseg._widgets._layers import remove_result, show_layer
+
+    viewer = make_napari_viewer()
+    mine = viewer.add_image(np.ones((8, 8)), name="preprocessed")
+    remove_result(viewer, "preprocessed")
+    assert mine in viewer.layers and mine.name == "preprocessed (kept)"
+    ours = show_layer(viewer, np.zeros((8, 8)), "preprocessed", "image")
+    remove_result(viewer, "preprocessed")  # an earlier result of ours: removed
+    assert ours not in viewer.layers and mine in viewer.layers

@@ -58,26 +58,42 @@ def show_layer(
     """
     metadata = dict(metadata or {})
     kwargs = {**placement(like, np.ndim(data)), **kwargs}
-    if name in viewer.layers:
+    if name in viewer.layers and not _set_aside(viewer.layers[name], name, "the new result is"):
         layer = viewer.layers[name]
-        if layer in _EDITED or layer not in _OURS:
-            edited = layer in _EDITED
-            _EDITED.discard(layer)
-            _OURS.discard(layer)
-            layer.name = f"{name} ({'edited' if edited else 'kept'})"  # napari keeps names unique
-            notify(f"the layer {name!r} {'was edited by hand' if edited else 'was not made by napari-cellseg'}: "
-                    f"kept as {layer.name!r}; the new result is {name!r}")
-        elif type(layer).__name__.lower() == kind and getattr(layer, "rgb", False) == _is_rgb(data, kind, kwargs):
+        if type(layer).__name__.lower() == kind and getattr(layer, "rgb", False) == _is_rgb(data, kind, kwargs):
             # Same kind and the same colour model (napari fixes a layer's rgb when it is made):
             layer.data = data
             layer.metadata = metadata  # replaced: keys of an earlier run must not outlive it
             for key, value in kwargs.items():
                 setattr(layer, key, value)
             return layer
-        else:
-            viewer.layers.remove(layer)
-    add = getattr(viewer, f"add_{kind}")
-    layer = add(data, name=name, metadata=metadata, **kwargs)
+        viewer.layers.remove(layer)
+    return mark_ours(getattr(viewer, f"add_{kind}")(data, name=name, metadata=metadata, **kwargs))
+
+
+def _set_aside(layer, name: str, then: str) -> bool:
+    """Rename a layer this module did not make, or that the user has painted on, to
+    ``<name> (edited)`` / ``<name> (kept)``, said in a notification; True when it did."""
+    if layer not in _EDITED and layer in _OURS:
+        return False
+    edited = layer in _EDITED
+    _EDITED.discard(layer)
+    _OURS.discard(layer)
+    layer.name = f"{name} ({'edited' if edited else 'kept'})"  # napari keeps names unique
+    notify(f"the layer {name!r} {'was edited by hand' if edited else 'was not made by napari-cellseg'}: "
+           f"kept as {layer.name!r}; {then} {name!r}")
+    return True
+
+
+def remove_result(viewer, name: str) -> None:
+    """Remove an earlier result layer of that name (one that no longer belongs to the
+    new run); a layer of the user's of that name is kept, renamed (:func:`_set_aside`)."""
+    if name in viewer.layers and not _set_aside(viewer.layers[name], name, "napari-cellseg's results no longer use"):
+        viewer.layers.remove(name)
+
+
+def mark_ours(layer):
+    """Count a layer added directly (not by :func:`show_layer`) as napari-cellseg's own result."""
     _OURS.add(layer)
     _watch_edits(layer)
     return layer

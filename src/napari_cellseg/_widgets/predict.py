@@ -16,7 +16,7 @@ from ._inputs import (
     ModelInputs,
     scale_metadata,
 )
-from ._layers import image_plane, plane_record, show_layer
+from ._layers import image_plane, plane_record, remove_result, show_layer
 from ._runner import Runner
 
 if TYPE_CHECKING:
@@ -67,11 +67,11 @@ class PredictWidget(Container):
             show_layer(self._viewer, prediction.to_input(prediction.grid_image), PREPROCESSED_LAYER,
                        "image", metadata=meta, like=like, visible=False)
         elif PREPROCESSED_LAYER in self._viewer.layers:  # an earlier run's: not this prediction's input
-            self._viewer.layers.remove(PREPROCESSED_LAYER)
+            remove_result(self._viewer, PREPROCESSED_LAYER)
         for name, (attribute, colour, visible) in PROBABILITY_LAYERS.items():
             if getattr(prediction, attribute) is None:  # the touch map of a 3-class model
                 if name in self._viewer.layers:  # left by a 4-class model: not this prediction's
-                    self._viewer.layers.remove(name)
+                    remove_result(self._viewer, name)
                 continue
             data = prediction.to_input(getattr(prediction, attribute))
             layer = show_layer(self._viewer, data, name, "image", metadata=meta, like=like, colormap=colour,

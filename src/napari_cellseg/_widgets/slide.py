@@ -25,7 +25,7 @@ from magicgui.widgets import (
 )
 
 from ._inputs import cells_layer_parameters, chosen_model, model_combo
-from ._layers import show_layer
+from ._layers import mark_ours, remove_result, show_layer
 from ._runner import Runner, reports_errors
 from ._seed_controls import SeedControls
 
@@ -163,9 +163,8 @@ class SlideWidget(Container):
         layer = self._target
         meta.update(scale=tuple(layer.scale[-2:]), translate=tuple(layer.translate[-2:]))
         name = meta.pop("name")
-        if SLIDE_CELLS_LAYER in self._viewer.layers:
-            self._viewer.layers.remove(SLIDE_CELLS_LAYER)
-        self._viewer.add_labels(data, name=SLIDE_CELLS_LAYER, **meta)
+        remove_result(self._viewer, SLIDE_CELLS_LAYER)
+        mark_ours(self._viewer.add_labels(data, name=SLIDE_CELLS_LAYER, **meta))
         healed = f", {len(result.healed)} blocks with a wider halo" if result.healed else ""
         self._runner.status.value = (f"{result.n_cells} cells in {result.n_blocks} blocks "
                                      f"({len(result.computed)} computed{healed}) in {result.seconds:.0f} s "
