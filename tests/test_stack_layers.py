@@ -162,3 +162,20 @@ def test_predict_keeps_a_users_layer_that_shares_a_result_name(make_napari_viewe
     ours = show_layer(viewer, np.zeros((8, 8)), "preprocessed", "image")
     remove_result(viewer, "preprocessed")  # an earlier result of ours: removed
     assert ours not in viewer.layers and mine in viewer.layers
+
+
+def test_compare_draws_on_the_prediction_when_the_layers_are_placed_apart(make_napari_viewer):
+    """A mask opened without the image's scale: scored pixel for pixel, but the missed
+    cells were drawn on the truth's grid, away from the others, without a word."""
+    from napari_cellseg._widgets.compare import LAYER_NAMES, CompareWidget
+
+    viewer = make_napari_viewer()
+    truth = np.zeros((40, 40), np.int32)
+    truth[5:15, 5:15], truth[22:34, 20:32] = 1, 2
+    gt = viewer.add_labels(truth, name="ground truth")
+    pred = viewer.add_labels(np.where(truth == 1, 1, 0), name="cells", scale=(0.65, 0.65))
+    compare = CompareWidget(viewer)
+    compare._gt.value, compare._pred.value = gt, pred
+    assert compare.run().ap == 0.5
+    assert "placed differently" in compare._summary.value
+    np.testing.assert_allclose(viewer.layers[LAYER_NAMES["FN"]].scale, (0.65, 0.65))

@@ -102,11 +102,18 @@ class CompareWidget(Container):
                              f"{pred_layer.name!r} has shape {pred.shape}")
         r = evaluate(gt, pred, iou=float(self._iou.value), min_size=int(self._min_size.value))
         self.result = r
+        # Same shape, so compared pixel for pixel; layers placed differently (a mask opened
+        # without the image's scale) would draw the overlays apart: all go on the prediction.
+        placed = [(tuple(np.round(layer.scale[-2:], 9)), tuple(np.round(layer.translate[-2:], 9)))
+                  for layer in (gt_layer, pred_layer)]
+        apart = placed[0] != placed[1]
         self._summary.value = (
             (f"plane {', '.join(map(str, plane))}: " if plane else "") +
             f"AP {r.ap:.3f}  (TP {r.tp}, FP {r.fp}, FN {r.fn})\n"
             f"precision {r.precision:.3f}  recall {r.recall:.3f}\n"
-            f"ARI {r.ari:.3f}  SM {r.sm:.3f}  Dice {r.dice:.3f}  AP50:95 {r.ap_50_95:.3f}")
+            f"ARI {r.ari:.3f}  SM {r.sm:.3f}  Dice {r.dice:.3f}  AP50:95 {r.ap_50_95:.3f}" +
+            (f"\nthe two layers are placed differently (scale, offset {placed[0]} and {placed[1]}): "
+             "compared pixel for pixel, drawn on the prediction" if apart else ""))
         parts = {
             "TP": np.where(np.isin(pred, r.tp_ids), pred, 0),
             "FP": np.where(np.isin(pred, r.fp_ids), pred, 0),
@@ -118,14 +125,14 @@ class CompareWidget(Container):
             layer.opacity = min(layer.opacity, DIMMED_OPACITY)
         for key, data in parts.items():
             layer = show_layer(self._viewer, data, LAYER_NAMES[key], "labels", metadata=meta,
-                               like=gt_layer if key == "FN" else pred_layer)
+                               like=gt_layer if key == "FN" and not apart else pred_layer)
             layer.colormap = _one_colour(COLOURS[key])
             layer.contour = CONTOUR_PX
             layer.opacity = 1.0
             layer.visible = True
             layers = self._viewer.layers
             layers.move(layers.index(layer), len(layers))  # on top of the cells
-        self._fill_table(gt, pred, r, gt_layer, pred_layer)
+        self._fill_table(gt, pred, r, pred_layer if apart else gt_layer, pred_layer)
         return r
 
     def _fill_table(self, gt: np.ndarray, pred: np.ndarray, r: Evaluation, gt_layer=None, pred_layer=None) -> None:
