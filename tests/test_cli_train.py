@@ -199,3 +199,11 @@ def test_the_user_model_folder_is_expanded(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("NAPARI_CELLSEG_MODELS", "~/models")
     assert user_model_dir() == tmp_path / "models"
+
+
+def test_best_epoch_names_are_not_model_names():
+    from napari_cellseg.model.registry import user_model_path
+
+    with pytest.raises(ValueError, match="kept for a training run's best epoch"):
+        user_model_path("mine.best")
+    assert user_model_path("mine").name == "mine.safetensors"

@@ -62,8 +62,9 @@ def test_a_result_cut_from_a_stack_keeps_its_plane(make_napari_viewer, tmp_path)
     assert json.loads(paths[2].read_text())["metadata"]["plane"] == [1]
     train = TrainWidget(viewer)
     train._image.value, train._labels.value, train._region.value = image, layer, False
-    (_, pair_image, pair_labels), = train._pairs()[0]
+    (name, pair_image, pair_labels), = train._pairs()[0]
     assert pair_image.max() == 200.0 and pair_labels.max() == 2
+    assert name == "stack[plane 1]"  # the model's trained_on says which plane
     assert train._plane == [1]
     # A stack of corrected cells (Segment cells' layer): the plane in view of both.
     cells = viewer.add_labels(np.stack([layer.data] * 5), name="cells stack")

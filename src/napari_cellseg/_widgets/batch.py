@@ -79,14 +79,18 @@ class BatchWidget(Container):
         if self._cell_diameter.value:
             unit = "px" if self._diameter_unit.value == "px" else "um"
             diameter = {f"cell_diameter_{unit}": float(self._cell_diameter.value)}
+        from functools import partial
+
+        out = Path(self._output.value)
         return self._runner.start(
-            iter_segment_files, images, Path(self._output.value), "unet", self.params(),
+            iter_segment_files, images, out, "unet", self.params(),
             pixel_size=float(self._pixel_size.value) or None, model=chosen_model(self._model), **diameter,
             overwrite=bool(self._overwrite.value), resume=bool(self._resume.value),
             workers=int(self._workers.value) or None, scheduler=self._scheduler.value.strip() or None,
-            on_done=self._on_done)
+            on_done=partial(self._on_done, out=out))
 
-    def _on_done(self, results) -> None:
+    def _on_done(self, results, out=None) -> None:
         self.results = results
+        # The folder the run wrote to, not the one the field shows now.
         self._runner.status.value = (f"{len(results)} images, {sum(n for _, n in results)} cells "
-                                     f"-> {self._output.value}")
+                                     f"-> {out if out is not None else self._output.value}")

@@ -101,12 +101,13 @@ class TrainWidget(Container):
         if data.shape != image.shape:
             raise ValueError(f"labels {data.shape} and image {image.shape} differ in shape")
         data = np.array(data)  # a copy: painting on during training must not change what it trains on
-        name = layer.name
+        # What it trained on, the plane of a stack included.
+        name = layer.name + (f"[plane {', '.join(map(str, self._plane))}]" if self._plane else "")
         if self._region.value:
             from ..workflows.training import annotated_region
 
             rows, cols = annotated_region(data)
-            name = f"{layer.name}[{rows.start}:{rows.stop}, {cols.start}:{cols.stop}]"
+            name = f"{name}[{rows.start}:{rows.stop}, {cols.start}:{cols.stop}]"
             return [(name, image[rows, cols], data[rows, cols])], pixel_size_of(layer), image
         return [(name, image, data)], pixel_size_of(layer), image
 

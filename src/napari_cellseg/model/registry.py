@@ -93,4 +93,6 @@ def user_model_path(name: str, folder: str | Path | None = None) -> Path:
         raise ValueError(f"invalid model name {name!r}: use letters, digits, '-' or '_'")
     if name in builtin_models():
         raise ValueError(f"{name!r} is a built-in model's name: choose another name for yours")
+    if name.endswith(".best"):  # <x>.best.safetensors is the best epoch of a run saving to x
+        raise ValueError(f"{name!r}: names ending in '.best' are kept for a training run's best epoch")
     return Path(folder or user_model_dir()) / f"{name}{WEIGHTS_SUFFIX}"
