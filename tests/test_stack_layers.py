@@ -180,3 +180,30 @@ def test_compare_draws_on_the_prediction_when_the_layers_are_placed_apart(make_n
     assert compare.run().ap == 0.5
     assert "placed differently" in compare._summary.value
     np.testing.assert_allclose(viewer.layers[LAYER_NAMES["FN"]].scale, (0.65, 0.65))
+
+
+def test_a_live_result_of_an_earlier_prediction_is_dropped(make_napari_viewer, qtbot):
+    """A worker's seeds arrived after Predict ran again (the layer refilled in place) and
+    were shown with the new prediction's record."""
+    from napari_cellseg._widgets._inputs import PREDICTION_KEY, SEEDS_LAYER
+    from napari_cellseg._widgets.predict import PredictWidget
+    from napari_cellseg._widgets.seeds_cells import SeedsWidget
+    from napari_cellseg.sample_data import tissue_scene
+
+    viewer = make_napari_viewer()
+    viewer.add_image(tissue_scene().image[:96, :96], name="tissue")
+    predict = PredictWidget(viewer)
+    predict._pixel_size.value = 0.5
+    predict.run()
+    qtbot.waitUntil(lambda: predict._runner.worker is None, timeout=60_000)
+    seeds = SeedsWidget(viewer)
+    layer = viewer.layers["seed probability"]
+    old = layer.metadata[PREDICTION_KEY]
+    seeds._seeds.split.value = "shape"  # not built yet: a worker computes it
+    qtbot.waitUntil(lambda: seeds._updater.busy, timeout=5000)
+    layer.metadata = {**layer.metadata, PREDICTION_KEY: object()}  # Predict ran again meanwhile
+    qtbot.waitUntil(lambda: not seeds._updater.busy, timeout=60_000)
+    assert SEEDS_LAYER not in viewer.layers
+    assert "a result of an earlier prediction was dropped" in seeds._status.value
+    layer.metadata = {**layer.metadata, PREDICTION_KEY: old}
+    assert seeds.run() is not None or seeds._updater.busy  # the current one is shown

@@ -56,6 +56,7 @@ class _LiveStage(Container):
         for w in controls:
             w.changed.connect(self._on_param)
         self._source.changed.connect(self._use_model_defaults)
+        self._source.changed.connect(lambda *_: self._updater.drop())  # its results are for the old one
         self._use_model_defaults()
 
     def reset_choices(self, *args) -> None:
@@ -70,6 +71,15 @@ class _LiveStage(Container):
         size) and this stage's parameters."""
         record = {k: v for k, v in self._source.value.metadata.items() if k not in (PREDICTION_KEY, "stage")}
         return {**record, "stage": stage, "parameters": params}
+
+    def _still_current(self, layer, pred) -> bool:
+        """A result computed from ``pred`` (in ``layer``) is shown only while that is still
+        the chosen prediction: a worker's result arrives after the user picked another
+        layer, or after Predict ran again and refilled the layer with a new prediction."""
+        if self._source.value is layer and layer.metadata.get(PREDICTION_KEY) is pred:
+            return True
+        self._status.value = "a result of an earlier prediction was dropped: move a slider or run again"
+        return False
 
     def _use_model_defaults(self, *_) -> None:
         """Start the controls at the model's tuned defaults."""
@@ -123,20 +133,21 @@ class SeedsWidget(_LiveStage):
 
     def run(self, *_):
         """Seeds (and the map they were found in) as layers; the seeds layer when shown now."""
-        pred = prediction_of(self._source.value)
+        like = self._source.value
+        pred = prediction_of(like)
         params = self.params()
+        meta = self._metadata("seeds", params)  # the prediction's record now, not when shown
 
         def work():
             kind, enhancement = pred.seed_enhancement(pred.params(**params))
             return pred.seeds_input(**params), kind, pred.to_input(enhancement)
 
         def show(result) -> None:
+            if not self._still_current(like, pred):
+                return
             seeds, kind, enhancement = result
-            like = self._source.value
-            show_layer(self._viewer, enhancement, kind, "image", metadata=self._metadata("seeds", params),
-                       like=like, visible=False)
-            show_layer(self._viewer, seeds, SEEDS_LAYER, "labels", metadata=self._metadata("seeds", params),
-                       like=like)
+            show_layer(self._viewer, enhancement, kind, "image", metadata=meta, like=like, visible=False)
+            show_layer(self._viewer, seeds, SEEDS_LAYER, "labels", metadata=dict(meta), like=like)
             self._status.value = f"{int(seeds.max())} seeds"
 
         return self._request(pred, params, work, show)
@@ -188,12 +199,15 @@ class CellsWidget(_LiveStage):
 
     def run(self, *_):
         """Cells as a layer; the layer when shown now, else None (a worker shows it)."""
-        pred = prediction_of(self._source.value)
+        like = self._source.value
+        pred = prediction_of(like)
         params = self.params()
+        meta = self._metadata("cells", params)  # the prediction's record now, not when shown
 
         def show(cells) -> None:
-            show_layer(self._viewer, cells, CELLS_LAYER, "labels", metadata=self._metadata("cells", params),
-                       like=self._source.value)
+            if not self._still_current(like, pred):
+                return
+            show_layer(self._viewer, cells, CELLS_LAYER, "labels", metadata=meta, like=like)
             self._status.value = f"{int(cells.max())} cells"
 
         return self._request(pred, params, lambda: pred.segment(**params), show)
