@@ -55,8 +55,8 @@ class TrainWidget(Container):
         if DEFAULT_MODEL in self._init.choices:  # the README's promise: it fine-tunes
             self._init.value = DEFAULT_MODEL
         self._region = CheckBox(value=True, text="Only the annotated region", tooltip=(
-            "train on the box around the labelled cells (every cell inside it must be "
-            "labelled: unlabelled pixels there are taught as background)"))
+            "train on the box around the labelled cells, plus 16 px of context (every cell "
+            "reaching into it must be labelled: unlabelled pixels there are taught as background)"))
         self._epochs = SpinBox(value=40, min=1, max=1000, label="Epochs")
         self._steps = SpinBox(value=20, min=1, max=10000, label="Steps per epoch")
         self._minutes = FloatSpinBox(value=5.0, min=0.0, max=24 * 60.0, step=1.0, label="Time budget (min)",
