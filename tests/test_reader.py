@@ -66,7 +66,11 @@ def test_labels_are_a_lazy_multiscale_layer(slide):
     np.testing.assert_array_equal(levels[1].compute(), levels[0].compute()[::2, ::2])
     record = json.loads((out / ".zattrs").read_text())["napari_cellseg"]
     px = record["pixel_size"]
-    assert meta["scale"] == [px, px] and meta["translate"] == [0.0, 0.0]
+    assert meta["scale"] == [px, px] and meta.get("translate", [0.0, 0.0]) == [0.0, 0.0]
+    # The coarse levels keep every 2**k-th pixel: no offset in the OME-Zarr metadata.
+    datasets = json.loads((out / ".zattrs").read_text())["multiscales"][0]["datasets"]
+    assert [d["coordinateTransformations"] for d in datasets] == [
+        [{"type": "scale", "scale": [px * 2**k, px * 2**k]}] for k in range(3)]
     assert meta["metadata"][TABLE_KEY] == str(out / "cells.csv")
     assert meta["metadata"]["complete"] is True
     # The image: the recorded source, lazy, on the labels' grid.
@@ -135,7 +139,10 @@ def test_paths_that_are_not_ours_get_none(slide, tmp_path):
     broken = tmp_path / "broken.zarr"
     broken.mkdir()
     (broken / ".zattrs").write_text("{ not json")
-    for path in [folder, folder / "notes.txt", text, other, broken, tmp_path / "nowhere.zarr"]:
+    listed = tmp_path / "listed.zarr"  # valid JSON that is not zarr's: get_reader raised
+    listed.mkdir()
+    (listed / "zarr.json").write_text("[1]")
+    for path in [folder, folder / "notes.txt", text, other, broken, listed, tmp_path / "nowhere.zarr"]:
         assert napari_get_reader(str(path)) is None, path
     assert napari_get_reader([str(slide[0]), str(slide[0])]) is None  # a stack: not ours
     assert napari_get_reader([str(slide[0])]) is not None

@@ -28,6 +28,8 @@ def _attributes(path: Path) -> dict | None:
             return json.loads((path / ".zattrs").read_text())
         if (path / "zarr.json").is_file():
             meta = json.loads((path / "zarr.json").read_text())
+            if not isinstance(meta, dict):  # valid JSON, not zarr's: not ours
+                return None
             return meta.get("attributes") if meta.get("node_type") == "group" else None
     except (OSError, ValueError):  # unreadable or not JSON: not ours
         return None

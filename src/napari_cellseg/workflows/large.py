@@ -544,8 +544,9 @@ def _open_out(out: Path, record: dict, shape, block: int, levels: int, resume: b
             "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
                      {"name": "x", "type": "space", "unit": "micrometer"}],
             "datasets": [{"path": str(k), "coordinateTransformations": [
-                {"type": "scale", "scale": [px * 2**k, px * 2**k]},
-                {"type": "translation", "translation": [px * (2**k - 1) / 2] * 2}]}
+                # Level k keeps every 2**k-th pixel of level 0 (labels[::s, ::s], not a
+                # block mean): its first pixel is level 0's first, so no translation.
+                {"type": "scale", "scale": [px * 2**k, px * 2**k]}]}
                 for k in range(levels)],
             "type": "nearest"}],
         "image-label": {"version": "0.4", "source": {"image": record["source"]}},
