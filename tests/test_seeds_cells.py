@@ -350,6 +350,8 @@ def test_stage_caches_keep_the_last_few_entries():
     assert d["a"] == 1  # read: now the most recent
     d["c"] = 3
     assert list(d) == ["a", "c"]
+    # get() is the stages' one read (thread-safe): it marks recency and misses with None.
+    assert d.get("a") == 1 and d.get("b") is None and list(d) == ["c", "a"]
     with pytest.raises(ValueError):
         LRUDict(0)
     rng = np.random.default_rng(0)

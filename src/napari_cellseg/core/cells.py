@@ -278,10 +278,10 @@ class CellStage:
     def graph(self, p: SegmentParams) -> BasinGraph:
         """The basin graph of ``p``'s landscape (built on first use)."""
         iw = float(p.intensity_weight)
-        if iw not in self._graphs:
-            land = cell_landscape(self.cell_probability, self.image, iw)
-            self._graphs[iw] = BasinGraph(land)
-        return self._graphs[iw]
+        graph = self._graphs.get(iw)  # one read: another thread may evict between two
+        if graph is None:
+            graph = self._graphs[iw] = BasinGraph(cell_landscape(self.cell_probability, self.image, iw))
+        return graph
 
     def landscape(self, p: SegmentParams) -> np.ndarray:
         return self.graph(p).landscape
@@ -312,12 +312,13 @@ class CellStage:
         (the 3-level Otsu rule only ever picks one of two thresholds)."""
         t = self.threshold(p, n_seeds)
         key = (float(p.intensity_weight), p.background, t)
-        if key not in self._foregrounds:
+        found = self._foregrounds.get(key)
+        if found is None:
             graph = self.graph(p)
             values = self.foreground_probability if p.background == "probability" else graph.landscape
             mask = values > t
-            self._foregrounds[key] = (mask, graph.foreground_counts(mask))
-        return self._foregrounds[key]
+            found = self._foregrounds[key] = (mask, graph.foreground_counts(mask))
+        return found
 
     @property
     def normalized_image(self) -> np.ndarray:

@@ -291,10 +291,11 @@ class SeedStage:
 
     def _log_entry(self, p: SegmentParams) -> tuple[np.ndarray, np.ndarray]:
         key = self.grid.seed_diameter_px(p)
-        if key not in self._log:
+        entry = self._log.get(key)  # one read: another thread may evict between two
+        if entry is None:
             response = log_enhance(self.seed_probability, seed_scales(key))
-            self._log[key] = (response, otsu_levels(response))
-        return self._log[key]
+            entry = self._log[key] = (response, otsu_levels(response))
+        return entry
 
     def enhancement(self, p: SegmentParams) -> tuple[str, np.ndarray]:
         """(kind, map) the seeds are picked from: the smoothed seed probability, or the
@@ -317,12 +318,11 @@ class SeedStage:
 
     def _hierarchy(self, p: SegmentParams) -> SeedSplitter:
         key = self._hierarchy_key(p)
-        if key not in self._hierarchies:
-            if p.seed_split == "probability":
-                self._hierarchies[key] = probability_splitter(self.smoothed)
-            else:
-                self._hierarchies[key] = SeedSplitter(self.mask(p))
-        return self._hierarchies[key]
+        splitter = self._hierarchies.get(key)  # one read: another thread may evict between two
+        if splitter is None:
+            splitter = probability_splitter(self.smoothed) if p.seed_split == "probability" else SeedSplitter(self.mask(p))
+            self._hierarchies[key] = splitter
+        return splitter
 
     def is_warm(self, p: SegmentParams) -> bool:
         """True when :meth:`seeds` with ``p`` builds no hierarchy (milliseconds)."""
