@@ -209,6 +209,14 @@ def test_unknown_parameter_is_an_error():
     with pytest.raises(ValueError, match="cell_threshold"):
         pred.segment(cell_threshold=1.0)
     assert SegmentParams().sensitivity == 60
+    # Refused in words (they were numpy's TypeError, "'int' object is not iterable", or 1 µm).
+    for bad in ({"cell_diameter": "7.5"}, {"cell_diameter": True}, {"cell_diameter": 0.0}):
+        with pytest.raises(ValueError, match="cell_diameter must be a finite number"):
+            SegmentParams(**bad)
+    for bad in (5, "ab", (3, True)):
+        with pytest.raises(ValueError, match="seed_diameter must be two finite diameters"):
+            SegmentParams(seed_diameter=bad)
+    assert SegmentParams(seed_diameter=np.array([3, 6])).seed_diameter == (3.0, 6.0)
 
 
 def test_drop_dim_cells_exact():

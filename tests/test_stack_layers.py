@@ -207,3 +207,14 @@ def test_a_live_result_of_an_earlier_prediction_is_dropped(make_napari_viewer, q
     assert "a result of an earlier prediction was dropped" in seeds._status.value
     layer.metadata = {**layer.metadata, PREDICTION_KEY: old}
     assert seeds.run() is not None or seeds._updater.busy  # the current one is shown
+
+
+def test_a_pixel_size_of_two_values_is_refused_in_words():
+    """napari's layer.scale[-2:] given as the pixel size: numpy's "truth value of an array
+    is ambiguous" before, now the package's own words."""
+    import napari_cellseg as ncs
+
+    for call in (lambda: ncs.predict(np.zeros((32, 32), np.float32), np.array([0.5, 0.5]), device="cpu"),
+                 lambda: ncs.segment(np.zeros((32, 32), np.float32), np.array([0.5, 0.5]))):
+        with pytest.raises(ValueError, match=r"pixel_size must be a number of µm > 0, got array"):
+            call()

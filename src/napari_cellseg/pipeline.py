@@ -244,7 +244,7 @@ def iter_predict(
     scale = None
     if isinstance(pixel_size, str) and pixel_size not in ("auto", "model"):
         raise ValueError(f"pixel_size must be a number of µm, 'auto', 'model' or None, got {pixel_size!r}")
-    if pixel_size == "model":
+    if isinstance(pixel_size, str) and pixel_size == "model":  # (an array == "model" is no bool)
         pixel_size = None
     elif not isinstance(pixel_size, str):
         # Checked before any work (True, NaN, -1 or "0.5 µm" as a number would otherwise
@@ -407,7 +407,7 @@ def iter_predict_planes(
     model = resolve_model(model)
     out: list[Prediction | None] = []
     n = len(stack)
-    estimating = pixel_size == "auto" and kwargs.get("cell_diameter_px") is None
+    estimating = isinstance(pixel_size, str) and pixel_size == "auto" and kwargs.get("cell_diameter_px") is None
     unmeasured: list[int] = []  # planes taken at the model's scale while no plane had cells to measure
     order = list(range(n))
     k = 0

@@ -50,12 +50,19 @@ class SegmentParams:
         _check_range("cell_threshold", self.cell_threshold, 0, 1)
         if not 0 < float(self.cell_threshold) < 1:
             raise ValueError(f"cell_threshold must be in (0, 1), got {self.cell_threshold}")
-        if self.cell_diameter is not None and not (np.isfinite(self.cell_diameter) and self.cell_diameter > 0):
-            raise ValueError(f"cell_diameter must be a finite number of µm > 0, got {self.cell_diameter}")
+        if self.cell_diameter is not None:  # text or True was a numpy TypeError, or 1 µm
+            _check_range("cell_diameter", self.cell_diameter, 0, np.inf, unit=" µm")
+            if not float(self.cell_diameter) > 0:
+                raise ValueError(f"cell_diameter must be a finite number of µm > 0, got {self.cell_diameter}")
         if self.min_cell_area is not None:
             _check_range("min_cell_area", self.min_cell_area, 0, np.inf, unit=" µm²")
         if self.seed_diameter is not None:
-            sd = tuple(float(d) for d in self.seed_diameter)
+            try:  # one number (5) or text was "'int' object is not iterable"
+                if isinstance(self.seed_diameter, str | bytes):
+                    raise TypeError
+                sd = tuple(float(d) for d in self.seed_diameter if not isinstance(d, bool | str | bytes))
+            except (TypeError, ValueError):
+                sd = ()
             if len(sd) != 2 or not all(np.isfinite(d) and d > 0 for d in sd):
                 raise ValueError(f"seed_diameter must be two finite diameters > 0 µm (smallest, "
                                  f"largest), got {self.seed_diameter}")
