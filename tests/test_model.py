@@ -509,6 +509,22 @@ def test_a_models_image_pixel_size_is_checked(tiny_model):
         ncs.predict(np.ones((64, 64), np.float32), model=(net, info), device="cpu")
 
 
+def test_a_2x_models_segmentation_grid_is_checked_before_the_network_runs(monkeypatch):
+    """A pixel size the 2x model's 1x grid refuses (0.04 µm: a zoom of 0.08 there) passed
+    the network grid's check and failed only after the whole network pass."""
+    import napari_cellseg as ncs
+    from napari_cellseg.model import inference
+
+    def never(*args, **kwargs):
+        raise AssertionError("the network ran")
+        yield  # a generator, as iter_probabilities
+
+    monkeypatch.setattr(inference, "iter_probabilities", never)
+    with pytest.raises(ValueError, match=r"pixel_size 0\.04 µm against the model's 0\.5 µm"):
+        ncs.predict(np.random.default_rng(0).random((64, 64), np.float32), 0.04, model="dense_tcells_x2",
+                    device="cpu")
+
+
 def test_default_model_finds_cells_at_twice_and_half_its_training_size():
     """The default model was trained with zoom (0.5-2x) and blur augmentation: membrane
     cells drawn at twice the training size, taken at the model's scale, are found one for one,

@@ -310,6 +310,11 @@ def iter_predict(
         scale = pixel_size = None
         net_px = image_px
         grid_image, grid_px = preprocess(image, net_px, info.pixel_size, tophat_um)
+    seg_grid = None
+    if image_px is not None:
+        # The grid a 2x model segments on, made (and its zoom checked) before the network
+        # pass: a pixel size or diameter that grid refuses failed only after it.
+        seg_grid = preprocess(image, net_px, image_px, tophat_um)
     if np.ptp(grid_image) == 0:
         # A constant image holds no cell; normalising it would only amplify nothing.
         probs = np.zeros((net.config.n_classes, *grid_image.shape), np.float32)
@@ -319,10 +324,10 @@ def iter_predict(
         probs = yield from iter_probabilities(net, grid_image, device=device, tile=tile,
                                               batch_size=batch_size, normalize=info.normalize,
                                               flips=flips)
-    if image_px is not None:
+    if seg_grid is not None:
         # Cross-validated (README, x2_scratch): the maps of a 2x network segmented at 1x
         # score as well as at 2x (0.643 against 0.639 over 5 folds), 4-5x faster.
-        grid_image, grid_px = preprocess(image, net_px, image_px, tophat_um)
+        grid_image, grid_px = seg_grid
         probs = np.stack([restore_shape(p, grid_image.shape) for p in probs])
     defaults = SegmentParams.from_mapping(info.extra.get("segment_defaults"))
     prediction = Prediction(np.asarray(image), probs, grid_image, Grid(grid_px, info.cell_diameter_um),
