@@ -133,6 +133,8 @@ def test_settings_block_mode_cannot_honour_are_refused(make_napari_viewer, slide
     cells.metadata["parameters"] = {"seed_split": "probability", "h_probability": 0.3, "sensitivity": 40.0,
                                     "h": 2.0, "cell_threshold": 0.45}
     assert widget.params() == {"sensitivity": 40.0, "h_probability": 0.3, "cell_threshold": 0.45}
+    cells.metadata["parameters"] = {**cells.metadata["parameters"], "min_cell_area": 12.0}
+    assert widget.params()["min_cell_area"] == 12.0  # tuned in Segment cells: it was dropped unsaid
     widget._workers.value = 2
     widget._scheduler.value = "tcp://127.0.0.1:1"
     with pytest.raises(ValueError, match="not both"):

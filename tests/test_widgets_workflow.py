@@ -213,6 +213,15 @@ def test_stack_slider_resegments_the_plane_in_view(make_napari_viewer, qtbot, ti
     record = json.loads(paths[2].read_text())
     assert record["cells_per_plane"] == counts and record["cells"] == sum(counts)
     assert record["metadata"]["parameters"] == params
+    # What the README promises the record holds: every parameter used (the model's defaults
+    # applied), the model's name, file and SHA-256, the version.
+    from napari_cellseg import __version__
+    from napari_cellseg.model.registry import DEFAULT_MODEL
+
+    assert record["version"] == __version__
+    assert record["model"]["name"] == DEFAULT_MODEL and len(record["model"]["sha256"]) == 64
+    assert record["metadata"]["parameters_used"] == {
+        k: list(v) if isinstance(v, tuple) else v for k, v in preds[2].params(**params).to_dict().items()}
     # A stack's intensities are the image's planes, not the one in view.
     row = table[table["plane"] == 1].iloc[0]
     mask = cells.data[1] == row["label"]

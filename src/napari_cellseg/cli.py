@@ -109,6 +109,8 @@ def _segment(args: argparse.Namespace) -> int:
                              "--pixel-size auto or --cell-diameter (rescale the slide first)")
         if args.pixel_size == "model":
             args.pixel_size = None
+        if args.device == "auto":  # segment-large's default: the block-wise CUDA path is untested
+            args.device = "cpu"
         args.image = args.zarr
         return _segment_large(args)
     if not args.images:

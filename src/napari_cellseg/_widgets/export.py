@@ -127,13 +127,29 @@ class ExportWidget(Container):
         typed = self._user_typed_pixel_size()
         self._on_labels()
         pixel_size = (float(self._pixel_size.value) if typed or not self._filled else self._layers_pixel_size()) or None
+        from .. import __version__
+
         record = {"labels_layer": layer.name, "image_layer": getattr(self._image.value, "name", None),
-                  "pixel_size_um": pixel_size,
+                  "pixel_size_um": pixel_size, "version": __version__,
+                  "model": _model_record(layer.metadata.get("model")),
                   "metadata": {k: v for k, v in layer.metadata.items() if _is_jsonable(v)}}
         paths = write_results(folder, self._base(), labels, image, pixel_size, record,
                               labels_format=self._format.value, overwrite=bool(self._overwrite.value))
         self._status.value = f"wrote {len(paths)} files to {folder}"
         return list(paths.values())
+
+
+def _model_record(name) -> dict | None:
+    """The name, weight file and SHA-256 of the model a layer records (None: no model,
+    e.g. classic cells or hand-drawn labels; a model no longer installed keeps its name)."""
+    if not name:
+        return None
+    from ..model.store import model_record
+
+    try:
+        return model_record(name)
+    except (OSError, ValueError) as err:  # removed or renamed since: the name is what is known
+        return {"name": str(name), "path": None, "sha256": None, "note": str(err)}
 
 
 def _is_jsonable(value) -> bool:

@@ -203,6 +203,7 @@ class CellsWidget(_LiveStage):
         pred = prediction_of(like)
         params = self.params()
         meta = self._metadata("cells", params)  # the prediction's record now, not when shown
+        meta["parameters_used"] = pred.params(**params).to_dict()  # the model's defaults applied
 
         def show(cells) -> None:
             if not self._still_current(like, pred):

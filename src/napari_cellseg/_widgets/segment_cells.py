@@ -179,8 +179,11 @@ class SegmentCellsWidget(Container):
     def _show(self):
         data = self._cells if self._stack else self._cells[0]
         plane = self.current_plane()
+        used = self._segmented_with[plane]
         metadata = {
-            "stage": "cells", "parameters": self._segmented_with[plane], "source": self._source,
+            "stage": "cells", "parameters": used, "source": self._source,
+            # Every parameter, the model's defaults applied (what Export records).
+            "parameters_used": self.predictions[plane].params(**(used or {})).to_dict(),
             "model": self._run_model, **scale_metadata(self.predictions[plane], self._scale_request),
             "stale_planes": sorted(self.stale_planes)}
         layer = show_layer(self._viewer, data, CELLS_LAYER, "labels", metadata=metadata, like=self._like)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 VIEW_LAYER = "slide view"
 SLIDE_CELLS_LAYER = "slide cells"
 MAX_VIEW = 2048  # px of the region copied for tuning
-BLOCK_PARAMS = ("sensitivity", "h_probability", "cell_threshold")  # what block mode takes
+BLOCK_PARAMS = ("sensitivity", "h_probability", "cell_threshold", "min_cell_area")  # what block mode takes
 
 
 def slide_source(layer):
@@ -152,7 +152,8 @@ class SlideWidget(Container):
             iter_segment_large, slide_source(layer), out, block=int(self._block.value),
             halo=int(self._halo.value), workers=int(self._workers.value) or None,
             scheduler=self._scheduler.value.strip() or None, resume=bool(self._resume.value),
-            overwrite=bool(self._overwrite.value), model=chosen_model(self._model), device="auto",
+            # The CPU, as segment-large's default: block-wise CUDA has not been run (Known limits).
+            overwrite=bool(self._overwrite.value), model=chosen_model(self._model), device="cpu",
             on_done=self._on_done, **params)
 
     def _on_done(self, result) -> None:
