@@ -191,6 +191,7 @@ def test_training_takes_the_pixel_size_its_files_state_and_repeats_from_scratch(
     assert cli.main(["train", *common, "--out", str(tmp_path / "c")]) == 2
     assert "state different pixel sizes (img0: 0.25 µm, img1: 0.5 µm)" in capsys.readouterr().err
     assert cli.main(["train", *common, "--out", str(tmp_path / "c"), "--pixel-size", "0.3"]) == 0
+    assert load_model(tmp_path / "c.safetensors")[1].pixel_size == 0.3  # the size given wins
 
 
 def test_the_user_model_folder_is_expanded(monkeypatch, tmp_path):

@@ -106,7 +106,7 @@ def test_pair_stem():
     assert io.pair_stem("x.ome.tif") == io.pair_stem("x.ome_masks.tif") == io.pair_stem("x_masks.tif") == "x"
 
 
-def test_channels_stored_first_or_with_alpha_are_channels_not_planes(tmp_path):
+def test_channels_stored_first_or_with_alpha_are_channels_not_planes(tmp_path, capsys):
     """A planar RGB TIFF (3, M, N), an ImageJ composite CYX and a grey PNG with alpha were
     read as stacks of 2-3 planes ("split the stack"), and --channel said "one channel"."""
     import imageio.v3 as iio
@@ -123,9 +123,25 @@ def test_channels_stored_first_or_with_alpha_are_channels_not_planes(tmp_path):
     grey_alpha = np.stack([(cell * 200).astype(np.uint8), np.full((32, 32), 255, np.uint8)], axis=-1)
     iio.imwrite(tmp_path / "la.png", grey_alpha)
     np.testing.assert_array_equal(io.read_image(tmp_path / "la.png"), cell * 200)
-    # A z-stack stays a stack.
+    # A z-stack stays a stack, and the CLI refuses it in words (README: stacks in the viewer).
     tifffile.imwrite(tmp_path / "z.tif", np.stack([cell] * 3), imagej=True, metadata={"axes": "ZYX"})
     assert io.read_image(tmp_path / "z.tif").shape == (3, 32, 32)
+    assert run_cli("segment", tmp_path / "z.tif", "--out", tmp_path / "o", "--method", "classic") == 2
+    assert "a stack of shape (3, 32, 32)" in capsys.readouterr().err
+
+
+def test_a_network_that_outputs_nan_is_an_error_not_zero_cells(monkeypatch):
+    """README: NaN probabilities raise FloatingPointError, never 0 cells."""
+    import torch
+
+    import napari_cellseg as ncs
+    from napari_cellseg.model.store import load_model
+
+    net, info = load_model()
+    monkeypatch.setattr(type(net), "forward", lambda self, x: torch.full((x.shape[0], 3, *x.shape[2:]), float("nan")))
+    image = np.random.default_rng(0).random((64, 64), np.float32)
+    with pytest.raises(FloatingPointError, match="NaN or infinite probabilities"):
+        ncs.predict(image, 0.5, model=(net, info), device="cpu")
 
 
 def test_an_option_of_the_other_method_is_refused_not_ignored(lesson_tif, tmp_path, capsys):
@@ -264,8 +280,12 @@ def test_cli_unet_seed_options_reach_the_segmentation(tmp_path):
     np.testing.assert_array_equal(written, expected)
     assert run_cli("segment", path, "--out", tmp_path / "b", "--device", "cpu",
                    "--h-probability", "0.3", "--sensitivity", "70") == 0
-    assert tifffile.imread(tmp_path / "b" / "tissue_masks.tif").max() == pred.segment(
-        h_probability=0.3, sensitivity=70).max()
+    # Both options reach the segmentation and its record (on this crop they happen to
+    # change no cell, so the record is what shows they were not dropped).
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "b" / "tissue_masks.tif"),
+                                  pred.segment(h_probability=0.3, sensitivity=70))
+    used_b = json.loads((tmp_path / "b" / "tissue_params.json").read_text())["parameters"]
+    assert used_b["h_probability"] == 0.3 and used_b["sensitivity"] == 70
 
 
 def test_write_results_checks_every_target_first(tmp_path):

@@ -219,6 +219,12 @@ def test_cli_unet_rescales_by_the_files_pixel_size(tmp_path, capsys):
     record = _record(tmp_path / "a", "t")
     assert record["pixel_size_um"] == 0.4 and record["pixel_size_from"] == "file metadata"
     assert record["pixel_size_given"] is False
+    # The cells are those of 0.4 µm, not only the record (they differ from 0.5 µm's here).
+    import napari_cellseg as ncs
+
+    written = tifffile.imread(tmp_path / "a" / "t_masks.tif")
+    np.testing.assert_array_equal(written, ncs.segment(s.image.astype(np.float32), 0.4, device="cpu"))
+    assert not np.array_equal(written, ncs.segment(s.image.astype(np.float32), 0.5, device="cpu"))
     # A size the model cannot take says it came from the file, and how to override it.
     far = tmp_path / "far.tif"
     tifffile.imwrite(far, s.image.astype(np.float32), resolution=(1e4 / 10, 1e4 / 10),

@@ -206,7 +206,10 @@ def test_a_live_result_of_an_earlier_prediction_is_dropped(make_napari_viewer, q
     assert SEEDS_LAYER not in viewer.layers
     assert "a result of an earlier prediction was dropped" in seeds._status.value
     layer.metadata = {**layer.metadata, PREDICTION_KEY: old}
-    assert seeds.run() is not None or seeds._updater.busy  # the current one is shown
+    seeds.run()  # the current prediction: its seeds are shown (now or from a worker)
+    qtbot.waitUntil(lambda: SEEDS_LAYER in viewer.layers, timeout=60_000)
+    assert viewer.layers[SEEDS_LAYER].metadata["parameters"]["seed_split"] == "shape"
+    assert "dropped" not in seeds._status.value
 
 
 def test_a_pixel_size_of_two_values_is_refused_in_words():
