@@ -17,6 +17,7 @@ def _blocks_stack(n: int = 5, side: int = 40) -> np.ndarray:
     return stack
 
 
+@pytest.mark.gui
 def test_multiscale_labels_are_exported_and_written_at_their_finest_level(make_napari_viewer, tmp_path):
     """np.asarray of napari's multiscale data is the coarsest level: a slide's cells were
     exported at a quarter of their size, with areas to match."""
@@ -38,6 +39,7 @@ def test_multiscale_labels_are_exported_and_written_at_their_finest_level(make_n
     np.testing.assert_array_equal(tifffile.imread(written), fine)
 
 
+@pytest.mark.gui
 def test_a_result_cut_from_a_stack_keeps_its_plane(make_napari_viewer, tmp_path):
     """Classic on plane 1, then the slider moved to plane 4: Export and Train took the
     intensities of plane 4 with no error."""
@@ -96,6 +98,7 @@ def test_rgb_layers_give_one_channel_whatever_their_leading_axes():
     np.testing.assert_array_equal(image_plane(Image(rgb, rgb=True), plane=[1]), grey[1])
 
 
+@pytest.mark.gui
 def test_show_layer_does_not_keep_an_old_colour_model(make_napari_viewer):
     from napari_cellseg._widgets._layers import show_layer
 
@@ -123,6 +126,7 @@ def test_a_stack_that_opens_blank_is_estimated_from_its_first_plane_with_cells()
     assert preds[0].segment().max() == 0
 
 
+@pytest.mark.gui
 def test_compare_scores_a_stack_plane_by_plane(make_napari_viewer):
     """Stacks of labels were refused ("must be a 2-D label image")."""
     from napari_cellseg._widgets.compare import CompareWidget
@@ -151,6 +155,7 @@ def test_compare_scores_a_stack_plane_by_plane(make_napari_viewer):
         compare.run()
 
 
+@pytest.mark.gui
 def test_predict_keeps_a_users_layer_that_shares_a_result_name(make_napari_viewer, qtbot):
     """Predict removed any layer called 'preprocessed' (a user's preprocessed.tif) when its
     run had no preprocessed image to show."""
@@ -165,6 +170,7 @@ def test_predict_keeps_a_users_layer_that_shares_a_result_name(make_napari_viewe
     assert ours not in viewer.layers and mine in viewer.layers
 
 
+@pytest.mark.gui
 def test_compare_draws_on_the_prediction_when_the_layers_are_placed_apart(make_napari_viewer):
     """A mask opened without the image's scale: scored pixel for pixel, but the missed
     cells were drawn on the truth's grid, away from the others, without a word."""
@@ -182,6 +188,7 @@ def test_compare_draws_on_the_prediction_when_the_layers_are_placed_apart(make_n
     np.testing.assert_allclose(viewer.layers[LAYER_NAMES["FN"]].scale, (0.65, 0.65))
 
 
+@pytest.mark.gui
 def test_a_live_result_of_an_earlier_prediction_is_dropped(make_napari_viewer, qtbot):
     """A worker's seeds arrived after Predict ran again (the layer refilled in place) and
     were shown with the new prediction's record."""

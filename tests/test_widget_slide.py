@@ -46,6 +46,7 @@ def make_widget(viewer, image, out):
     return widget
 
 
+@pytest.mark.gui
 def test_a_layer_is_segmented_block_wise_into_a_lazy_labels_layer(make_napari_viewer, qtbot, slide, tmp_path):
     from napari_cellseg._widgets.slide import SLIDE_CELLS_LAYER
 
@@ -63,6 +64,7 @@ def test_a_layer_is_segmented_block_wise_into_a_lazy_labels_layer(make_napari_vi
     assert widget._runner.status.value.startswith(f"{int(reference.max())} cells in 9 blocks")
 
 
+@pytest.mark.gui
 def test_cancel_stops_the_run_and_a_second_run_finishes_it(make_napari_viewer, qtbot, slide, tmp_path):
     from napari_cellseg._widgets.slide import SLIDE_CELLS_LAYER
 
@@ -90,6 +92,7 @@ def test_cancel_stops_the_run_and_a_second_run_finishes_it(make_napari_viewer, q
                                   first_pixel_order(reference))
 
 
+@pytest.mark.gui
 def test_tune_on_view_copies_the_region_in_view(make_napari_viewer, slide):
     from napari_cellseg._widgets.slide import VIEW_LAYER, SlideWidget
 
@@ -120,6 +123,7 @@ def test_tune_on_view_copies_the_region_in_view(make_napari_viewer, slide):
     np.testing.assert_array_equal(view.data, rgb[rows[0] : rows[1], cols[0] : cols[1]])
 
 
+@pytest.mark.gui
 def test_settings_block_mode_cannot_honour_are_refused(make_napari_viewer, slide, tmp_path):
     from napari_cellseg._widgets._inputs import CELLS_LAYER
 
