@@ -521,6 +521,8 @@ def test_fine_tune_in_viewer_adds_a_model(make_napari_viewer, qtbot, tissue, use
     wait_done(qtbot, widget._runner)
     assert widget.saved == user_models / "finetuned.safetensors" and widget.saved.exists()
     assert not (user_models / "finetuned.best.safetensors").exists()  # the saved model is the kept epoch
+    # The widget never resumes: no checkpoint is left in the models folder.
+    assert not (user_models / "finetuned.ckpt").exists() and not (user_models / "finetuned.ckpt.json").exists()
     assert len(widget.history) == 2 and "val_mAP" in widget.history[-1]
     assert "finetuned" in segment._model.choices
     info = load_model(widget.saved)[1]
@@ -548,6 +550,12 @@ def test_fine_tune_in_viewer_adds_a_model(make_napari_viewer, qtbot, tissue, use
     widget.run()  # the same name again: refused, as a notification, nothing overwritten
     wait_done(qtbot, widget._runner)
     assert "exists" in widget._runner.status.value
+    # A cancelled run's best epoch so far is a model in the lists, and the status says so.
+    (user_models / "stopped.best.safetensors").write_bytes(widget.saved.read_bytes())
+    widget._runner.status.value = "Training: cancelled"
+    widget._on_cancelled("stopped")
+    assert widget._runner.status.value.startswith("Training: cancelled; the best epoch so far is saved as the model 'stopped.best'")
+    assert "stopped.best" in widget._init.choices
 
 
 def test_unknown_pixel_size_estimated_in_one_click(make_napari_viewer, qtbot, tissue):

@@ -150,7 +150,7 @@ class Runner:
         return self.worker is not None
 
     def start(self, generator: Callable[..., Generator], *args, on_done: Callable,
-              on_yield: Callable | None = None, **kwargs):
+              on_yield: Callable | None = None, on_cancelled: Callable | None = None, **kwargs):
         from napari.qt.threading import create_worker
 
         if self.running:
@@ -170,6 +170,8 @@ class Runner:
         worker.returned.connect(self._unless_closed(reports_errors(on_done, self.title, self.status)))
         worker.errored.connect(self._on_error)
         worker.aborted.connect(self._unless_closed(self._on_aborted))
+        if on_cancelled is not None:  # after the status says "cancelled": it may add to it
+            worker.aborted.connect(self._unless_closed(reports_errors(on_cancelled, self.title, self.status)))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._gen = gen

@@ -9,6 +9,7 @@ old cells."""
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -131,7 +132,8 @@ class TrainWidget(Container):
         self._budget = (time.monotonic(), cfg.time_budget_s)
         return self._runner.start(_train_named, pairs, self._name.value, init=init, config=cfg,
                                   pixel_size=pixel_size, resegment=resegment,
-                                  on_done=self._on_done, on_yield=self._on_progress)
+                                  on_done=self._on_done, on_yield=self._on_progress,
+                                  on_cancelled=partial(self._on_cancelled, self._name.value))
 
     def _on_progress(self, p: Progress) -> None:
         if p.info is not None and "epoch" in p.info:
@@ -144,6 +146,17 @@ class TrainWidget(Container):
         started, budget = self._budget
         if budget and p.unit in ("steps", "epochs"):
             self._runner.status.value += f"  ({(time.monotonic() - started) / 60:.1f} of {budget / 60:g} min)"
+
+    def _on_cancelled(self, name: str) -> None:
+        """Say where the best epoch so far went (a model in the lists), if one was saved."""
+        from ..model.registry import user_model_path
+        from ..workflows.training import model_paths
+
+        best = model_paths(user_model_path(name))[1]
+        if best.exists():
+            self._runner.status.value += (f"; the best epoch so far is saved as the model "
+                                          f"{best.name[: -len('.safetensors')]!r} ({best})")
+            self._init.reset_choices()
 
     def _on_done(self, done) -> None:
         result, cells = done
@@ -170,9 +183,16 @@ def _train_named(pairs, name: str, resegment=None, **kwargs):
     returns (TrainResult, cells or None). A bad or taken name is an error of the worker
     (shown as a notification)."""
     from ..model.registry import user_model_path
-    from ..workflows.training import iter_train
+    from ..workflows.training import iter_train, model_paths
 
-    result = yield from iter_train(pairs, user_model_path(name), val_fraction=0.2, keep_best=True, **kwargs)
+    ckpt = model_paths(user_model_path(name))[2]
+    try:
+        result = yield from iter_train(pairs, user_model_path(name), val_fraction=0.2, keep_best=True, **kwargs)
+    finally:
+        # The widget never resumes: its checkpoint (weights and optimiser state, several MB)
+        # would only clutter the models folder. A cancelled run's best epoch stays (said).
+        for f in (ckpt, ckpt.with_name(ckpt.name + ".json")):
+            f.unlink(missing_ok=True)
     if resegment is None:
         return result, None
     from ..pipeline import iter_predict
