@@ -153,6 +153,14 @@ def view_plane(layer, viewer) -> list[int] | None:
     return list(plane_index(layer, viewer, lead)) if lead else None
 
 
+def plane_of(lead: tuple[int, ...], plane) -> tuple[int, ...] | None:
+    """A recorded ``plane`` as an index into leading axes of shape ``lead``; None when it
+    is not one of them (the caller says so, naming its layer)."""
+    if len(plane) == len(lead) and all(0 <= int(i) < n for i, n in zip(plane, lead, strict=True)):
+        return tuple(int(i) for i in plane)
+    return None
+
+
 def image_plane(layer, viewer=None, plane=None) -> np.ndarray:
     """The 2-D plane an image layer shows now, as a numpy array.
 
@@ -169,11 +177,8 @@ def image_plane(layer, viewer=None, plane=None) -> np.ndarray:
     spatial = 3 if rgb else 2
     if data.ndim > spatial:
         lead = data.shape[:-spatial]
-        if plane is None:
-            index = plane_index(layer, viewer, lead)
-        elif len(plane) == len(lead) and all(0 <= int(i) < n for i, n in zip(plane, lead, strict=True)):
-            index = tuple(int(i) for i in plane)
-        else:
+        index = plane_index(layer, viewer, lead) if plane is None else plane_of(lead, plane)
+        if index is None:
             raise ValueError(f"the labels were cut from plane {list(plane)} of a stack; {layer.name!r} "
                              f"has planes {list(lead)}: choose the image they were segmented from")
         # The plane first, then the pixels: a lazy (dask, zarr) time-lapse is not read whole

@@ -16,7 +16,7 @@ from magicgui.widgets import (
 
 from ..core.metrics import Evaluation, evaluate
 from ._inputs import COMPARE_LAYERS, LayerDefaults, looks_like_truth, result_layers
-from ._layers import layer_array, placement, show_layer, view_plane
+from ._layers import layer_array, placement, plane_of, show_layer, view_plane
 from ._runner import reports_errors, status_label
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def _plane_of(data: np.ndarray, layer, plane: list[int] | None) -> np.ndarray:
     """``data`` itself when 2-D, else its ``plane`` (said in words when it has no such plane)."""
     if data.ndim == 2 or plane is None:
         return data
-    lead = data.shape[:-2]
-    if len(plane) != len(lead) or not all(0 <= i < n for i, n in zip(plane, lead, strict=True)):
-        raise ValueError(f"{layer.name!r} has planes {list(lead)}: it has no plane {list(plane)} to score")
-    return data[tuple(plane)]
+    index = plane_of(data.shape[:-2], plane)
+    if index is None:
+        raise ValueError(f"{layer.name!r} has planes {list(data.shape[:-2])}: it has no plane {list(plane)} to score")
+    return data[index]
