@@ -113,9 +113,18 @@ def test_channels_stored_first_or_with_alpha_are_channels_not_planes(tmp_path, c
 
     cell = np.zeros((32, 32), np.float32)
     cell[8:20, 8:20] = 1.0
-    tifffile.imwrite(tmp_path / "planar.tif", np.stack([cell * 0, cell, cell * 0]), photometric="rgb",
-                     planarconfig="separate")
-    np.testing.assert_array_equal(io.read_image(tmp_path / "planar.tif"), cell)  # the live channel
+    tifffile.imwrite(tmp_path / "planar.tif", (np.stack([cell * 0, cell, cell * 0]) * 200).astype(np.uint8),
+                     photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(io.read_image(tmp_path / "planar.tif"), cell * 200)  # the live channel
+    # 16-bit planes stored the same way (tifffile's default for any (3, M, N) array) are a
+    # z-stack or time-lapse far more often than colour: they stay planes.
+    tifffile.imwrite(tmp_path / "planes.tif", (np.stack([cell, cell * 2, cell * 3]) * 100).astype(np.uint16),
+                     photometric="rgb", planarconfig="separate")
+    assert io.read_image(tmp_path / "planes.tif").shape == (3, 32, 32)
+    # An ImageJ composite's 4th channel is a channel (e.g. DAPI), not alpha.
+    tifffile.imwrite(tmp_path / "four.tif", np.stack([cell * 0, cell * 0, cell * 0, cell * 9]), imagej=True,
+                     metadata={"axes": "CYX"})
+    np.testing.assert_array_equal(io.read_image(tmp_path / "four.tif"), cell * 9)
     tifffile.imwrite(tmp_path / "composite.tif", np.stack([cell * 0, cell * 5]), imagej=True,
                      metadata={"axes": "CYX"})
     np.testing.assert_array_equal(io.read_image(tmp_path / "composite.tif"), cell * 5)

@@ -35,10 +35,20 @@ def _read_raw(path: Path) -> np.ndarray:
     return _read_with_axes(path)[0]
 
 
-def _read_with_axes(path: Path) -> tuple[np.ndarray, bool]:
-    """The file's pixels, and whether their last axis holds colour channels that a TIFF
-    stored first (planar RGB, an ImageJ composite CYX: moved last here, where they were
-    taken for a stack of 2-4 planes)."""
+# What a TIFF's first axis holds when _read_with_axes moved it last: the samples of a
+# planar 8-bit RGB(A) image (the 4th is alpha), or an ImageJ composite's channels (CYX: a
+# 4th is a real channel).
+SAMPLES, CHANNELS = "samples", "channels"
+
+
+def _read_with_axes(path: Path) -> tuple[np.ndarray, str | None]:
+    """The file's pixels, and what their last axis holds when a TIFF stored colours first
+    (:data:`SAMPLES` for planar 8-bit RGB, :data:`CHANNELS` for an ImageJ composite CYX:
+    moved last here, where they were taken for a stack of 2-4 planes), else None.
+
+    Planar samples of other types stay a stack: tifffile writes any (3, M, N) or
+    (4, M, N) array so by default, and such a file is far more often a z-stack or a
+    time-lapse of 3-4 planes than an RGB image of 16-bit or float samples."""
     _check_file(path)
     suffix = path.suffix.lower()
     try:
@@ -51,12 +61,15 @@ def _read_with_axes(path: Path) -> tuple[np.ndarray, bool]:
             if len(axes) == array.ndim:
                 kept = [(a, i) for i, (a, n) in enumerate(zip(axes, array.shape, strict=True)) if n > 1]
                 names = "".join(a for a, _ in kept)
-                if len(names) == 3 and names[1:] == "YX" and names[0] in "CS" and 2 <= array.shape[kept[0][1]] <= 4:
-                    return np.moveaxis(array.squeeze(), 0, -1), True
-            return array, False
+                if len(names) == 3 and names[1:] == "YX" and 2 <= array.shape[kept[0][1]] <= 4:
+                    if names[0] == "C":
+                        return np.moveaxis(array.squeeze(), 0, -1), CHANNELS
+                    if names[0] == "S" and array.dtype == np.uint8:
+                        return np.moveaxis(array.squeeze(), 0, -1), SAMPLES
+            return array, None
         import imageio.v3 as iio
 
-        return np.asarray(iio.imread(path)), False
+        return np.asarray(iio.imread(path)), None
     except Exception as err:
         raise _unreadable(path, err) from err
 
@@ -266,13 +279,14 @@ def is_rgb(array: np.ndarray) -> bool:
 
 
 def select_channel(array: np.ndarray, channel: int | None = None,
-                   rgb: bool | None = None) -> tuple[np.ndarray, int | None]:
+                   rgb: bool | None = None, alpha: bool = True) -> tuple[np.ndarray, int | None]:
     """One channel of an RGB(A) image: the one given, else the one that carries signal.
 
     Returns the 2-D (or stacked) single-channel array and the channel index used (None
     for an image that had one channel). The alpha channel is never chosen by itself.
     ``rgb``: whether the last axis holds colours (a napari layer says so, whatever its
     number of axes); by default guessed by :func:`is_rgb` (an (M, N, 3 or 4) array).
+    ``alpha``: whether a 4th channel is alpha (RGBA), not a channel of its own (a composite's).
     """
     if not (is_rgb(array) if rgb is None else rgb):
         if channel not in (None, 0):
@@ -284,7 +298,7 @@ def select_channel(array: np.ndarray, channel: int | None = None,
         if not 0 <= channel < n:
             raise ValueError(f"channel {channel} out of range for an image with {n} channels")
         return array[..., channel], channel
-    colours = min(n, 3)  # RGBA's alpha is not a colour; 2 channels (a composite) are both
+    colours = min(n, 3) if alpha else n  # RGBA's alpha is not a colour; a composite's channels all are
     colour = array[..., :colours].reshape(-1, colours).astype(np.float64)
     spread = colour.std(axis=0)
     chosen = int(np.argmax(spread))
@@ -309,16 +323,16 @@ def read_image(path: str | Path, channel: int | None = None) -> np.ndarray:
         The file is not a readable image, or its shape is not 2-D / RGB / a stack.
     """
     path = Path(path)
-    array, channels_last = _read_with_axes(path)
+    array, moved = _read_with_axes(path)
     array = _drop_singletons(array)
-    if not channels_last and array.ndim == 3 and array.shape[-1] == 2 and path.suffix.lower() not in (".tif", ".tiff"):
+    if not moved and array.ndim == 3 and array.shape[-1] == 2 and path.suffix.lower() not in (".tif", ".tiff"):
         # A grey PNG with alpha (LA): the grey, not a stack of M planes of N x 2.
         if channel is None:
             logger.info("%s: grey with alpha: using the grey", path.name)
             array = array[..., 0]
         else:
-            channels_last = True
-    single, used = select_channel(array, channel, rgb=True if channels_last else None)
+            moved = SAMPLES
+    single, used = select_channel(array, channel, rgb=True if moved else None, alpha=moved != CHANNELS)
     if used is not None:
         name = "RGBA"[used] if array.shape[-1] > 2 else str(used)
         logger.info("%s: %d channels, using channel %d (%s)", path.name, array.shape[-1], used, name)
