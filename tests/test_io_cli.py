@@ -104,6 +104,9 @@ def test_pair_stem():
     # What segment writes for x_img.png and x.ome.tif pairs with x_masks.tif (it stayed x_img).
     assert io.pair_stem("001_img_masks.tif") == io.pair_stem("001_masks.tif") == "001"
     assert io.pair_stem("x.ome.tif") == io.pair_stem("x.ome_masks.tif") == io.pair_stem("x_masks.tif") == "x"
+    # x_masks.ome.tif is a mask (its Path.stem, "x_masks.ome", does not end in _masks).
+    assert io.is_label_file("x_masks.ome.tif") and io.is_label_file("x.ome_masks.tif")
+    assert not io.is_label_file("x.ome.tif") and not io.is_label_file("x_img.png")
 
 
 def test_channels_stored_first_or_with_alpha_are_channels_not_planes(tmp_path, capsys):

@@ -498,18 +498,29 @@ def pair_stem(path: str | Path) -> str:
     """File name without extension (``.ome.tif`` as one), without a trailing
     _masks/_mask/_labels, then without a trailing _img: ``x_img_masks.tif`` (what
     ``segment`` writes for ``x_img.png``), ``x_masks.tif`` and ``x.ome.tif`` all pair as x."""
-    stem = Path(path).name
-    for suffix in IMAGE_SUFFIXES:
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    stem = _drop_ome(stem)
+    stem = _bare_stem(path)
     for tail in LABEL_TAGS:
         if stem.endswith(tail):
             stem = stem[: -len(tail)]
             break
     stem = stem[: -len("_img")] if stem.endswith("_img") else stem
     return _drop_ome(stem)  # x.ome_masks.tif, what segment writes for x.ome.tif
+
+
+def is_label_file(path: str | Path) -> bool:
+    """A file name that says it holds labels: ``_masks``, ``_mask`` or ``_labels`` before the
+    extension (``.ome.tif`` counted as one: ``x_masks.ome.tif`` is a mask too)."""
+    return _bare_stem(path).endswith(LABEL_TAGS)
+
+
+def _bare_stem(path: str | Path) -> str:
+    """The file name without its image extension, ``.ome.tif`` counted as one."""
+    stem = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return _drop_ome(stem)
 
 
 def _drop_ome(stem: str) -> str:
@@ -541,8 +552,8 @@ def pair_files(images: str | Path, masks: str | Path) -> dict[str, tuple[Path, P
     """``{stem: (image file, mask file)}`` of :func:`load_pairs` (nothing read)."""
     if Path(images).resolve() == Path(masks).resolve():
         # One folder holding both: images are the files that are not masks.
-        img_files = files_by_stem(p for p in list_images(images) if not p.stem.endswith(LABEL_TAGS))
-        mask_files = files_by_stem(p for p in list_images(masks) if p.stem.endswith(LABEL_TAGS))
+        img_files = files_by_stem(p for p in list_images(images) if not is_label_file(p))
+        mask_files = files_by_stem(p for p in list_images(masks) if is_label_file(p))
     else:
         img_files, mask_files = files_by_stem(list_images(images)), files_by_stem(list_images(masks))
     missing = sorted(set(img_files) ^ set(mask_files))

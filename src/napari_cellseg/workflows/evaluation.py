@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..core.metrics import Evaluation, evaluate, mean_scores
-from ..io import LABEL_TAGS, files_by_stem, list_images, pair_stem, read_labels
+from ..io import files_by_stem, is_label_file, list_images, pair_stem, read_labels
 from ..progress import Progress, drain
 
 # The columns printed; the table itself holds every scalar score of each image.
@@ -22,7 +22,7 @@ def label_files(folder: str | Path) -> list[Path]:
     """Label images in a folder. Where some names end in _masks / _mask / _labels (a folder
     that also holds the raw images), only those count."""
     files = list_images(folder)
-    tagged = [p for p in files if p.stem.endswith(LABEL_TAGS)]
+    tagged = [p for p in files if is_label_file(p)]
     return tagged or files
 
 
