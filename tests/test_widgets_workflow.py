@@ -789,6 +789,16 @@ def test_a_dock_removed_mid_run_cancels_it(qtbot):
     container.native.setParent(None)  # what remove_dock_widget does
     qtbot.waitUntil(lambda: runner.worker is None, timeout=10_000)
     assert runner._closed and done == []
+    # Docked again (a script may): the next run is not cancelled nor its result dropped.
+    container.native.setParent(dock)
+
+    def quick():
+        yield Progress(0, 1, "steps")
+        return "quick"
+
+    runner.start(quick, on_done=done.append)
+    qtbot.waitUntil(lambda: runner.worker is None, timeout=10_000)
+    assert done == ["quick"] and runner.run_button.enabled
 
 
 def test_a_closed_widget_cancels_its_run_and_shows_nothing(qtbot):

@@ -82,11 +82,10 @@ class WorkerFailed(Exception):
         self.original = original
 
 
-def _watch_detach(widget, callback: Callable[[], None]):
-    """Call ``callback`` when ``widget`` or an ancestor of it is taken out of its parent:
-    napari's ``remove_dock_widget`` does ``setParent(None)`` on the dock's widget, which
-    lives on (held by its running worker), so ``destroyed`` never fires. Returns the
-    filter (keep a reference)."""
+def _detach_filter(callback: Callable[[], None]):
+    """A Qt event filter that calls ``callback`` when a widget it watches is taken out of
+    its parent: napari's ``remove_dock_widget`` does ``setParent(None)`` on the dock's
+    widget, which lives on (held by its running worker), so ``destroyed`` never fires."""
     from qtpy.QtCore import QEvent, QObject
 
     class Detached(QObject):
@@ -95,12 +94,16 @@ def _watch_detach(widget, callback: Callable[[], None]):
                 callback()
             return False
 
-    detached = Detached()
+    return Detached()
+
+
+def _watch_ancestors(widget, event_filter) -> None:
+    """Install ``event_filter`` on every ancestor of ``widget`` (Qt installs a filter on
+    an object once, however often asked)."""
     w = widget.parentWidget()
     while w is not None:
-        w.installEventFilter(detached)
+        w.installEventFilter(event_filter)
         w = w.parentWidget()
-    return detached
 
 
 class Runner:
@@ -180,8 +183,12 @@ class Runner:
         self.progress.visible = True
         self.progress.value = 0
         self.status.value = f"{self.title}: starting…"
-        if self._detach_filter is None:  # by now the widget sits in its dock
-            self._detach_filter = _watch_detach(self.run_button.native, self.close)
+        # Taken out of its dock while this run goes on: the run is cancelled; docked again
+        # later, the widget runs anew (_closed is per run). Watched from where it sits now.
+        self._closed = False
+        if self._detach_filter is None:
+            self._detach_filter = _detach_filter(lambda: self.close() if self.worker is not None else None)
+        _watch_ancestors(self.run_button.native, self._detach_filter)
         worker.start()
         return worker
 
