@@ -554,8 +554,10 @@ def test_fine_tune_in_viewer_adds_a_model(make_napari_viewer, qtbot, tissue, use
     (user_models / "stopped.best.safetensors").write_bytes(widget.saved.read_bytes())
     widget._runner.status.value = "Training: cancelled"
     widget._on_cancelled("stopped")
-    assert widget._runner.status.value.startswith("Training: cancelled; the best epoch so far is saved as the model 'stopped.best'")
-    assert "stopped.best" in widget._init.choices
+    assert widget._runner.status.value.startswith(
+        "Training: cancelled; the best epoch so far is saved as the model 'stopped-cancelled'")
+    assert "stopped-cancelled" in widget._init.choices  # a next run saving to "stopped" cannot delete it
+    assert not (user_models / "stopped.best.safetensors").exists()
 
 
 def test_unknown_pixel_size_estimated_in_one_click(make_napari_viewer, qtbot, tissue):

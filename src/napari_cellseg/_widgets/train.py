@@ -83,7 +83,12 @@ class TrainWidget(Container):
                 raise ValueError("choose the folder of image / mask pairs")
             folder = Path(self._folder.value)
             # The pixel size the files state (as a layer's own is used below), else unknown.
-            return load_pairs(folder, folder), pairs_pixel_size(folder, folder), None
+            try:
+                pixel_size = pairs_pixel_size(folder, folder)
+            except ValueError as err:  # the CLI's advice (--pixel-size) has no field here
+                raise ValueError(f"{err}. Here: resample the images to one pixel size, or train "
+                                 "from the command line with --pixel-size") from err
+            return load_pairs(folder, folder), pixel_size, None
         layer = self._image.value
         if layer is None:
             raise ValueError("choose the image layer")
@@ -148,15 +153,22 @@ class TrainWidget(Container):
             self._runner.status.value += f"  ({(time.monotonic() - started) / 60:.1f} of {budget / 60:g} min)"
 
     def _on_cancelled(self, name: str) -> None:
-        """Say where the best epoch so far went (a model in the lists), if one was saved."""
+        """Keep the best epoch so far as a model of its own, ``<name>-cancelled`` (a next
+        run saving to ``name`` would delete ``<name>.best``), and say so."""
         from ..model.registry import user_model_path
         from ..workflows.training import model_paths
 
         best = model_paths(user_model_path(name))[1]
-        if best.exists():
-            self._runner.status.value += (f"; the best epoch so far is saved as the model "
-                                          f"{best.name[: -len('.safetensors')]!r} ({best})")
-            self._init.reset_choices()
+        if not best.exists():
+            return
+        target, k = user_model_path(f"{name}-cancelled"), 1
+        while target.exists():
+            k += 1
+            target = user_model_path(f"{name}-cancelled-{k}")
+        best.rename(target)
+        self._runner.status.value += (f"; the best epoch so far is saved as the model "
+                                      f"{target.name[: -len('.safetensors')]!r} ({target})")
+        self._init.reset_choices()
 
     def _on_done(self, done) -> None:
         result, cells = done
@@ -186,13 +198,16 @@ def _train_named(pairs, name: str, resegment=None, **kwargs):
     from ..workflows.training import iter_train, model_paths
 
     ckpt = model_paths(user_model_path(name))[2]
+    run_files = (ckpt, ckpt.with_name(ckpt.name + ".json"))
+    theirs = any(f.exists() for f in run_files)  # another run's (a CLI run saving here): kept
     try:
         result = yield from iter_train(pairs, user_model_path(name), val_fraction=0.2, keep_best=True, **kwargs)
     finally:
         # The widget never resumes: its checkpoint (weights and optimiser state, several MB)
         # would only clutter the models folder. A cancelled run's best epoch stays (said).
-        for f in (ckpt, ckpt.with_name(ckpt.name + ".json")):
-            f.unlink(missing_ok=True)
+        if not theirs:
+            for f in run_files:
+                f.unlink(missing_ok=True)
     if resegment is None:
         return result, None
     from ..pipeline import iter_predict

@@ -51,9 +51,12 @@ class SegmentParams:
         if not 0 < float(self.cell_threshold) < 1:
             raise ValueError(f"cell_threshold must be in (0, 1), got {self.cell_threshold}")
         if self.cell_diameter is not None:  # text or True was a numpy TypeError, or 1 µm
-            _check_range("cell_diameter", self.cell_diameter, 0, np.inf, unit=" µm")
-            if not float(self.cell_diameter) > 0:
-                raise ValueError(f"cell_diameter must be a finite number of µm > 0, got {self.cell_diameter}")
+            try:
+                ok = not isinstance(self.cell_diameter, bool | str | bytes) and 0 < float(self.cell_diameter) < np.inf
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"cell_diameter must be a finite number of µm > 0, got {self.cell_diameter!r}")
         if self.min_cell_area is not None:
             _check_range("min_cell_area", self.min_cell_area, 0, np.inf, unit=" µm²")
         if self.seed_diameter is not None:
