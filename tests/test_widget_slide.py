@@ -139,6 +139,14 @@ def test_settings_block_mode_cannot_honour_are_refused(make_napari_viewer, slide
     assert widget.params() == {"sensitivity": 40.0, "h_probability": 0.3, "cell_threshold": 0.45}
     cells.metadata["parameters"] = {**cells.metadata["parameters"], "min_cell_area": 12.0}
     assert widget.params()["min_cell_area"] == 12.0  # tuned in Segment cells: it was dropped unsaid
+    # Tuned at an estimated zoom: the slide runs at the model's grid, and says so.
+    cells.metadata.update({"pixel_size_um": 0.31, "pixel_size_from": "estimated from the image"})
+    assert "tuned at the zoom of 0.31 µm per pixel (estimated from the image); a slide runs at the " \
+           "model's 0.5 µm" in widget._check_tuned_scale()
+    cells.metadata.update({"pixel_size_um": 0.5})
+    assert widget._check_tuned_scale() is None
+    cells.metadata.update({"pixel_size_um": 0.65, "pixel_size_from": "image layer"})
+    assert "0.65 µm per pixel (image layer)" in widget._check_tuned_scale()
     widget._workers.value = 2
     widget._scheduler.value = "tcp://127.0.0.1:1"
     with pytest.raises(ValueError, match="not both"):

@@ -24,8 +24,8 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from ._inputs import cells_layer_parameters, chosen_model, model_combo
-from ._layers import mark_ours, remove_result, show_layer
+from ._inputs import CELLS_LAYER, cells_layer_parameters, chosen_model, model_combo
+from ._layers import mark_ours, notify, remove_result, show_layer
 from ._runner import Runner, reports_errors
 from ._seed_controls import SeedControls
 
@@ -135,6 +135,28 @@ class SlideWidget(Container):
                              "layer's parameters'")
         return {k: source[k] for k in BLOCK_PARAMS if source.get(k) is not None}
 
+    def _check_tuned_scale(self) -> str | None:
+        """Say (a notification; returned) when the 'cells' layer was tuned at another zoom
+        than the model's grid, the only one a slide runs at (a pixel size given, estimated
+        or from a cell diameter): the slide's cells may then differ from the tuned ones."""
+        from ..model.store import resolve_model
+
+        if CELLS_LAYER not in self._viewer.layers:
+            return None
+        meta = self._viewer.layers[CELLS_LAYER].metadata
+        source = meta.get("scale_from") or meta.get("pixel_size_from")
+        zoom_px = meta.get("scale_pixel_size_um") if meta.get("scale_from") else meta.get("pixel_size_um")
+        if not zoom_px:
+            return None
+        model_px = resolve_model(chosen_model(self._model))[1].pixel_size
+        if not model_px or abs(float(zoom_px) / float(model_px) - 1) <= 0.01:
+            return None
+        text = (f"the '{CELLS_LAYER}' layer was tuned at the zoom of {float(zoom_px):.3g} µm per pixel "
+                f"({source or 'given'}); a slide runs at the model's {float(model_px):g} µm: its cells may differ "
+                f"from the tuned ones. Tune '{VIEW_LAYER}' with the pixel size set to {float(model_px):g}")
+        notify(text)
+        return text
+
     def run(self, *_):
         from ..workflows.large import iter_segment_large
 
@@ -147,6 +169,8 @@ class SlideWidget(Container):
         if out.exists() and not (self._resume.value or self._overwrite.value):
             raise FileExistsError(f"{out} exists: tick 'Finish an earlier run' or 'Replace the output'")
         params = self.params()
+        if self._from_layer.value:
+            self._check_tuned_scale()
         self._target = layer
         return self._runner.start(
             iter_segment_large, slide_source(layer), out, block=int(self._block.value),
