@@ -99,11 +99,10 @@ class TrainWidget(Container):
         if data.ndim == 2:
             # Cells cut from one plane of a stack carry it: that plane, not the one in view now.
             self._plane = labels.metadata.get("plane") or view_plane(layer, self._viewer)
-            image = image_plane(layer, self._viewer, plane=labels.metadata.get("plane"))
         else:  # corrected cells of a whole stack: the plane in view of both
             self._plane = view_plane(labels, self._viewer)
             data = data[tuple(self._plane)] if self._plane and data.ndim == len(self._plane) + 2 else data
-            image = image_plane(layer, self._viewer, plane=self._plane)
+        image = image_plane(layer, self._viewer, plane=self._plane)
         if data.shape != image.shape:
             raise ValueError(f"labels {data.shape} and image {image.shape} differ in shape")
         data = np.array(data)  # a copy: painting on during training must not change what it trains on
