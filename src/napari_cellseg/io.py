@@ -250,17 +250,21 @@ def read_pixel_size(path: str | Path) -> float | None:
         for how, read in (("OME", _ome_size), ("ImageJ", _imagej_size),
                           ("TIFF resolution", _resolution_size)):
             xy = read(tif)
-            size = None if xy is None else _square(path, how, *xy)
-            if size is None:
-                continue
-            lo, hi = PLAUSIBLE_UM
-            if not lo <= size <= hi:  # e.g. ImageJ's 72 pixels per inch: 353 µm
-                logger.warning("%s: the %s metadata states %.6g µm per pixel, not a microscope's "
-                               "(%g-%g µm): ignored; give the pixel size if you know it",
-                               path, how, size, lo, hi)
-                continue
-            return size
+            size = _plausible(path, how, None if xy is None else _square(path, how, *xy))
+            if size is not None:
+                return size
     return None
+
+
+def _plausible(path, how: str, size: float | None) -> float | None:
+    """``size`` when it is a pixel size a microscope gives (:data:`PLAUSIBLE_UM`), else
+    None, warned (e.g. ImageJ's 72 pixels per inch: 353 µm)."""
+    lo, hi = PLAUSIBLE_UM
+    if size is not None and not lo <= size <= hi:
+        logger.warning("%s: the %s metadata states %.6g µm per pixel, not a microscope's (%g-%g µm): "
+                       "ignored; give the pixel size if you know it", path, how, size, lo, hi)
+        return None
+    return size
 
 
 def _drop_singletons(array: np.ndarray) -> np.ndarray:

@@ -112,7 +112,7 @@ def _source_pixel_size(spec) -> float | None:
     import zarr
 
     from .._reader import _transforms
-    from ..io import PLAUSIBLE_UM, _square, _um_per
+    from ..io import _plausible, _square, _um_per
 
     try:
         node = zarr.open(str(path), mode="r")
@@ -132,13 +132,7 @@ def _source_pixel_size(spec) -> float | None:
     if len(units) != 2 or None in units or not scale or len(scale) < 2:
         return None  # no unit: a scale in pixels says nothing of the optics
     # Y and X as a TIFF's are read: non-square pixels refused, a size no microscope gives ignored.
-    size = _square(path, "OME-Zarr", scale[-1] * units[1], scale[-2] * units[0])
-    lo, hi = PLAUSIBLE_UM
-    if size is not None and not lo <= size <= hi:
-        logger.warning("%s: the OME-Zarr scale states %.6g µm per pixel, not a microscope's (%g-%g µm): "
-                       "ignored", path, size, lo, hi)
-        return None
-    return size
+    return _plausible(path, "OME-Zarr", _square(path, "OME-Zarr", scale[-1] * units[1], scale[-2] * units[0]))
 
 
 def _squeeze2d(arr, name: str):
