@@ -111,7 +111,30 @@ API_ERRORS = [
     ("empty png", lambda t: ncs.read_image(_touch(t / "empty.png")), ValueError, "empty (0 bytes)"),
     ("not an image", lambda t: ncs.read_image(_write(t / "notes.png", b"hello")), ValueError, "cannot read"),
     ("binary png mask", lambda t: ncs.read_labels(_binary_png(t)), ValueError, "binary mask"),
+    # Inputs added 2026-11-24: a layer's two-value scale, parameters of the wrong kind, a
+    # recorded plane that is not there, training images of two pixel sizes.
+    ("pixel size of two values", lambda t: ncs.segment(LESSON, np.array([0.5, 0.5])), ValueError,
+     "pixel_size must be a number of µm > 0"),
+    ("cell diameter as text", lambda t: ncs.segment(LESSON, cell_diameter="7.5"), ValueError,
+     "cell_diameter must be a finite number of µm > 0"),
+    ("seed diameter one number", lambda t: ncs.segment(LESSON, seed_diameter=5), ValueError,
+     "seed_diameter must be two finite diameters"),
+    ("evaluate min size -3", lambda t: ncs.evaluate(GT, GT, min_size=-3), ValueError, "min_size must be >= 0"),
+    ("training images of two pixel sizes", lambda t: _pairs_pixel_size_mixed(t), ValueError,
+     "state different pixel sizes"),
 ]
+
+
+def _pairs_pixel_size_mixed(tmp_path: Path):
+    import tifffile
+
+    from napari_cellseg.io import pairs_pixel_size, write_labels
+
+    for name, ppu in (("a", 4.0), ("b", 2.0)):  # 0.25 and 0.5 µm per pixel
+        tifffile.imwrite(tmp_path / f"{name}.tif", LESSON.astype(np.float32), imagej=True, resolution=(ppu, ppu),
+                         metadata={"unit": "um"})
+        write_labels(tmp_path / f"{name}_masks.tif", np.ones(LESSON.shape, int))
+    return pairs_pixel_size(tmp_path, tmp_path)
 
 
 def _touch(path: Path) -> Path:
