@@ -411,5 +411,7 @@ def test_model_help_names_the_built_in_models(capsys):
             cli.main([command, "--help"])
         assert stop.value.code == 0
         text = " ".join(capsys.readouterr().out.split())
-        assert "dense_tcells_multiscale (the default)" in text
+        # One image or a batch: the choice by look; block-wise: the default model.
+        default = "default: 'auto'" if command == "segment" else "default: dense_tcells_multiscale"
+        assert default in text
         assert "multiscale_nuclei for nuclei in a DNA stain" in text and "dense_tcells_x2" in text

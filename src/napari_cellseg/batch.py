@@ -114,10 +114,13 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
         labels = segment_classic(image, **job.params)
         used, size = dict(job.params), physical
     else:
+        from .choose import is_auto
         from .model.store import resolve_model
         from .pipeline import predict
 
-        net = resolve_model(job.model)  # loaded once per process (resolve_model keeps it)
+        # Loaded once per process (resolve_model keeps it); with none named, each image's
+        # model is chosen by its look (choose.py) and its record says which.
+        net = None if is_auto(job.model) else resolve_model(job.model)
         diameter_px = job.cell_diameter_px
         if job.cell_diameter_um is not None:  # the pixel size (checked up front) measures it
             diameter_px = job.cell_diameter_um / physical
@@ -151,6 +154,11 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
     record = {"image": str(path), "method": job.method, "parameters": used,
               "pixel_size_um": size, "pixel_size_given": given,
               "model": job.model_info, "version": __version__, "request": _request(job, path)}
+    if job.method == "unet" and prediction.model_choice is not None:
+        from .model.store import model_record
+
+        record["model"] = model_record(prediction.model_name)  # the one chosen for this image
+        record["model_choice"] = prediction.model_choice.to_dict()
     if file_size is not None or (given and scale_from is not None):
         # The file's size (read only when no number was given), or the number given with a
         # diameter in µm, measures the µm; the model's zoom came from the cells.
@@ -246,10 +254,13 @@ def iter_segment_files(
         raise ValueError(f"several inputs share the name(s) {dupes}; their outputs would collide")
     model_info = None
     if method == "unet":
+        from .choose import CANDIDATES, auto_record, is_auto
         from .model.store import model_record, resolve_model
 
-        resolve_model(model)  # a missing or corrupt model fails now, before any work
-        model_info = model_record(model)
+        # A missing or corrupt model fails now, before any work.
+        for name in CANDIDATES if is_auto(model) else [model]:
+            resolve_model(name)
+        model_info = auto_record() if is_auto(model) else model_record(model)
     if (cell_diameter_px is not None or cell_diameter_um is not None) and method != "unet":
         raise ValueError("a cell diameter sets the unet method's zoom; the classic method works in pixels")
     if cell_diameter_px is not None and pixel_size not in (None, "auto", "model"):

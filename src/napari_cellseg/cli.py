@@ -11,13 +11,18 @@ from pathlib import Path
 logger = logging.getLogger("napari_cellseg")
 
 
-def _model_help() -> str:
-    """``--model``'s help: the built-in models by name, the default first."""
+def _model_help(auto: bool = True) -> str:
+    """``--model``'s help: the built-in models by name, the default first; ``auto``: the
+    default is the choice by look (choose.py), else the default model."""
     from .model.registry import DEFAULT_MODEL, builtin_models
 
     others = [name for name in builtin_models() if name != DEFAULT_MODEL]
-    return (f"a model name or .safetensors path; built in: {DEFAULT_MODEL} (the default), "
-            f"{', '.join(others)}; multiscale_nuclei for nuclei in a DNA stain (DAPI, Hoechst)")
+    default = (f"default: 'auto', {DEFAULT_MODEL} or, where the network is surer of the image's cells "
+               "with it, multiscale_nuclei (each image's params JSON says which; --zarr: "
+               f"{DEFAULT_MODEL})" if auto
+               else f"default: {DEFAULT_MODEL}")
+    return (f"a model name or .safetensors path; built in: {DEFAULT_MODEL}, {', '.join(others)} "
+            f"(multiscale_nuclei for nuclei in a DNA stain: DAPI, Hoechst); {default}")
 
 
 def _add_segment(sub: argparse._SubParsersAction) -> None:
@@ -166,7 +171,11 @@ def _segment(args: argparse.Namespace) -> int:
     if len(args.images) > 1:
         print(file=sys.stderr)
     for path, n in results:
-        print(f"{path.name}: {n} cells -> {result_paths(args.out, path.stem)['labels']}")
+        files = result_paths(args.out, path.stem)
+        chosen = ""
+        if args.method == "unet" and args.model is None:  # the model chosen for this image (choose.py)
+            chosen = f" (model {json.loads(files['params'].read_text())['model']['name']})"
+        print(f"{path.name}: {n} cells{chosen} -> {files['labels']}")
     return 0
 
 
@@ -453,7 +462,7 @@ def _add_segment_large(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="finish a run found at --out (same settings)")
     p.add_argument("--overwrite", action="store_true", help="delete --out first")
     p.add_argument("--pixel-size", type=float, default=None, help="µm per pixel; must be the model's")
-    p.add_argument("--model", default=None, help=_model_help())
+    p.add_argument("--model", default=None, help=_model_help(auto=False))
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--sensitivity", type=float, default=None, help="seed sensitivity 0-100")
     p.add_argument("--h-probability", type=float, default=None, help="dip between two seeds, 0-1")

@@ -66,6 +66,10 @@ class Prediction:
     defaults: SegmentParams = field(default_factory=SegmentParams)
     pixel_size: float | None = None  # µm per input pixel used (None: taken as the model's)
     scale: object | None = None  # the ScaleEstimate when the pixel size was estimated ("auto")
+    # The model's name (a shipped or saved name, or its file; None for a model passed in
+    # memory), and the ModelChoice when none was named (choose.py).
+    model_name: str | None = None
+    model_choice: object | None = None
 
     # ---- maps ----------------------------------------------------------------
     @property
@@ -236,10 +240,13 @@ def iter_predict(
     :class:`Prediction`. A worker that stops iterating cancels the prediction. With
     ``warm`` (parameters), the stages those parameters need are built before returning,
     in the caller's thread."""
+    from .choose import is_auto
     from .model.inference import iter_probabilities
+    from .model.registry import DEFAULT_MODEL
     from .model.store import resolve_model
 
-    net, info = resolve_model(model)
+    choosing = is_auto(model)
+    net, info = resolve_model(DEFAULT_MODEL if choosing else model)
     image_px = image_pixel_size(info)  # checked before any estimate
     scale = None
     if isinstance(pixel_size, str) and pixel_size not in ("auto", "model"):
@@ -275,25 +282,23 @@ def iter_predict(
                              f"{factor:.3g} to match the model's {info.cell_diameter_um:.3g} µm cells, outside "
                              f"[1/{validate.MAX_RESCALE:g}, {validate.MAX_RESCALE:g}]: check the diameter "
                              "(and its unit), or use a model trained on cells nearer that size")
-    elif pixel_size == "auto":
-        from .scale import estimate_scale
-
+    estimated = isinstance(pixel_size, str) and pixel_size == "auto"
+    if estimated:
         yield Progress(0, 1, "tiles", message="estimating the scale")
-        plane = validate.image_2d(image)  # a stack or an empty array is refused here, in words
-        try:
-            scale = estimate_scale(plane, net, info, device)
-        except ValueError as err:
-            # An empty, constant or tiny image: nothing to measure, and nothing lost by
-            # taking it at the model's scale (it then gets its cells, or none, in words).
-            logger.warning("automatic scale: %s; the image is taken to be at the model's pixel "
-                           "size (%g µm)", err, image_px or info.pixel_size or 0.0)
-            pixel_size = None
-        else:
-            pixel_size = scale.pixel_size
-            logger.info("automatic scale: %.3g µm per pixel (cells about %.1f px across; network "
-                        "confidence %.2f)%s", pixel_size, scale.cell_diameter_px, scale.confidence,
-                        f"; measured {scale.measured_pixel_size:.3g} µm, within a factor √2 of the "
-                        "model's: the image is used at the model's scale" if scale.kept_model_scale else "")
+        pixel_size, scale = _estimate(image, net, info, device)
+    choice = None
+    if choosing:
+        from .choose import choose_model
+
+        yield Progress(0, 1, "tiles", message="choosing the model")
+        at_px = pixel_size if pixel_size is not None else image_px
+        choice = choose_model(validate.image_2d(image), scale_factor(at_px, info.pixel_size), device)
+        logger.info("model: %s (mean confidence on the cells: %s)", choice.name,
+                    ", ".join(f"{k} {v:.3f}" for k, v in choice.scores.items()))
+        if choice.name != DEFAULT_MODEL:
+            net, info = resolve_model(choice.name)
+            if estimated:  # the chosen model's own estimate: each model draws its cells its way
+                pixel_size, scale = _estimate(image, net, info, device)
     # A model that runs its network at a finer grid than the images it is meant for (a 2x
     # model: image_pixel_size in its metadata) takes an image without a pixel size to be at
     # that size, and segments on that grid, not on the network's.
@@ -331,7 +336,8 @@ def iter_predict(
         probs = np.stack([restore_shape(p, grid_image.shape) for p in probs])
     defaults = SegmentParams.from_mapping(info.extra.get("segment_defaults"))
     prediction = Prediction(np.asarray(image), probs, grid_image, Grid(grid_px, info.cell_diameter_um),
-                            defaults, validate.optional_pixel_size(pixel_size), scale)
+                            defaults, validate.optional_pixel_size(pixel_size), scale,
+                            choice.name if choice is not None else _model_name(model), choice)
     if prediction.confidence < LOW_CONFIDENCE:
         logger.warning(
             "the network is unsure about most of this image (confidence %.3f, below %.2f): it may "
@@ -342,6 +348,38 @@ def iter_predict(
         yield Progress(1, 1, "tiles", message="preparing the live sliders")
         prediction.warm(warm)
     return prediction
+
+
+def _estimate(image: np.ndarray, net, info, device: str):
+    """``pixel_size="auto"``: (the pixel size to use, the ScaleEstimate), or (None, None)
+    with a warning when there is nothing to measure."""
+    from .scale import estimate_scale
+
+    plane = validate.image_2d(image)  # a stack or an empty array is refused here, in words
+    try:
+        scale = estimate_scale(plane, net, info, device)
+    except ValueError as err:
+        # An empty, constant or tiny image: nothing to measure, and nothing lost by
+        # taking it at the model's scale (it then gets its cells, or none, in words).
+        logger.warning("automatic scale: %s; the image is taken to be at the model's pixel "
+                       "size (%g µm)", err, image_pixel_size(info) or info.pixel_size or 0.0)
+        return None, None
+    logger.info("automatic scale: %.3g µm per pixel (cells about %.1f px across; network "
+                "confidence %.2f)%s", scale.pixel_size, scale.cell_diameter_px, scale.confidence,
+                f"; measured {scale.measured_pixel_size:.3g} µm, within a factor √2 of the "
+                "model's: the image is used at the model's scale" if scale.kept_model_scale else "")
+    return scale.pixel_size, scale
+
+
+def _model_name(model) -> str | None:
+    """A named model's name or file (None for a loaded pair)."""
+    if isinstance(model, tuple):
+        return None
+    from .model.registry import available_models
+
+    if isinstance(model, str) and model in available_models():
+        return model
+    return str(model)
 
 
 def predict(
@@ -367,8 +405,10 @@ def predict(
         with nothing to measure, e.g. constant, is taken at the model's scale with a
         warning). ``"model"`` or None take the image to be at the model's pixel size.
     model : str, path or (UNet, ModelInfo), optional
-        A shipped or saved model name, a weight file, or a loaded model. Default: the
-        shipped model.
+        A shipped or saved model name, a weight file, or a loaded model. Default (None or
+        ``"auto"``): the shipped default model, or the shipped nuclear model where the
+        network is surer of the image's cells with it (:mod:`napari_cellseg.choose`);
+        ``Prediction.model_name`` says which.
     device : str
         ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
     progress : callable, optional
@@ -400,7 +440,9 @@ def iter_predict_planes(
     image is a stack of one.
 
     Yields :class:`Progress` in percent of the whole stack; returns the Predictions. The
-    model is loaded once. ``kwargs`` go to :func:`iter_predict` (``warm`` included).
+    model is loaded once, and with none named (``choose.py``) chosen once, like the scale
+    with ``"auto"``: by the first plane with cells. ``kwargs`` go to :func:`iter_predict`
+    (``warm`` included).
     """
     from .model.store import resolve_model
 
@@ -409,11 +451,16 @@ def iter_predict_planes(
         stack = stack[None]
     if stack.ndim != 3:
         raise ValueError(f"expected a 2-D image or a (planes, M, N) stack, got shape {stack.shape}")
-    model = resolve_model(model)
+    from .choose import is_auto
+
+    choosing = is_auto(model)
+    if not choosing:
+        model = resolve_model(model)
     out: list[Prediction | None] = []
     n = len(stack)
     estimating = isinstance(pixel_size, str) and pixel_size == "auto" and kwargs.get("cell_diameter_px") is None
-    unmeasured: list[int] = []  # planes taken at the model's scale while no plane had cells to measure
+    # Planes predicted while no plane had cells to measure the scale or choose the model by.
+    unmeasured: list[int] = []
     order = list(range(n))
     k = 0
     while k < len(order):
@@ -427,15 +474,18 @@ def iter_predict_planes(
                     out[i] = stop.value
                 else:
                     out.append(stop.value)
-                if estimating:
-                    if stop.value.pixel_size is None:
-                        unmeasured.append(i)
-                    else:
-                        # Estimated once per stack: the first plane with cells to measure
-                        # sets the scale of every plane, those before it predicted again
-                        # (a stack that opens on blank or out-of-focus planes).
-                        pixel_size, estimating = stop.value.pixel_size, False
-                        order += unmeasured
+                # Estimated and chosen once per stack: the first plane with cells to measure
+                # sets the scale (the model) of every plane, those before it predicted again
+                # (a stack that opens on blank or out-of-focus planes).
+                settled = False
+                if estimating and stop.value.pixel_size is not None:
+                    pixel_size, estimating, settled = stop.value.pixel_size, False, True
+                if choosing and stop.value.model_choice.measured:
+                    model, choosing, settled = stop.value.model_name, False, True
+                if estimating or choosing:
+                    unmeasured.append(i)
+                elif settled:
+                    order += unmeasured
                 break
             done, total = step.done, step.total
             text = step.message or f"{done} / {total} tiles"

@@ -65,6 +65,10 @@ def resolve_model_path(model: str | Path | None) -> Path:
     if model is None:
         model = DEFAULT_MODEL
     models = available_models()
+    if isinstance(model, str) and model == "auto" and model not in models:
+        # choose.AUTO: predict chooses a model per image; anything else needs one named.
+        raise ValueError("'auto' chooses a model per image when segmenting one image or a batch; "
+                         f"name a model here (built in: {sorted(builtin_models())})")
     if isinstance(model, str) and model in models:
         return models[model]
     path = Path(model)
@@ -93,6 +97,8 @@ def user_model_path(name: str, folder: str | Path | None = None) -> Path:
         raise ValueError(f"invalid model name {name!r}: use letters, digits, '-' or '_'")
     if name in builtin_models():
         raise ValueError(f"{name!r} is a built-in model's name: choose another name for yours")
+    if name.casefold() == "auto":
+        raise ValueError("'auto' asks for the automatic choice of a model: choose another name for yours")
     if name.endswith(".best"):  # <x>.best.safetensors is the best epoch of a run saving to x
         raise ValueError(f"{name!r}: names ending in '.best' are kept for a training run's best epoch")
     return Path(folder or user_model_dir()) / f"{name}{WEIGHTS_SUFFIX}"

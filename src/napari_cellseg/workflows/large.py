@@ -773,6 +773,8 @@ def segment_large(source, out, *, block: int = 4096, halo: int = 64, client=None
     pixel_size : float, optional
         µm per pixel; must be the model's (or None): the slide is not rescaled block-wise.
     model : str, path or (UNet, ModelInfo), optional
+        Default: the default model. One model runs the whole slide: ``"auto"`` (the choice
+        by look of ``predict``, per image) is refused in words.
     progress : callable, optional
         Called with each :class:`~napari_cellseg.progress.Progress` (blocks).
     **kwargs

@@ -1,0 +1,176 @@
+"""The model chosen by look when none is named (choose.py): the rule, what a result records,
+once per stack, the batch's records and resume, and 'auto' refused where it cannot run."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+pytest.importorskip("torch")
+
+import napari_cellseg as ncs
+from napari_cellseg import choose
+from napari_cellseg.choose import DEFAULT_MODEL, MARGIN, NUCLEAR_MODEL, ModelChoice
+from napari_cellseg.model.store import resolve_model
+from napari_cellseg.progress import drain
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
+
+
+@pytest.fixture(scope="module")
+def tissue():
+    return tifffile.imread(SAMPLES / "tissue.tif")[:256, :256].astype(np.float32)
+
+
+@pytest.mark.parametrize(("default", "nuclear", "chosen"), [
+    (0.700, 0.711, NUCLEAR_MODEL),  # surer by 0.011 >= MARGIN
+    (0.700, 0.709, DEFAULT_MODEL),  # by 0.009: within the dense set's spread
+    (0.800, 0.700, DEFAULT_MODEL),
+    (0.0, 0.0, DEFAULT_MODEL),  # no crop showed cells
+])
+def test_the_rule_by_hand(default, nuclear, chosen):
+    assert MARGIN == 0.01
+    assert choose.decide({DEFAULT_MODEL: default, NUCLEAR_MODEL: nuclear}) == chosen
+
+
+def test_the_candidates_share_one_grid():
+    """A diameter or pixel size is turned into a zoom with the default's metadata before the
+    choice: the candidates must agree on it, or the chosen one would run at a wrong zoom."""
+    from napari_cellseg.pipeline import image_pixel_size
+
+    infos = [resolve_model(name)[1] for name in choose.CANDIDATES]
+    for info in infos[1:]:
+        assert info.pixel_size == infos[0].pixel_size and info.cell_diameter_um == infos[0].cell_diameter_um
+        assert image_pixel_size(info) == image_pixel_size(infos[0]) and info.normalize == infos[0].normalize
+
+
+def test_a_blank_image_gets_the_default_and_says_nothing_was_measured():
+    choice = choose.choose_model(np.zeros((200, 200), np.float32), 1.0, "cpu")
+    assert choice.name == DEFAULT_MODEL and not choice.measured
+    assert choice.scores == {DEFAULT_MODEL: 0.0, NUCLEAR_MODEL: 0.0}
+
+
+def test_a_prediction_records_the_model_it_ran(tissue):
+    # None and "auto" choose; the synthetic tissue (the dense look) keeps the default.
+    for asked in (None, "auto"):
+        pred = ncs.predict(tissue, 0.5, asked, "cpu")
+        assert pred.model_name == pred.model_choice.name == DEFAULT_MODEL
+        scores = pred.model_choice.scores
+        assert set(scores) == {DEFAULT_MODEL, NUCLEAR_MODEL} and scores[DEFAULT_MODEL] > 0.5
+        assert scores[NUCLEAR_MODEL] - scores[DEFAULT_MODEL] < MARGIN
+        assert pred.model_choice.to_dict()["chosen"] == DEFAULT_MODEL
+    named = ncs.predict(tissue, 0.5, NUCLEAR_MODEL, "cpu")
+    assert named.model_name == NUCLEAR_MODEL and named.model_choice is None
+    loaded = ncs.predict(tissue, 0.5, resolve_model(NUCLEAR_MODEL), "cpu")
+    assert loaded.model_name is None and loaded.model_choice is None
+    # A named model gives exactly what the choice gives when it picks that model.
+    np.testing.assert_array_equal(ncs.predict(tissue, 0.5, DEFAULT_MODEL, "cpu").segment(),
+                                  ncs.predict(tissue, 0.5, None, "cpu").segment())
+
+
+def _always_nuclear(calls):
+    real = choose.choose_model
+
+    def fake(image, zoom=1.0, device="auto"):
+        calls.append(float(np.ptp(image)))
+        if np.ptp(image) == 0:
+            return real(image, zoom, device)  # a blank plane: nothing measured
+        return ModelChoice(NUCLEAR_MODEL, {DEFAULT_MODEL: 0.7, NUCLEAR_MODEL: 0.75}, zoom)
+
+    return fake
+
+
+def test_the_nuclear_model_chosen_estimates_the_scale_again_with_itself(tissue, monkeypatch):
+    from napari_cellseg import pipeline
+
+    calls, estimated_with = [], []
+    monkeypatch.setattr(choose, "choose_model", _always_nuclear(calls))
+    real_estimate = pipeline._estimate
+
+    def estimate(image, net, info, device):
+        estimated_with.append(net)
+        return real_estimate(image, net, info, device)
+
+    monkeypatch.setattr(pipeline, "_estimate", estimate)
+    pred = ncs.predict(tissue, "auto", None, "cpu")
+    assert pred.model_name == NUCLEAR_MODEL and len(calls) == 1
+    assert estimated_with == [resolve_model(DEFAULT_MODEL)[0], resolve_model(NUCLEAR_MODEL)[0]]
+    assert pred.scale is not None and pred.pixel_size == pred.scale.pixel_size
+    # Given a pixel size, nothing is estimated: only the choice runs.
+    estimated_with.clear()
+    assert ncs.predict(tissue, 0.5, None, "cpu").model_name == NUCLEAR_MODEL
+    assert estimated_with == []
+
+
+def test_a_stack_chooses_once_by_its_first_plane_with_cells(tissue, monkeypatch):
+    from napari_cellseg.pipeline import iter_predict_planes
+
+    calls = []
+    monkeypatch.setattr(choose, "choose_model", _always_nuclear(calls))
+    stack = np.stack([np.zeros_like(tissue), tissue, tissue[::-1]])
+    preds = drain(iter_predict_planes(stack, 0.5, None, "cpu"))
+    # Plane 1 chose; plane 2 and the blank plane 0 (predicted again) ran the chosen model.
+    assert calls == [0.0, float(np.ptp(tissue))]
+    assert [p.model_name for p in preds] == [NUCLEAR_MODEL] * 3
+    assert preds[1].model_choice.name == NUCLEAR_MODEL and preds[2].model_choice is None
+
+
+def test_auto_is_refused_where_one_model_must_be_named(tmp_path):
+    from napari_cellseg.model.registry import user_model_path
+    from napari_cellseg.workflows.large import segment_large
+
+    with pytest.raises(ValueError, match="'auto' chooses a model per image"):
+        resolve_model("auto")
+    with pytest.raises(ValueError, match="automatic choice"):
+        user_model_path("Auto", tmp_path)
+    with pytest.raises(ValueError, match="'auto' chooses a model per image"):
+        segment_large(np.zeros((64, 64), np.float32), tmp_path / "slide.zarr", model="auto")
+
+
+def test_a_batch_records_each_images_chosen_model_and_resumes(tissue, tmp_path, monkeypatch):
+    from napari_cellseg.batch import iter_segment_files
+
+    def segment_files(paths, out, **kwargs):
+        return drain(iter_segment_files(paths, out, "unet", device="cpu", **kwargs))
+
+    tifffile.imwrite(tmp_path / "a.tif", tissue)
+    out = tmp_path / "out"
+    calls = []
+    monkeypatch.setattr(choose, "choose_model", _always_nuclear(calls))
+    first = segment_files([tmp_path / "a.tif"], out, pixel_size=0.5)
+    record = json.loads((out / "a_params.json").read_text())
+    assert record["model"]["name"] == NUCLEAR_MODEL and record["model"]["sha256"]
+    assert record["model_choice"]["chosen"] == NUCLEAR_MODEL
+    asked = record["request"]["model"]
+    assert asked["name"] == "auto" and [c["name"] for c in asked["candidates"]] == [DEFAULT_MODEL, NUCLEAR_MODEL]
+    # The same request resumes (nothing redone); the model named is another request.
+    assert segment_files([tmp_path / "a.tif"], out, pixel_size=0.5, resume=True) == first
+    assert len(calls) == 1
+    with pytest.raises(FileExistsError):
+        segment_files([tmp_path / "a.tif"], out, pixel_size=0.5, model=DEFAULT_MODEL, resume=True)
+
+
+def test_the_dense_frames_keep_the_default_model(dense_dir):
+    """The real dense look must not switch: its CV figure is the default's only if none does."""
+    from napari_cellseg.io import load_pairs
+
+    for name, image, _ in load_pairs(dense_dir, dense_dir):
+        choice = choose.choose_model(image, 1.0, "cpu")
+        assert choice.name == DEFAULT_MODEL and choice.measured, (name, choice.scores)
+
+
+def test_the_cli_says_which_model_each_image_got(tissue, tmp_path, monkeypatch, capsys):
+    from napari_cellseg import cli
+
+    tifffile.imwrite(tmp_path / "a.tif", tissue)
+    monkeypatch.setattr(choose, "choose_model", _always_nuclear([]))
+    assert cli.main(["segment", str(tmp_path / "a.tif"), "--out", str(tmp_path / "out"),
+                     "--pixel-size", "0.5", "--device", "cpu"]) == 0
+    assert f"cells (model {NUCLEAR_MODEL}) ->" in capsys.readouterr().out
+    # A model named is used as it is, and the line does not repeat it.
+    assert cli.main(["segment", str(tmp_path / "a.tif"), "--out", str(tmp_path / "out2"),
+                     "--pixel-size", "0.5", "--device", "cpu", "--model", DEFAULT_MODEL]) == 0
+    text = capsys.readouterr().out
+    assert "(model" not in text and json.loads((tmp_path / "out2" / "a_params.json").read_text())["model"]["name"] == DEFAULT_MODEL
