@@ -606,7 +606,7 @@ def test_a_cell_diameter_in_pixels_sets_the_scale(make_napari_viewer, qtbot, tis
     assert inputs.pixel_size.enabled and inputs.scale_kwargs == {}
     wait_done(qtbot, widget._runner)
     layer = viewer.layers[CELLS_LAYER]
-    implied = resolve_model(inputs.model_name)[1].cell_diameter_um / 30  # 0.25 µm for 7.5 µm cells
+    implied = resolve_model(layer.metadata["model"])[1].cell_diameter_um / 30  # 0.25 µm for 7.5 µm cells
     assert layer.metadata["pixel_size_um"] == pytest.approx(implied)
     assert layer.metadata["pixel_size_from"] == "cell diameter 30 px"
     assert f"zoom as for {implied:.3g} µm/px, from the cell diameter 30 px" in widget._runner.status.value
@@ -666,7 +666,9 @@ def test_results_lie_on_a_scaled_image_and_hand_edits_are_kept(make_napari_viewe
     wait_done(qtbot, widget._runner)
     cells = viewer.layers[CELLS_LAYER]
     assert tuple(cells.scale) == (0.5, 0.5) and tuple(cells.translate) == (100.0, 200.0)
-    assert cells.metadata["model"] == widget._inputs.model_name
+    # "auto" (the list's default) records the model it chose, and why (choose.py).
+    assert widget._inputs.model_name == "auto"
+    assert cells.metadata["model"] == cells.metadata["model_choice"]["chosen"] == "dense_tcells_multiscale"
     cells.metadata["left_by_an_earlier_run"] = True
     widget._seeds.sensitivity.value = 30  # re-segments into the same layer
     qtbot.waitUntil(lambda: cells.metadata.get("parameters", {}).get("sensitivity") == 30, timeout=WAIT_MS)
@@ -717,7 +719,8 @@ def test_stage_widgets_opened_before_predict_follow_it(make_napari_viewer, qtbot
     assert seeds._source.value is viewer.layers["seed probability"]
     assert cells_widget._source.value is viewer.layers["seed probability"]
     cells = cells_widget.run()
-    assert cells.metadata["source"] == "tissue" and cells.metadata["model"] == predict._inputs.model_name
+    assert cells.metadata["source"] == "tissue" and predict._inputs.model_name == "auto"
+    assert cells.metadata["model"] == cells.metadata["model_choice"]["chosen"] == "dense_tcells_multiscale"
     assert cells.metadata["stage"] == "cells" and "parameters" in cells.metadata
     # The cells follow the seeds: a Seeds slider redraws the cells too.
     seeds.run()
@@ -822,3 +825,20 @@ def test_a_closed_widget_cancels_its_run_and_shows_nothing(qtbot):
     runner.run_button.native.deleteLater()  # the dock closed: its widgets are destroyed
     qtbot.waitUntil(lambda: runner.worker is None, timeout=10_000)
     assert runner._closed and done == []
+
+
+def test_auto_is_offered_where_one_image_or_a_batch_is_segmented(make_napari_viewer):
+    from napari_cellseg._widgets.batch import BatchWidget
+    from napari_cellseg._widgets.predict import PredictWidget
+    from napari_cellseg._widgets.segment_cells import SegmentCellsWidget
+    from napari_cellseg._widgets.slide import SlideWidget
+    from napari_cellseg._widgets.train import TrainWidget
+
+    viewer = make_napari_viewer()
+    for widget in (SegmentCellsWidget(viewer), PredictWidget(viewer)):
+        assert widget._inputs.model.value == "auto" and widget._inputs.model.choices[0] == "auto"
+    assert BatchWidget(viewer)._model.value == "auto"
+    # A slide runs one model; training starts from a model: no "auto" there.
+    slide = SlideWidget(viewer)
+    assert slide._model.value == "dense_tcells_multiscale" and "auto" not in slide._model.choices
+    assert "auto" not in TrainWidget(viewer)._init.choices

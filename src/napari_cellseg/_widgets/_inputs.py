@@ -112,7 +112,9 @@ def model_choices(*_) -> list[str]:
 
 
 # Which built-in model for which image (each model card says more); fine-tuned models follow.
-MODEL_TIP = ("dense_tcells_multiscale (the default): cells of most looks, at any scale. "
+AUTO_TIP = ("auto (the default): dense_tcells_multiscale, or multiscale_nuclei where the network is "
+            "surer of the image's cells with it (nuclei in a DNA stain); the cells layer records which. ")
+MODEL_TIP = ("dense_tcells_multiscale (the default model): cells of most looks, at any scale. "
              "multiscale_nuclei: nuclei in a DNA stain (DAPI, Hoechst). "
              "dense_tcells_x2: dense surface-stained tissue at about 0.5 µm/px, slower. "
              "dense_tcells: the previous default, one scale. Then your fine-tuned models.")
@@ -122,12 +124,21 @@ class ModelComboBox(ComboBox):
     """A model list that refreshes itself when a model is saved (e.g. by the Train
     widget's worker): in the GUI thread, and only while its Qt widget exists."""
 
-    def __init__(self, label: str = "Model", **kwargs):
+    def __init__(self, label: str = "Model", auto: bool = False, **kwargs):
+        from ..choose import AUTO, CANDIDATES
         from ..model.registry import DEFAULT_MODEL, on_model_saved
 
-        kwargs.setdefault("tooltip", MODEL_TIP)
-        super().__init__(choices=model_choices, label=label, **kwargs)
-        if DEFAULT_MODEL in self.choices:  # what the API and the CLI use without --model
+        def choices(*_) -> list[str]:
+            names = model_choices()
+            # "auto" first, where it can run (both its models installed): what the API and
+            # the CLI use without --model for one image or a batch.
+            return [AUTO, *names] if auto and all(c in names for c in CANDIDATES) else names
+
+        kwargs.setdefault("tooltip", (AUTO_TIP if auto else "") + MODEL_TIP)
+        super().__init__(choices=choices, label=label, **kwargs)
+        if auto and AUTO in self.choices:
+            self.value = AUTO
+        elif DEFAULT_MODEL in self.choices:  # what a slide runs without --model
             self.value = DEFAULT_MODEL
         self._alive = True
         self.native.destroyed.connect(self._on_destroyed)
@@ -146,9 +157,10 @@ class ModelComboBox(ComboBox):
             self.reset_choices()
 
 
-def model_combo(label: str = "Model") -> ComboBox:
-    """A :class:`ModelComboBox`: the model list every model-running widget shows."""
-    return ModelComboBox(label)
+def model_combo(label: str = "Model", auto: bool = False) -> ComboBox:
+    """A :class:`ModelComboBox`: the model list every model-running widget shows; ``auto``:
+    with the automatic choice first, the default (``choose.py``)."""
+    return ModelComboBox(label, auto=auto)
 
 
 def chosen_model(combo: ComboBox) -> str:
@@ -169,6 +181,12 @@ def cells_layer_parameters(viewer, model_combo_: ComboBox) -> dict | None:
     if not saved:
         return None
     tuned_with = meta.get("model")
+    from ..choose import AUTO
+
+    if tuned_with and model_combo_.value == AUTO:
+        raise ValueError(f"the '{CELLS_LAYER}' layer's parameters were tuned with the model {tuned_with!r}, "
+                         "and 'auto' may choose another model per image: choose that model, or untick "
+                         "'Use the cells layer's parameters'")
     if tuned_with and model_combo_.value not in (None, NO_MODEL) and tuned_with != model_combo_.value:
         raise ValueError(f"the '{CELLS_LAYER}' layer's parameters were tuned with the model {tuned_with!r}, "
                          f"not {model_combo_.value!r}: choose that model, or untick 'Use the cells layer's "
@@ -252,7 +270,7 @@ class ModelInputs:
         self.cell_diameter, self.diameter_unit = diameter_fields(
             "the cells' typical diameter, instead of a pixel size (px) or with it (µm); 0: not used",
             "px: this image's pixels; µm: with the pixel size above")
-        self.model = model_combo()
+        self.model = model_combo(auto=True)
         self.device = ComboBox(value="auto", choices=("auto", "cpu", "cuda", "mps"), label="Device")
         self.image.changed.connect(self._on_image)
         self.auto_scale.changed.connect(self._on_auto)
@@ -344,6 +362,15 @@ class ModelInputs:
         without one is estimated, unless a cell diameter is set."""
         if not show_pixel_size(self.pixel_size, pixel_size_of(self.image.value)):
             self.auto_scale.value = not self.cell_diameter.value
+
+
+def model_metadata(prediction, asked: str | None) -> dict:
+    """The model a result layer records: the one the prediction ran (for ``"auto"``, the
+    one chosen, with the choice's figures), else the name asked for."""
+    out = {"model": prediction.model_name or asked}
+    if prediction.model_choice is not None:
+        out["model_choice"] = prediction.model_choice.to_dict()
+    return out
 
 
 def scale_metadata(prediction, request: tuple) -> dict:

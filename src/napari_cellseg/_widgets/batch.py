@@ -36,7 +36,7 @@ class BatchWidget(Container):
         self._viewer = viewer
         self._input = FileEdit(mode="d", label="Images folder", nullable=True)  # empty until chosen
         self._output = FileEdit(mode="d", label="Output folder", nullable=True)
-        self._model = model_combo()  # a model trained in the viewer shows up
+        self._model = model_combo(auto=True)  # a model trained in the viewer shows up
         self._pixel_size = pixel_size_field("0: each file's own, else estimated from the image")
         # As in Segment cells: the cells' size sets the zoom, in each image's pixels or in µm
         # (with the pixel size above or each file's own); the pixel size still measures µm.

@@ -14,6 +14,7 @@ from ._inputs import (
     PREPROCESSED_LAYER,
     PROBABILITY_LAYERS,
     ModelInputs,
+    model_metadata,
     scale_metadata,
 )
 from ._layers import image_plane, plane_record, remove_result, show_layer
@@ -61,8 +62,10 @@ class PredictWidget(Container):
         self.prediction = prediction
         run = dict(run or {})
         like = run.pop("like", None)
-        # The pixel size given, estimated, from a cell diameter or None (the model's).
-        meta = {"stage": "predict", **run, **scale_metadata(prediction, self._scale_request)}
+        # The pixel size given, estimated, from a cell diameter or None (the model's); the
+        # model the prediction ran (the one chosen, for "auto").
+        meta = {"stage": "predict", **run, **scale_metadata(prediction, self._scale_request),
+                **model_metadata(prediction, run.get("model"))}
         if prediction.grid_image.shape != prediction.image.shape or run.get("tophat_um"):  # resampled or filtered
             show_layer(self._viewer, prediction.to_input(prediction.grid_image), PREPROCESSED_LAYER,
                        "image", metadata=meta, like=like, visible=False)

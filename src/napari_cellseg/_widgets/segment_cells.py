@@ -23,6 +23,7 @@ from ._inputs import (
     NO_SCALE_REQUEST,
     ModelInputs,
     image_data,
+    model_metadata,
     scale_metadata,
 )
 from ._layers import plane_index, show_layer
@@ -68,7 +69,7 @@ class SegmentCellsWidget(Container):
                      *self._seeds.widgets, self._min_area])
         self.predictions: list = []
         self._scale_request: tuple = NO_SCALE_REQUEST  # ModelInputs.scale_request of the last run
-        self._run_model: str | None = None  # the model of the last run
+        self._run_model: dict = {"model": None}  # the model of the last run (model_metadata)
         self._like = None  # the image layer of the last run: the cells lie on it
         self._cells: np.ndarray | None = None  # (planes, M, N) labels shown
         self._segmented_with: list[dict | None] = []  # per plane: the parameters of its labels
@@ -141,8 +142,10 @@ class SegmentCellsWidget(Container):
             return
         self._live.drop()  # a re-segmentation still running belongs to the old prediction
         self.predictions, self._source, self._stack = predictions, source, stack
-        # What the run used, not what the model list or the layer list shows later.
-        self._run_model, self._like = model, like
+        # What the run used, not what the model list or the layer list shows later: for
+        # "auto", the model chosen (once per stack: pipeline.iter_predict_planes).
+        self._run_model = model_metadata(predictions[0], model) if predictions else {"model": model}
+        self._like = like
         self._scale_request = scale_request
         if predictions and not self._touched:
             # The model's own tuned defaults, the first time only: later runs keep the
@@ -184,7 +187,7 @@ class SegmentCellsWidget(Container):
             "stage": "cells", "parameters": used, "source": self._source,
             # Every parameter, the model's defaults applied (what Export records).
             "parameters_used": self.predictions[plane].params(**(used or {})).to_dict(),
-            "model": self._run_model, **scale_metadata(self.predictions[plane], self._scale_request),
+            **self._run_model, **scale_metadata(self.predictions[plane], self._scale_request),
             "stale_planes": sorted(self.stale_planes)}
         layer = show_layer(self._viewer, data, CELLS_LAYER, "labels", metadata=metadata, like=self._like)
         n = int(self._cells[plane].max())
