@@ -18,7 +18,7 @@ outline).
 
 ``--more DIR`` adds three sets of real nuclear images with truth, with the defaults only,
 from a checkout of github.com/datascience-mobi-2022/2022-topic-01-team-04 (its
-``data/Otsu_data``; nothing of it is shipped here): 4 frames of HeLa H2B-GFP and 5 of
+``data/Otsu_data``; nothing of it is shipped here): 4 frames of HeLa H2B-GFP and 6 of
 GOWT1 GFP (the Cell Tracking Challenge's N2DL-HeLa and N2DH-GOWT1 with their manual
 segmentations, instance labels) and 18 of NIH3T3 in Hoechst (Coelho et al. 2009; the
 truth there is a binary mask, so its connected components stand for the nuclei and
@@ -75,7 +75,7 @@ def score(image: np.ndarray, mask: np.ndarray, pixel_size, model) -> dict:
             (round(float(pred.pixel_size), 3) if pred.pixel_size else pixel_size),
             "ap": round(r.ap, 3), "tp": r.tp, "fp": r.fp, "fn": r.fn, "n_pred": r.n_pred,
             "matched_area_ratio": None if ratio is None else round(ratio, 2),
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "model": pred.model_name, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def more_sets(folder: Path) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
@@ -110,19 +110,20 @@ def score_set(pairs, model) -> dict:
     area over the truth's (per image, then the median), the estimated pixel sizes."""
     import napari_cellseg as ncs
 
-    aps, counts, ratios, sizes = [], np.zeros(3, int), [], []
+    aps, counts, ratios, sizes, chosen = [], np.zeros(3, int), [], [], []
     for image, labels in pairs:
         pred = ncs.predict(image, "auto", model, "cpu")
         r = ncs.evaluate(labels, pred.segment())
         aps.append(r.ap)
         counts += (r.tp, r.fp, r.fn)
         sizes.append(round(float(pred.pixel_size), 3) if pred.pixel_size else None)
+        chosen.append(pred.model_name)
         if (ratio := area_ratio(r)) is not None:
             ratios.append(ratio)
     return {"images": len(pairs), "nuclei": int(sum(len(np.unique(lab)) - 1 for _, lab in pairs)),
             "mAP": round(float(np.mean(aps)), 3), "pooled": round(float(counts[0] / max(counts.sum(), 1)), 3),
             "matched_area_ratio": round(float(np.median(ratios)), 2) if ratios else None,
-            "estimated_px_um": sizes}
+            "estimated_px_um": sizes, "models": chosen}
 
 
 def main() -> None:
@@ -131,7 +132,8 @@ def main() -> None:
     ap.add_argument("--mask")
     ap.add_argument("--stardist", help="a checkout of the StarDist repository")
     ap.add_argument("--more", help="a checkout of datascience-mobi-2022/2022-topic-01-team-04: three more sets")
-    ap.add_argument("--model", default=None, help="a model name or file (default: the default model)")
+    ap.add_argument("--model", default=None,
+                    help="a model name or file (default: 'auto', the model chosen per image by its look)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     # The DSB image unless only --more was given.
@@ -141,12 +143,14 @@ def main() -> None:
 
     from napari_cellseg.model.store import resolve_model
 
-    model = resolve_model(args.model)
+    model = args.model  # None: chosen per image (choose.py); a named one is loaded once
+    if model is not None:
+        resolve_model(model)  # a missing or corrupt model fails now
     rows = {}
     if image_path is not None:
         image, mask = tifffile.imread(image_path), tifffile.imread(mask_path).astype(np.int32)
         print(f"{image_path.name}: {image.shape} {image.dtype}, {len(np.unique(mask)) - 1} nuclei; "
-              f"model {args.model or 'default'}", flush=True)
+              f"model {args.model or 'auto'}", flush=True)
         for label, px in [("auto (defaults)", "auto"), ("model", "model"), *((f"{p:g} µm", p) for p in PIXEL_SIZES)]:
             rows[label] = score(image, mask, px, model)
             print(f"{label:16s} {rows[label]}", flush=True)

@@ -4,7 +4,8 @@
 
 Measures: UNet inference alone (Mpx/s), the whole default segmentation from the raw
 image (Mpx/s), the automatic scale estimate (s, and its share of the segmentation's time;
-``pixel_size="auto"`` adds it), re-segmentation latency after an h or a sensitivity change (ms), metric
+``pixel_size="auto"`` adds it), the choice of model by look (s, and its share; without
+``--model`` it runs on every image, choose.py), re-segmentation latency after an h or a sensitivity change (ms), metric
 evaluation of a 1040 x 1159 pair with ~2,000 cells each (s), and peak memory (RSS, MiB;
 peak GPU memory on CUDA). On a CPU with native bfloat16 the UNet runs in it;
 ``NAPARI_CELLSEG_CPU_BF16=0`` measures float32. Uses a real dense T-cell frame when
@@ -76,6 +77,12 @@ def main() -> None:
     from napari_cellseg.scale import estimate_scale
 
     _, t_scale, _ = timed(lambda: estimate_scale(image.astype(np.float32), net, info, args.device), args.repeat)
+    t_choice = None
+    if args.model is None:  # no model named: the choice by look runs too (choose.py)
+        from napari_cellseg.choose import choose_model
+
+        choose_model(image, 1.0, args.device)  # both models loaded
+        _, t_choice, _ = timed(lambda: choose_model(image, 1.0, args.device), args.repeat)
     prediction = ncs.predict(image, px, model=(net, info), device=args.device)
     prediction.warm()
     prediction.segment()
@@ -94,6 +101,8 @@ def main() -> None:
         "unet_mpx_per_s": mpx / t_net, "unet_seconds": t_net,
         "segmentation_mpx_per_s": mpx / t_all, "segmentation_seconds": t_all,
         "auto_scale_seconds": t_scale, "auto_scale_share_of_segmentation": t_scale / t_all,
+        **({"model_choice_seconds": t_choice, "model_choice_share_of_segmentation": t_choice / t_all}
+           if t_choice is not None else {}),
         "resegment_h_ms_median": 1e3 * statistics.median(lat_h), "resegment_h_ms_max": 1e3 * max(lat_h),
         "resegment_sensitivity_ms_median": 1e3 * statistics.median(lat_s),
         "resegment_sensitivity_ms_max": 1e3 * max(lat_s),
