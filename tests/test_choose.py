@@ -73,7 +73,7 @@ def test_a_prediction_records_the_model_it_ran(tissue):
 def _always_nuclear(calls):
     real = choose.choose_model
 
-    def fake(image, zoom=1.0, device="auto"):
+    def fake(image, zoom=1.0, device="auto", tophat_px=None):
         calls.append(float(np.ptp(image)))
         if np.ptp(image) == 0:
             return real(image, zoom, device)  # a blank plane: nothing measured
@@ -89,15 +89,19 @@ def test_the_nuclear_model_chosen_estimates_the_scale_again_with_itself(tissue, 
     monkeypatch.setattr(choose, "choose_model", _always_nuclear(calls))
     real_estimate = pipeline._estimate
 
+    sentinel = object()
+
     def estimate(image, net, info, device):
         estimated_with.append(net)
+        if net is resolve_model(NUCLEAR_MODEL)[0]:
+            return 0.37, sentinel  # the nuclear model's own reading, distinct from the default's
         return real_estimate(image, net, info, device)
 
     monkeypatch.setattr(pipeline, "_estimate", estimate)
     pred = ncs.predict(tissue, "auto", None, "cpu")
     assert pred.model_name == NUCLEAR_MODEL and len(calls) == 1
     assert estimated_with == [resolve_model(DEFAULT_MODEL)[0], resolve_model(NUCLEAR_MODEL)[0]]
-    assert pred.scale is not None and pred.pixel_size == pred.scale.pixel_size
+    assert pred.pixel_size == 0.37 and pred.scale is sentinel  # the second estimate is the one used
     # Given a pixel size, nothing is estimated: only the choice runs.
     estimated_with.clear()
     assert ncs.predict(tissue, 0.5, None, "cpu").model_name == NUCLEAR_MODEL
@@ -111,10 +115,54 @@ def test_a_stack_chooses_once_by_its_first_plane_with_cells(tissue, monkeypatch)
     monkeypatch.setattr(choose, "choose_model", _always_nuclear(calls))
     stack = np.stack([np.zeros_like(tissue), tissue, tissue[::-1]])
     preds = drain(iter_predict_planes(stack, 0.5, None, "cpu"))
-    # Plane 1 chose; plane 2 and the blank plane 0 (predicted again) ran the chosen model.
+    # Plane 1 chose; plane 2 and the blank plane 0 (predicted again) ran the chosen model,
+    # and every plane records the choice that set it.
     assert calls == [0.0, float(np.ptp(tissue))]
     assert [p.model_name for p in preds] == [NUCLEAR_MODEL] * 3
-    assert preds[1].model_choice.name == NUCLEAR_MODEL and preds[2].model_choice is None
+    assert all(p.model_choice is preds[1].model_choice for p in preds)
+
+
+def test_a_stack_settles_scale_and_model_together(tissue, monkeypatch):
+    """Both "auto": the first plane that measures both sets them for every plane."""
+    from napari_cellseg.pipeline import iter_predict_planes
+
+    calls = []
+    monkeypatch.setattr(choose, "choose_model", _always_nuclear(calls))
+    stack = np.stack([np.zeros_like(tissue), tissue, tissue[::-1]])
+    preds = drain(iter_predict_planes(stack, "auto", None, "cpu"))
+    assert [p.model_name for p in preds] == [NUCLEAR_MODEL] * 3
+    sizes = {p.pixel_size for p in preds}
+    assert len(sizes) == 1 and None not in sizes  # plane 0 predicted again at the settled scale
+    assert preds[1].scale is not None and preds[0].scale is None and preds[2].scale is None
+
+
+def test_a_stack_whose_scale_is_never_measured_still_runs_one_model(tissue, monkeypatch):
+    """The choice measured on plane 1 only, the scale on none: plane 0 (which ran the default)
+    runs again with the chosen model, at the model's scale."""
+    from napari_cellseg import pipeline
+    from napari_cellseg.pipeline import iter_predict_planes
+
+    calls = []
+
+    def first_unmeasured(image, zoom=1.0, device="auto", tophat_px=None):
+        calls.append(zoom)
+        if len(calls) == 1:
+            return ModelChoice(DEFAULT_MODEL, {DEFAULT_MODEL: 0.0, NUCLEAR_MODEL: 0.0}, zoom)
+        return ModelChoice(NUCLEAR_MODEL, {DEFAULT_MODEL: 0.7, NUCLEAR_MODEL: 0.75}, zoom)
+
+    monkeypatch.setattr(choose, "choose_model", first_unmeasured)
+    monkeypatch.setattr(pipeline, "_estimate", lambda *a: (None, None))  # nothing to measure
+    preds = drain(iter_predict_planes(np.stack([tissue, tissue[::-1]]), "auto", None, "cpu"))
+    assert [p.model_name for p in preds] == [NUCLEAR_MODEL] * 2 and len(calls) == 2
+    assert [p.pixel_size for p in preds] == [None, None]
+    assert all(p.model_choice.name == NUCLEAR_MODEL for p in preds)
+
+
+def test_a_named_model_keeps_its_name_on_every_plane(tissue):
+    from napari_cellseg.pipeline import iter_predict_planes
+
+    preds = drain(iter_predict_planes(np.stack([tissue, tissue]), 0.5, NUCLEAR_MODEL, "cpu"))
+    assert [p.model_name for p in preds] == [NUCLEAR_MODEL] * 2 and preds[0].model_choice is None
 
 
 def test_auto_is_refused_where_one_model_must_be_named(tmp_path):
@@ -173,4 +221,38 @@ def test_the_cli_says_which_model_each_image_got(tissue, tmp_path, monkeypatch, 
     assert cli.main(["segment", str(tmp_path / "a.tif"), "--out", str(tmp_path / "out2"),
                      "--pixel-size", "0.5", "--device", "cpu", "--model", DEFAULT_MODEL]) == 0
     text = capsys.readouterr().out
-    assert "(model" not in text and json.loads((tmp_path / "out2" / "a_params.json").read_text())["model"]["name"] == DEFAULT_MODEL
+    assert "(model" not in text
+    assert json.loads((tmp_path / "out2" / "a_params.json").read_text())["model"]["name"] == DEFAULT_MODEL
+    # "auto" by name is the choice too, and says so.
+    assert cli.main(["segment", str(tmp_path / "a.tif"), "--out", str(tmp_path / "out3"),
+                     "--pixel-size", "0.5", "--device", "cpu", "--model", "auto"]) == 0
+    assert f"cells (model {NUCLEAR_MODEL}) ->" in capsys.readouterr().out
+
+
+def test_the_choice_sees_the_crops_as_the_network_will(tissue, monkeypatch):
+    """With a top-hat background removal asked for, the choice's crops are filtered too,
+    with the radius on the model's grid; a zoom beyond the pipeline's bounds is refused
+    before any crop runs through either network."""
+    from napari_cellseg.core import preprocess
+
+    radii = []
+    real = preprocess.tophat
+    monkeypatch.setattr(preprocess, "tophat",
+                        lambda image, radius: radii.append((image.shape, radius)) or real(image, radius))
+    ncs.predict(tissue, 0.5, None, "cpu", tophat_um=5.0)
+    # The 3 crops of 128 px at zoom 1, each with 5 µm / 0.5 µm per px (the whole grid's own
+    # filter goes through pipeline's name for it, patched or not by import order).
+    assert [r for r in radii if r[0] == (128, 128)] == [((128, 128), 10.0)] * 3
+    monkeypatch.setattr(choose, "choose_model", lambda *a, **k: pytest.fail("the choice ran"))
+    with pytest.raises(ValueError, match=r"outside \[1/8, 8\]"):
+        ncs.predict(tissue, 1000.0, None, "cpu")
+
+
+def test_a_user_model_saved_as_auto_is_not_listed(tmp_path, monkeypatch):
+    from napari_cellseg.model.registry import available_models, builtin_models
+
+    monkeypatch.setenv("NAPARI_CELLSEG_MODELS", str(tmp_path))
+    (tmp_path / "auto.safetensors").write_bytes(builtin_models()[DEFAULT_MODEL].read_bytes())
+    (tmp_path / "mine.safetensors").write_bytes(builtin_models()[DEFAULT_MODEL].read_bytes())
+    names = list(available_models())
+    assert "mine" in names and "auto" not in names

@@ -50,8 +50,8 @@ class ModelChoice:
 
     @property
     def measured(self) -> bool:
-        """False when no crop showed the default model any cells (the default, by default)."""
-        return self.scores.get(DEFAULT_MODEL, 0.0) > 0.0
+        """False when no crop showed either model any cells (the default, by default)."""
+        return any(v > 0.0 for v in self.scores.values())
 
     def to_dict(self) -> dict:
         return {"chosen": self.name, "confidence": {k: round(v, 4) for k, v in self.scores.items()},
@@ -63,16 +63,18 @@ def is_auto(model) -> bool:
     return model is None or (isinstance(model, str) and model == AUTO)
 
 
-def choose_model(image: np.ndarray, zoom: float = 1.0, device: str = "auto") -> ModelChoice:
+def choose_model(image: np.ndarray, zoom: float = 1.0, device: str = "auto",
+                 tophat_px: float | None = None) -> ModelChoice:
     """The candidate model for ``image`` (one 2-D channel) at ``zoom`` (image px -> model
-    grid px, as the pipeline applies it).
+    grid px, as the pipeline applies it), each crop top-hat filtered with a radius of
+    ``tophat_px`` grid pixels when given (as the pipeline's ``tophat_um`` does).
 
     Raises
     ------
     FileNotFoundError
         A candidate's weights are missing (a broken install).
     """
-    from .core.preprocess import rescale
+    from .core.preprocess import rescale, tophat
     from .model.inference import predict_probabilities
     from .model.store import resolve_model
     from .scale import CROP_SIDE, _busiest_centres, _crop, pooled_confidence
@@ -83,6 +85,8 @@ def choose_model(image: np.ndarray, zoom: float = 1.0, device: str = "auto") -> 
     for centre in _busiest_centres(image, crop_side):
         crop = _crop(image, centre, crop_side)
         crop = rescale(crop, zoom) if zoom != 1 else crop
+        if tophat_px:
+            crop = tophat(crop, tophat_px)
         if min(crop.shape) >= 32 and np.ptp(crop) > 0 and np.isfinite(crop).all():
             crops.append(crop)
     scores = {}

@@ -170,10 +170,12 @@ def _segment(args: argparse.Namespace) -> int:
         scheduler=args.scheduler), show)
     if len(args.images) > 1:
         print(file=sys.stderr)
+    from .choose import is_auto
+
     for path, n in results:
         files = result_paths(args.out, path.stem)
         chosen = ""
-        if args.method == "unet" and args.model is None:  # the model chosen for this image (choose.py)
+        if args.method == "unet" and is_auto(args.model):  # the model chosen for this image (choose.py)
             chosen = f" (model {json.loads(files['params'].read_text())['model']['name']})"
         print(f"{path.name}: {n} cells{chosen} -> {files['labels']}")
     return 0

@@ -291,8 +291,18 @@ def iter_predict(
         from .choose import choose_model
 
         yield Progress(0, 1, "tiles", message="choosing the model")
+        plane = validate.image_2d(image)
         at_px = pixel_size if pixel_size is not None else image_px
-        choice = choose_model(validate.image_2d(image), scale_factor(at_px, info.pixel_size), device)
+        # The zoom checked (bounds, memory) before the crops' network passes, as preprocess does.
+        try:
+            zoom = validate.rescale_factor(scale_factor(at_px, info.pixel_size), plane.shape, at_px,
+                                           info.pixel_size)
+        except MemoryError:
+            if scale is None:
+                raise
+            zoom = scale_factor(image_px, info.pixel_size)  # preprocess falls back to it, below
+        tophat_um = validate.optional_pixel_size(tophat_um, "tophat_um")
+        choice = choose_model(plane, zoom, device, tophat_um / info.pixel_size if tophat_um else None)
         logger.info("model: %s (mean confidence on the cells: %s)", choice.name,
                     ", ".join(f"{k} {v:.3f}" for k, v in choice.scores.items()))
         if choice.name != DEFAULT_MODEL:
@@ -452,44 +462,65 @@ def iter_predict_planes(
     if stack.ndim != 3:
         raise ValueError(f"expected a 2-D image or a (planes, M, N) stack, got shape {stack.shape}")
     from .choose import is_auto
+    from .model.registry import DEFAULT_MODEL
 
     choosing = is_auto(model)
     if not choosing:
-        model = resolve_model(model)
-    out: list[Prediction | None] = []
-    n = len(stack)
+        resolve_model(model)  # a missing or corrupt model fails before any plane (loaded once: cached)
+    out: list[Prediction | None] = [None] * len(stack)
+    n = len(out)
     estimating = isinstance(pixel_size, str) and pixel_size == "auto" and kwargs.get("cell_diameter_px") is None
-    # Planes predicted while no plane had cells to measure the scale or choose the model by.
+    # The scale and the model are settled once per stack, by the first plane that measured
+    # every one still open (a blank or out-of-focus plane measures nothing); the planes
+    # predicted before it are predicted again with what it settled.
     unmeasured: list[int] = []
     order = list(range(n))
-    k = 0
-    while k < len(order):
+    decided = None  # the ModelChoice that settled the model
+    k, last_call = 0, False
+    while True:
+        if k == len(order):
+            if not (estimating or choosing) or last_call:
+                break
+            # Nothing measured both on one plane: each takes the first value measured on any
+            # plane (else the model's scale, the default model), and every plane that ran
+            # with other values runs again, so that the stack is one answer.
+            last_call = True
+            redo_px, redo_model = estimating, choosing
+            if estimating:
+                pixel_size = next((p.pixel_size for p in out if p.pixel_size is not None), "model")
+                estimating = False
+            if choosing:
+                decided = next((p.model_choice for p in out if p.model_choice.measured), None)
+                model = decided.name if decided is not None else DEFAULT_MODEL
+                choosing = False
+            wanted_px = None if pixel_size == "model" else pixel_size
+            order += [i for i, p in enumerate(out) if (redo_px and p.pixel_size != wanted_px)
+                      or (redo_model and p.model_name != model)]
+            continue
         i = order[k]
         gen = iter_predict(stack[i], pixel_size, model, device, **kwargs)
         while True:
             try:
                 step = next(gen)
             except StopIteration as stop:
-                if i < len(out):
-                    out[i] = stop.value
-                else:
-                    out.append(stop.value)
-                # Estimated and chosen once per stack: the first plane with cells to measure
-                # sets the scale (the model) of every plane, those before it predicted again
-                # (a stack that opens on blank or out-of-focus planes).
-                settled = False
-                if estimating and stop.value.pixel_size is not None:
-                    pixel_size, estimating, settled = stop.value.pixel_size, False, True
-                if choosing and stop.value.model_choice.measured:
-                    model, choosing, settled = stop.value.model_name, False, True
+                out[i] = plane = stop.value
                 if estimating or choosing:
-                    unmeasured.append(i)
-                elif settled:
-                    order += unmeasured
+                    if ((not estimating or plane.pixel_size is not None)
+                            and (not choosing or plane.model_choice.measured)):
+                        if estimating:
+                            pixel_size, estimating = plane.pixel_size, False
+                        if choosing:
+                            decided, model, choosing = plane.model_choice, plane.model_name, False
+                        order += unmeasured
+                    else:
+                        unmeasured.append(i)
                 break
             done, total = step.done, step.total
             text = step.message or f"{done} / {total} tiles"
             yield Progress(int(100 * k + 100 * done / total), 100 * len(order), "%",
                            message=f"plane {i + 1} of {n}: {text}" if n > 1 else text)
         k += 1
+    if decided is not None:  # every plane records the choice that set its model
+        for plane in out:
+            plane.model_choice = decided
     return out

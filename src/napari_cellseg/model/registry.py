@@ -56,7 +56,9 @@ def available_models() -> dict[str, Path]:
     folder = user_model_dir()
     if folder.is_dir():
         for p in sorted(folder.glob(f"*{WEIGHTS_SUFFIX}")):
-            models.setdefault(p.name[: -len(WEIGHTS_SUFFIX)], p)
+            name = p.name[: -len(WEIGHTS_SUFFIX)]
+            if name.casefold() != "auto":  # the automatic choice's name (choose.py): not listed
+                models.setdefault(name, p)
     return models
 
 
