@@ -691,8 +691,11 @@ def test_batch_refuses_a_cells_layer_tuned_with_another_model(make_napari_viewer
     viewer.add_labels(tissue[1], name="cells", metadata={"parameters": {"sensitivity": 70},
                                                          "model": "multiscale_nuclei"})
     widget = BatchWidget(viewer)
-    assert widget._model.value != "multiscale_nuclei"
-    with pytest.raises(ValueError, match="tuned with the model 'multiscale_nuclei'"):
+    # "auto" (the default) with the layer's parameters runs the model they were tuned with.
+    assert widget._model.value == "auto" and widget.run_model() == "multiscale_nuclei"
+    assert widget.params() == {"sensitivity": 70}
+    widget._model.value = "dense_tcells_multiscale"  # another model named: refused in words
+    with pytest.raises(ValueError, match="tuned with the model 'multiscale_nuclei', not 'dense_tcells_multiscale'"):
         widget.params()
     widget._model.value = "multiscale_nuclei"
     assert widget.params() == {"sensitivity": 70}
@@ -842,3 +845,28 @@ def test_auto_is_offered_where_one_image_or_a_batch_is_segmented(make_napari_vie
     slide = SlideWidget(viewer)
     assert slide._model.value == "dense_tcells_multiscale" and "auto" not in slide._model.choices
     assert "auto" not in TrainWidget(viewer)._init.choices
+
+
+def test_the_model_auto_chose_is_what_the_layer_and_the_export_record(make_napari_viewer, qtbot, tmp_path,
+                                                                      tissue, monkeypatch):
+    from napari_cellseg import choose
+    from napari_cellseg._widgets._inputs import CELLS_LAYER
+    from napari_cellseg._widgets.export import ExportWidget
+    from napari_cellseg._widgets.segment_cells import SegmentCellsWidget
+
+    def nuclear(image, zoom=1.0, device="auto", tophat_px=None):
+        return choose.ModelChoice(choose.NUCLEAR_MODEL, {choose.DEFAULT_MODEL: 0.7, choose.NUCLEAR_MODEL: 0.75}, zoom)
+
+    monkeypatch.setattr(choose, "choose_model", nuclear)
+    viewer = make_napari_viewer()
+    viewer.add_image(tissue[0], name="tissue", metadata={"pixel_size_um": 0.5})
+    widget = SegmentCellsWidget(viewer)
+    widget.run()
+    wait_done(qtbot, widget._runner)
+    cells = viewer.layers[CELLS_LAYER]
+    assert cells.metadata["model"] == "multiscale_nuclei" and cells.metadata["model_choice"]["chosen"] == "multiscale_nuclei"
+    export = ExportWidget(viewer)
+    export._labels.value, export._image.value = cells, viewer.layers["tissue"]
+    export._folder.value = tmp_path
+    record = json.loads(export.export()[2].read_text())
+    assert record["model"]["name"] == "multiscale_nuclei" and len(record["model"]["sha256"]) == 64

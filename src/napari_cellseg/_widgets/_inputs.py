@@ -170,10 +170,19 @@ def chosen_model(combo: ComboBox) -> str:
     return combo.value
 
 
-def cells_layer_parameters(viewer, model_combo_: ComboBox) -> dict | None:
+def tuned_model(viewer) -> str | None:
+    """The model the 'cells' layer's recorded parameters were tuned with (None: no such
+    layer, no parameters recorded, or no model, e.g. hand-drawn)."""
+    if CELLS_LAYER not in viewer.layers:
+        return None
+    meta = viewer.layers[CELLS_LAYER].metadata
+    return meta.get("model") if meta.get("parameters") else None
+
+
+def cells_layer_parameters(viewer, model: str | None) -> dict | None:
     """The segmentation parameters the 'cells' layer records (None: no such layer or none
-    recorded). Tuned with another model than the one chosen, they are refused in words:
-    values tuned for one model's maps mean something else on another's."""
+    recorded). Tuned with another model than ``model`` (the one the run uses), they are
+    refused in words: values tuned for one model's maps mean something else on another's."""
     if CELLS_LAYER not in viewer.layers:
         return None
     meta = viewer.layers[CELLS_LAYER].metadata
@@ -183,13 +192,13 @@ def cells_layer_parameters(viewer, model_combo_: ComboBox) -> dict | None:
     tuned_with = meta.get("model")
     from ..choose import AUTO
 
-    if tuned_with and model_combo_.value == AUTO:
+    if tuned_with and model == AUTO:
         raise ValueError(f"the '{CELLS_LAYER}' layer's parameters were tuned with the model {tuned_with!r}, "
                          "and 'auto' may choose another model per image: choose that model, or untick "
                          "'Use the cells layer's parameters'")
-    if tuned_with and model_combo_.value not in (None, NO_MODEL) and tuned_with != model_combo_.value:
+    if tuned_with and model not in (None, NO_MODEL) and tuned_with != model:
         raise ValueError(f"the '{CELLS_LAYER}' layer's parameters were tuned with the model {tuned_with!r}, "
-                         f"not {model_combo_.value!r}: choose that model, or untick 'Use the cells layer's "
+                         f"not {model!r}: choose that model, or untick 'Use the cells layer's "
                          "parameters'")
     return dict(saved)
 

@@ -20,6 +20,7 @@ from ._inputs import (
     diameter_fields,
     model_combo,
     pixel_size_field,
+    tuned_model,
 )
 from ._runner import Runner
 from ._seed_controls import SeedControls
@@ -59,8 +60,19 @@ class BatchWidget(Container):
         self._runner.on_run(self.run)
         self.results = None
 
+    def run_model(self) -> str:
+        """The model the run uses: the list's; with 'auto' and the cells layer's parameters,
+        the model they were tuned with (they mean something else on another's maps), as
+        the status line says."""
+        from ..choose import AUTO
+
+        name = chosen_model(self._model)
+        if name == AUTO and self._from_layer.value:
+            return tuned_model(self._viewer) or name
+        return name
+
     def params(self) -> dict:
-        saved = cells_layer_parameters(self._viewer, self._model) if self._from_layer.value else None
+        saved = cells_layer_parameters(self._viewer, self.run_model()) if self._from_layer.value else None
         return saved or self._seeds.params()
 
     def run(self, *_):
@@ -82,15 +94,20 @@ class BatchWidget(Container):
         from functools import partial
 
         out = Path(self._output.value)
+        model = self.run_model()
         return self._runner.start(
             iter_segment_files, images, out, "unet", self.params(),
-            pixel_size=float(self._pixel_size.value) or None, model=chosen_model(self._model), **diameter,
+            pixel_size=float(self._pixel_size.value) or None, model=model, **diameter,
             overwrite=bool(self._overwrite.value), resume=bool(self._resume.value),
             workers=int(self._workers.value) or None, scheduler=self._scheduler.value.strip() or None,
-            on_done=partial(self._on_done, out=out))
+            on_done=partial(self._on_done, out=out, model=model))
 
-    def _on_done(self, results, out=None) -> None:
+    def _on_done(self, results, out=None, model: str | None = None) -> None:
+        from ..choose import AUTO
+
         self.results = results
         # The folder the run wrote to, not the one the field shows now.
+        used = "" if model in (None, AUTO) or model == self._model.value else (
+            f" (model {model}: the cells layer's parameters were tuned with it)")
         self._runner.status.value = (f"{len(results)} images, {sum(n for _, n in results)} cells "
-                                     f"-> {out if out is not None else self._output.value}")
+                                     f"-> {out if out is not None else self._output.value}{used}")

@@ -127,7 +127,7 @@ class SlideWidget(Container):
         return view
 
     def params(self) -> dict:
-        saved = cells_layer_parameters(self._viewer, self._model) if self._from_layer.value else None
+        saved = cells_layer_parameters(self._viewer, self._model.value) if self._from_layer.value else None
         source = saved or self._seeds.params()
         if saved and saved.get("seed_split") == "shape":
             raise ValueError("the 'cells' layer was made with the shape split, which needs the whole "
