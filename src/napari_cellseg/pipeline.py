@@ -450,9 +450,11 @@ def iter_predict_planes(
     image is a stack of one.
 
     Yields :class:`Progress` in percent of the whole stack; returns the Predictions. The
-    model is loaded once, and with none named (``choose.py``) chosen once, like the scale
-    with ``"auto"``: by the first plane with cells. ``kwargs`` go to :func:`iter_predict`
-    (``warm`` included).
+    model is loaded once. With none named (``choose.py``) it is chosen once per stack, and
+    with ``"auto"`` the scale is estimated once: by the first plane that measures both
+    (else each by the first plane that measured it), every plane then running with them;
+    each plane's ``model_choice`` is the choice that set the stack's model. ``kwargs`` go to
+    :func:`iter_predict` (``warm`` included).
     """
     from .model.store import resolve_model
 
