@@ -870,3 +870,20 @@ def test_the_model_auto_chose_is_what_the_layer_and_the_export_record(make_napar
     export._folder.value = tmp_path
     record = json.loads(export.export()[2].read_text())
     assert record["model"]["name"] == "multiscale_nuclei" and len(record["model"]["sha256"]) == 64
+
+
+def test_train_starts_from_the_model_the_corrected_cells_came_from(make_napari_viewer, tissue):
+    from napari_cellseg._widgets.train import TrainWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(tissue[0], name="tissue")
+    viewer.add_labels(tissue[1], name="cells", metadata={"model": "multiscale_nuclei", "parameters": {}})
+    widget = TrainWidget(viewer)
+    widget.reset_choices()
+    assert widget._labels.value.name == "cells" and widget._init.value == "multiscale_nuclei"
+    # Once the user picks a model, it stays, whatever labels layer is chosen next.
+    widget._init.value = "dense_tcells"
+    viewer.add_labels(tissue[1], name="other", metadata={"model": "dense_tcells_multiscale"})
+    widget.reset_choices()
+    widget._labels.value = viewer.layers["other"]
+    assert widget._init.value == "dense_tcells"

@@ -69,9 +69,31 @@ class TrainWidget(Container):
                      self._epochs, self._steps, self._minutes, self._resegment, self._name,
                      *self._runner.widgets])
         self._runner.on_run(self.run)
+        # "Start from" follows the model the corrected cells came from (the one 'auto' chose,
+        # e.g. multiscale_nuclei for nuclei), until the user picks one.
+        self._init_picked = False
+        self._following = False
+        self._init.changed.connect(self._on_init_picked)
+        self._labels.changed.connect(self._follow_labels_model)
+        self._follow_labels_model()
         self.saved: Path | None = None
         self.history: list[dict] = []
         self._budget = (time.monotonic(), 0.0)  # (start, seconds) of the run in progress
+
+    def _on_init_picked(self, *_) -> None:
+        if not self._following:
+            self._init_picked = True
+
+    def _follow_labels_model(self, *_) -> None:
+        layer = self._labels.value
+        model = layer.metadata.get("model") if layer is not None else None
+        if self._init_picked or model not in self._init.choices:
+            return
+        self._following = True
+        try:
+            self._init.value = model
+        finally:
+            self._following = False
 
     def _pairs(self) -> tuple[list, float | None, np.ndarray | None]:
         """(name, image, labels) pairs, their pixel size (None: unknown) and the whole
