@@ -256,3 +256,45 @@ def test_a_user_model_saved_as_auto_is_not_listed(tmp_path, monkeypatch):
     (tmp_path / "mine.safetensors").write_bytes(builtin_models()[DEFAULT_MODEL].read_bytes())
     names = list(available_models())
     assert "mine" in names and "auto" not in names
+
+
+def test_a_plane_that_ran_with_the_settled_values_does_not_run_again(tissue, monkeypatch):
+    """Plane 0 measured nothing but ran the default model at the given pixel size; plane 1
+    settles on the default: plane 0 is not predicted a second time."""
+    from napari_cellseg import pipeline
+    from napari_cellseg.pipeline import iter_predict_planes
+
+    calls, ran = [], []
+
+    def first_unmeasured(image, zoom=1.0, device="auto", tophat_px=None):
+        calls.append(zoom)
+        scores = {DEFAULT_MODEL: 0.0, NUCLEAR_MODEL: 0.0} if len(calls) == 1 else {DEFAULT_MODEL: 0.8, NUCLEAR_MODEL: 0.7}
+        return ModelChoice(DEFAULT_MODEL, scores, zoom)
+
+    real = pipeline.iter_predict
+
+    def counted(image, *args, **kwargs):
+        ran.append(float(image.sum()))
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(choose, "choose_model", first_unmeasured)
+    monkeypatch.setattr(pipeline, "iter_predict", counted)
+    stack = np.stack([tissue, tissue[::-1] * 2])
+    preds = drain(iter_predict_planes(stack, 0.5, None, "cpu"))
+    assert len(ran) == 2 and len(calls) == 2
+    assert [p.model_name for p in preds] == [DEFAULT_MODEL] * 2
+    assert all(p.model_choice is preds[1].model_choice for p in preds)
+
+
+def test_a_failed_estimate_by_the_chosen_model_keeps_the_defaults(tissue, monkeypatch):
+    from napari_cellseg import pipeline
+
+    monkeypatch.setattr(choose, "choose_model", _always_nuclear([]))
+    real_estimate = pipeline._estimate
+    nuclear_net = resolve_model(NUCLEAR_MODEL)[0]
+    monkeypatch.setattr(pipeline, "_estimate", lambda image, net, info, device: (
+        (None, None) if net is nuclear_net else real_estimate(image, net, info, device)))
+    default_reading = real_estimate(tissue, *resolve_model(DEFAULT_MODEL), "cpu")
+    pred = ncs.predict(tissue, "auto", None, "cpu")
+    assert pred.model_name == NUCLEAR_MODEL and pred.pixel_size == default_reading[0]
+    assert pred.scale is not None

@@ -865,6 +865,15 @@ def test_the_model_auto_chose_is_what_the_layer_and_the_export_record(make_napar
     wait_done(qtbot, widget._runner)
     cells = viewer.layers[CELLS_LAYER]
     assert cells.metadata["model"] == "multiscale_nuclei" and cells.metadata["model_choice"]["chosen"] == "multiscale_nuclei"
+    assert cells.metadata["parameters_tuned"] is False  # no slider moved
+    # Untouched defaults do not fix Batch's 'auto' to this model; moved sliders do.
+    from napari_cellseg._widgets.batch import BatchWidget
+
+    batch = BatchWidget(viewer)
+    assert batch.run_model() == "auto" and batch.params() == cells.metadata["parameters"]
+    widget._seeds.sensitivity.value = 45
+    qtbot.waitUntil(lambda: cells.metadata.get("parameters", {}).get("sensitivity") == 45, timeout=WAIT_MS)
+    assert cells.metadata["parameters_tuned"] is True and batch.run_model() == "multiscale_nuclei"
     export = ExportWidget(viewer)
     export._labels.value, export._image.value = cells, viewer.layers["tissue"]
     export._folder.value = tmp_path
@@ -872,15 +881,21 @@ def test_the_model_auto_chose_is_what_the_layer_and_the_export_record(make_napar
     assert record["model"]["name"] == "multiscale_nuclei" and len(record["model"]["sha256"]) == 64
 
 
-def test_train_starts_from_the_model_the_corrected_cells_came_from(make_napari_viewer, tissue):
+def test_train_starts_from_the_model_the_corrected_cells_came_from(make_napari_viewer, tissue, monkeypatch):
     from napari_cellseg._widgets.train import TrainWidget
 
     viewer = make_napari_viewer()
     viewer.add_image(tissue[0], name="tissue")
-    viewer.add_labels(tissue[1], name="cells", metadata={"model": "multiscale_nuclei", "parameters": {}})
+    cells = viewer.add_labels(tissue[1], name="cells", metadata={"model": "multiscale_nuclei", "parameters": {}})
     widget = TrainWidget(viewer)
     widget.reset_choices()
     assert widget._labels.value.name == "cells" and widget._init.value == "multiscale_nuclei"
+    # A re-run updates the layer in place (no change of layer): Train reads it again on run.
+    cells.metadata = {**cells.metadata, "model": "dense_tcells_multiscale"}
+    started = []
+    monkeypatch.setattr(widget._runner, "start", lambda *a, **k: started.append(k["init"]))
+    widget.run()
+    assert started == ["dense_tcells_multiscale"]
     # Once the user picks a model, it stays, whatever labels layer is chosen next.
     widget._init.value = "dense_tcells"
     viewer.add_labels(tissue[1], name="other", metadata={"model": "dense_tcells_multiscale"})

@@ -308,7 +308,9 @@ def iter_predict(
         if choice.name != DEFAULT_MODEL:
             net, info = resolve_model(choice.name)
             if estimated:  # the chosen model's own estimate: each model draws its cells its way
-                pixel_size, scale = _estimate(image, net, info, device)
+                own_px, own_scale = _estimate(image, net, info, device)
+                if own_scale is not None:  # else the default's reading stands
+                    pixel_size, scale = own_px, own_scale
     # A model that runs its network at a finer grid than the images it is meant for (a 2x
     # model: image_pixel_size in its metadata) takes an image without a pixel size to be at
     # that size, and segments on that grid, not on the network's.
@@ -509,11 +511,15 @@ def iter_predict_planes(
                 if estimating or choosing:
                     if ((not estimating or plane.pixel_size is not None)
                             and (not choosing or plane.model_choice.measured)):
+                        redo_px, redo_model = estimating, choosing
                         if estimating:
                             pixel_size, estimating = plane.pixel_size, False
                         if choosing:
                             decided, model, choosing = plane.model_choice, plane.model_name, False
-                        order += unmeasured
+                        # Only the planes that ran with other values (a blank plane at the
+                        # model's scale, or with the default model) run again.
+                        order += [j for j in unmeasured if (redo_px and out[j].pixel_size != pixel_size)
+                                  or (redo_model and out[j].model_name != model)]
                     else:
                         unmeasured.append(i)
                 break

@@ -172,11 +172,14 @@ def chosen_model(combo: ComboBox) -> str:
 
 def tuned_model(viewer) -> str | None:
     """The model the 'cells' layer's recorded parameters were tuned with (None: no such
-    layer, no parameters recorded, or no model, e.g. hand-drawn)."""
+    layer, no parameters recorded, untouched model defaults, or no model, e.g. hand-drawn).
+    Untouched defaults are not tuned: 'auto's two models share them (choose.py's test)."""
     if CELLS_LAYER not in viewer.layers:
         return None
     meta = viewer.layers[CELLS_LAYER].metadata
-    return meta.get("model") if meta.get("parameters") else None
+    if not meta.get("parameters") or not meta.get("parameters_tuned", True):
+        return None
+    return meta.get("model")
 
 
 def cells_layer_parameters(viewer, model: str | None) -> dict | None:
@@ -192,6 +195,8 @@ def cells_layer_parameters(viewer, model: str | None) -> dict | None:
     tuned_with = meta.get("model")
     from ..choose import AUTO
 
+    if tuned_with and model == AUTO and not meta.get("parameters_tuned", True):
+        return dict(saved)  # the model's untouched defaults: those of both of auto's models
     if tuned_with and model == AUTO:
         raise ValueError(f"the '{CELLS_LAYER}' layer's parameters were tuned with the model {tuned_with!r}, "
                          "and 'auto' may choose another model per image: choose that model, or untick "

@@ -100,14 +100,13 @@ class BatchWidget(Container):
             pixel_size=float(self._pixel_size.value) or None, model=model, **diameter,
             overwrite=bool(self._overwrite.value), resume=bool(self._resume.value),
             workers=int(self._workers.value) or None, scheduler=self._scheduler.value.strip() or None,
-            on_done=partial(self._on_done, out=out, model=model))
+            on_done=partial(self._on_done, out=out,
+                            tuned_model=model if model != chosen_model(self._model) else None))
 
-    def _on_done(self, results, out=None, model: str | None = None) -> None:
-        from ..choose import AUTO
-
+    def _on_done(self, results, out=None, tuned_model: str | None = None) -> None:
         self.results = results
-        # The folder the run wrote to, not the one the field shows now.
-        used = "" if model in (None, AUTO) or model == self._model.value else (
-            f" (model {model}: the cells layer's parameters were tuned with it)")
+        # The folder the run wrote to, not the one the field shows now; the model the run
+        # took from the cells layer instead of 'auto', decided when it started.
+        used = f" (model {tuned_model}: the cells layer's parameters were tuned with it)" if tuned_model else ""
         self._runner.status.value = (f"{len(results)} images, {sum(n for _, n in results)} cells "
                                      f"-> {out if out is not None else self._output.value}{used}")

@@ -185,6 +185,8 @@ class SegmentCellsWidget(Container):
         used = self._segmented_with[plane]
         metadata = {
             "stage": "cells", "parameters": used, "source": self._source,
+            # False: the model's own defaults, no slider moved (Batch's 'auto' then stays auto).
+            "parameters_tuned": bool(self._touched),
             # Every parameter, the model's defaults applied (what Export records).
             "parameters_used": self.predictions[plane].params(**(used or {})).to_dict(),
             **self._run_model, **scale_metadata(self.predictions[plane], self._scale_request),

@@ -140,6 +140,8 @@ class TrainWidget(Container):
 
     def run(self, *_):
         """Train in a worker: per-step progress, Cancel within a step."""
+        if not self._init_picked:  # the labels layer's model, as it is now (updated in place)
+            self._follow_labels_model()
         from ..model.train import TrainConfig
 
         init = None if self._init.value == FROM_SCRATCH else self._init.value
