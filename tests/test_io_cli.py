@@ -161,6 +161,8 @@ def test_an_option_of_the_other_method_is_refused_not_ignored(lesson_tif, tmp_pa
     out = tmp_path / "o"
     assert run_cli("segment", lesson_tif, "--out", out, "--method", "classic", "--sensitivity", "80") == 2
     assert "--sensitivity goes with --method unet, not classic" in capsys.readouterr().err
+    assert run_cli("segment", lesson_tif, "--out", out, "--method", "classic", "--device", "cpu") == 2
+    assert "--device goes with --method unet, not classic" in capsys.readouterr().err
     assert run_cli("segment", lesson_tif, "--out", out, "--sigma", "5", "--split", "distance") == 2
     assert "--sigma, --split go with --method classic, not unet" in capsys.readouterr().err
     assert run_cli("segment", lesson_tif, "--out", out, "--method", "classic", "--min-size", "-5") == 2

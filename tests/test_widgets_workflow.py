@@ -902,3 +902,18 @@ def test_train_starts_from_the_model_the_corrected_cells_came_from(make_napari_v
     widget.reset_choices()
     widget._labels.value = viewer.layers["other"]
     assert widget._init.value == "dense_tcells"
+
+
+def test_slide_takes_untouched_defaults_from_a_view_auto_ran_with_another_model(make_napari_viewer, tissue):
+    from napari_cellseg._widgets.slide import SlideWidget
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(tissue[1], name="cells", metadata={
+        "parameters": {"sensitivity": 60, "h_probability": 0.15}, "model": "multiscale_nuclei",
+        "parameters_tuned": False})
+    widget = SlideWidget(viewer)
+    assert widget._model.value == "dense_tcells_multiscale"
+    assert widget.params() == {"sensitivity": 60, "h_probability": 0.15}
+    layer.metadata = {**layer.metadata, "parameters_tuned": True}  # a slider moved: tuned for that model
+    with pytest.raises(ValueError, match="tuned with the model 'multiscale_nuclei'"):
+        widget.params()

@@ -60,7 +60,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     g = p.add_argument_group("unet method")
     g.add_argument("--model", default=None, help=_model_help())
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    # None until checked: a classic run given --device is refused, not ignored (then "auto").
+    g.add_argument("--device", default=None, help="auto (default), cpu, cuda or mps")
     g.add_argument("--sensitivity", type=float, default=None, help="seed sensitivity 0-100")
     g.add_argument("--seed-split", choices=("probability", "shape"), default=None,
                    help="probability (default): maxima of the seed probability; shape: the paper's")
@@ -94,7 +95,8 @@ def _segment(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     # An option of the other method is refused, not ignored.
     unet_only = {"--model": args.model, "--sensitivity": args.sensitivity, "--seed-split": args.seed_split,
-                 "--h-probability": args.h_probability, "--h": args.h, "--cell-threshold": args.cell_threshold}
+                 "--h-probability": args.h_probability, "--h": args.h, "--cell-threshold": args.cell_threshold,
+                 "--device": args.device}
     classic_only = {"--sigma": args.sigma, "--threshold": args.threshold, "--min-size": args.min_size,
                     "--threshold-method": args.threshold_method, "--split": args.split,
                     "--normalize": args.normalize}
@@ -103,6 +105,8 @@ def _segment(args: argparse.Namespace) -> int:
     if given:
         raise ValueError(f"{', '.join(given)} {'goes' if len(given) == 1 else 'go'} with --method "
                          f"{'classic' if args.method == 'unet' else 'unet'}, not {args.method}")
+    if args.device is None:
+        args.device = "auto"
     if args.zarr is not None:
         if args.images:
             raise ValueError("give either images or --zarr SLIDE, not both")

@@ -195,8 +195,11 @@ def cells_layer_parameters(viewer, model: str | None) -> dict | None:
     tuned_with = meta.get("model")
     from ..choose import AUTO
 
-    if tuned_with and model == AUTO and not meta.get("parameters_tuned", True):
-        return dict(saved)  # the model's untouched defaults: those of both of auto's models
+    if tuned_with and not meta.get("parameters_tuned", True):
+        # The model's untouched defaults (no slider moved): the shipped models share them, and
+        # a fine-tuned one keeps its starting model's (a Slide tuned on a view that 'auto' ran
+        # with the nuclear model was refused for nothing).
+        return dict(saved)
     if tuned_with and model == AUTO:
         raise ValueError(f"the '{CELLS_LAYER}' layer's parameters were tuned with the model {tuned_with!r}, "
                          "and 'auto' may choose another model per image: choose that model, or untick "
