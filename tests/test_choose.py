@@ -91,11 +91,18 @@ def test_the_nuclear_model_chosen_estimates_the_scale_again_with_itself(tissue, 
 
     sentinel = object()
 
-    def estimate(image, net, info, device):
+    def estimate(image, net, info, device, zooms=None):
         estimated_with.append(net)
         if net is resolve_model(NUCLEAR_MODEL)[0]:
+            # On the default's best rung and its neighbours, not the whole ladder.
+            best = max(first[0].trials, key=lambda t: t[1])[0]
+            assert zooms == tuple(z for z in (0.25, 0.5, 1.0, 2.0, 4.0) if best / 2.01 <= z <= best * 2.01)
+            assert 2 <= len(zooms) <= 3
             return 0.37, sentinel  # the nuclear model's own reading, distinct from the default's
-        return real_estimate(image, net, info, device)
+        first.append(real_estimate(image, net, info, device)[1])
+        return first[0].pixel_size, first[0]
+
+    first = []
 
     monkeypatch.setattr(pipeline, "_estimate", estimate)
     pred = ncs.predict(tissue, "auto", None, "cpu")
@@ -151,7 +158,7 @@ def test_a_stack_whose_scale_is_never_measured_still_runs_one_model(tissue, monk
         return ModelChoice(NUCLEAR_MODEL, {DEFAULT_MODEL: 0.7, NUCLEAR_MODEL: 0.75}, zoom)
 
     monkeypatch.setattr(choose, "choose_model", first_unmeasured)
-    monkeypatch.setattr(pipeline, "_estimate", lambda *a: (None, None))  # nothing to measure
+    monkeypatch.setattr(pipeline, "_estimate", lambda *a, **k: (None, None))  # nothing to measure
     preds = drain(iter_predict_planes(np.stack([tissue, tissue[::-1]]), "auto", None, "cpu"))
     assert [p.model_name for p in preds] == [NUCLEAR_MODEL] * 2 and len(calls) == 2
     assert [p.pixel_size for p in preds] == [None, None]
@@ -292,7 +299,7 @@ def test_a_failed_estimate_by_the_chosen_model_keeps_the_defaults(tissue, monkey
     monkeypatch.setattr(choose, "choose_model", _always_nuclear([]))
     real_estimate = pipeline._estimate
     nuclear_net = resolve_model(NUCLEAR_MODEL)[0]
-    monkeypatch.setattr(pipeline, "_estimate", lambda image, net, info, device: (
+    monkeypatch.setattr(pipeline, "_estimate", lambda image, net, info, device, zooms=None: (
         (None, None) if net is nuclear_net else real_estimate(image, net, info, device)))
     default_reading = real_estimate(tissue, *resolve_model(DEFAULT_MODEL), "cpu")
     pred = ncs.predict(tissue, "auto", None, "cpu")
