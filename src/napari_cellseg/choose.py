@@ -74,21 +74,15 @@ def choose_model(image: np.ndarray, zoom: float = 1.0, device: str = "auto",
     FileNotFoundError
         A candidate's weights are missing (a broken install).
     """
-    from .core.preprocess import rescale, tophat
+    from .core.preprocess import tophat
     from .model.inference import predict_probabilities
     from .model.store import resolve_model
-    from .scale import CROP_SIDE, _busiest_centres, _crop, pooled_confidence
+    from .scale import pooled_confidence, trial_crops
 
-    image = np.asarray(image, dtype=np.float32)
-    crop_side = max(round(CROP_SIDE / zoom), 1)
-    crops = []
-    for centre in _busiest_centres(image, crop_side):
-        crop = _crop(image, centre, crop_side)
-        crop = rescale(crop, zoom) if zoom != 1 else crop
-        if tophat_px:
-            crop = tophat(crop, tophat_px)
-        if min(crop.shape) >= 32 and np.ptp(crop) > 0 and np.isfinite(crop).all():
-            crops.append(crop)
+    # The auto scale's trial crops (scale.trial_crops), as the network will see them.
+    crops = trial_crops(np.asarray(image, dtype=np.float32), zoom)
+    if tophat_px:
+        crops = [tophat(crop, tophat_px) for crop in crops]
     scores = {}
     for name in CANDIDATES:
         net, info = resolve_model(name)

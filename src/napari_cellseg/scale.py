@@ -147,6 +147,21 @@ def _crop(image: np.ndarray, centre: tuple[int, int], side: int) -> np.ndarray:
     return image[r0 : r0 + side, c0 : c0 + side]
 
 
+def trial_crops(image: np.ndarray, zoom: float, side: int = CROP_SIDE) -> list[np.ndarray]:
+    """The busiest windows of ``image`` for ``zoom`` (image px -> model-grid px), each
+    ``side`` px once on the grid and apart from each other, rescaled onto it; a crop under
+    32 px or constant is left out. Each zoom picks its own windows of its own side: windows
+    of the smallest zoom's side (512 px for 128 at 0.25) left a 233 px-wide strip one crop."""
+    crop_side = max(round(side / zoom), 1)
+    out = []
+    for centre in _busiest_centres(image, crop_side):
+        crop = _crop(image, centre, crop_side)
+        crop = rescale(crop, zoom) if zoom != 1 else crop
+        if min(crop.shape) >= 32 and np.ptp(crop) > 0:
+            out.append(crop)
+    return out
+
+
 def neighbour_correlation(image: np.ndarray) -> float:
     """The correlation of each pixel with its right and lower neighbours (1: smooth, 0:
     independent pixels, as pure noise)."""
@@ -227,21 +242,13 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
     zooms = tuple(base * z for z in zooms)
     trials, best = [], None
     for z in zooms:
-        # Each rung picks its own busiest windows of its own crop side: windows of the
-        # smallest zoom's side (512 px for 128 at 0.25) left a 233 px-wide strip one crop.
-        crop_side = max(round(side / z), 1)
-        crops = []
-        for centre in _busiest_centres(image, crop_side):
-            crop = _crop(image, centre, crop_side)
-            grid_crop = rescale(crop, z) if z != 1 else crop
-            if min(grid_crop.shape) < 32 or np.ptp(grid_crop) == 0:
-                continue
-            # A 32-px reflect border around each crop (overlap 32), not the 64 px of a whole
-            # image's tiles: a 128-px crop then runs at 192², not 256² (0.22 s per estimate
-            # against 0.30, best of 5 on a dense frame), and scale_estimate.py's hit rate
-            # stays 0.885 (2026-11-24; with a 16-px border it fell to 0.875).
-            crops.append((grid_crop, predict_probabilities(net, grid_crop, device=device, overlap=32,
-                                                           normalize=info.normalize)))
+        # A 32-px reflect border around each crop (overlap 32), not the 64 px of a whole
+        # image's tiles: a 128-px crop then runs at 192², not 256² (0.22 s per estimate
+        # against 0.30, best of 5 on a dense frame), and scale_estimate.py's hit rate
+        # stays 0.885 (2026-11-24; with a 16-px border it fell to 0.875).
+        crops = [(grid_crop, predict_probabilities(net, grid_crop, device=device, overlap=32,
+                                                   normalize=info.normalize))
+                 for grid_crop in trial_crops(image, z, side)]
         if not crops:
             continue
         score = pooled_confidence([probs for _, probs in crops])
