@@ -490,26 +490,31 @@ def iter_predict_planes(
     unmeasured: list[int] = []
     order = list(range(n))
     decided = None  # the ModelChoice that settled the model
+
+    def settle(px, choice) -> None:
+        """Fix the values still open (the pixel size ``px``, the model of ``choice``, None:
+        the default) and queue the planes that ran with other ones."""
+        nonlocal pixel_size, model, estimating, choosing, decided
+        redo_px, redo_model = estimating, choosing
+        if estimating:
+            pixel_size, estimating = px, False
+        if choosing:
+            decided, model, choosing = choice, choice.name if choice is not None else DEFAULT_MODEL, False
+        wanted_px = None if pixel_size == "model" else pixel_size
+        order.extend(j for j in unmeasured if (redo_px and out[j].pixel_size != wanted_px)
+                     or (redo_model and out[j].model_name != model))
+
     k, last_call = 0, False
     while True:
         if k == len(order):
             if not (estimating or choosing) or last_call:
                 break
-            # Nothing measured both on one plane: each takes the first value measured on any
-            # plane (else the model's scale, the default model), and every plane that ran
-            # with other values runs again, so that the stack is one answer.
+            # Nothing measured both on one plane (every plane is unmeasured): each value is
+            # the first measured on any plane (else the model's scale, the default model),
+            # and every plane that ran with other values runs again: the stack is one answer.
             last_call = True
-            redo_px, redo_model = estimating, choosing
-            if estimating:
-                pixel_size = next((p.pixel_size for p in out if p.pixel_size is not None), "model")
-                estimating = False
-            if choosing:
-                decided = next((p.model_choice for p in out if p.model_choice.measured), None)
-                model = decided.name if decided is not None else DEFAULT_MODEL
-                choosing = False
-            wanted_px = None if pixel_size == "model" else pixel_size
-            order += [i for i, p in enumerate(out) if (redo_px and p.pixel_size != wanted_px)
-                      or (redo_model and p.model_name != model)]
+            settle(next((p.pixel_size for p in out if p.pixel_size is not None), "model") if estimating else None,
+                   next((p.model_choice for p in out if p.model_choice.measured), None) if choosing else None)
             continue
         i = order[k]
         gen = iter_predict(stack[i], pixel_size, model, device, **kwargs)
@@ -521,15 +526,9 @@ def iter_predict_planes(
                 if estimating or choosing:
                     if ((not estimating or plane.pixel_size is not None)
                             and (not choosing or plane.model_choice.measured)):
-                        redo_px, redo_model = estimating, choosing
-                        if estimating:
-                            pixel_size, estimating = plane.pixel_size, False
-                        if choosing:
-                            decided, model, choosing = plane.model_choice, plane.model_name, False
                         # Only the planes that ran with other values (a blank plane at the
                         # model's scale, or with the default model) run again.
-                        order += [j for j in unmeasured if (redo_px and out[j].pixel_size != pixel_size)
-                                  or (redo_model and out[j].model_name != model)]
+                        settle(plane.pixel_size, plane.model_choice)
                     else:
                         unmeasured.append(i)
                 break
