@@ -31,9 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model.registry import DEFAULT_MODEL
+from .model.registry import AUTO_MODEL, DEFAULT_MODEL
 
-AUTO = "auto"  # the model name that asks for the choice (None does too)
+AUTO = AUTO_MODEL  # the model name that asks for the choice (None does too)
+
 NUCLEAR_MODEL = "multiscale_nuclei"
 CANDIDATES = (DEFAULT_MODEL, NUCLEAR_MODEL)
 MARGIN = 0.01  # the nuclear model must be this much surer of the cells (mean probability)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 WEIGHTS_SUFFIX = ".safetensors"
 DEFAULT_MODEL = "dense_tcells_multiscale"
+# The model name that asks for the choice by look (choose.py): reserved, never a model's.
+AUTO_MODEL = "auto"
 
 # Callbacks run after a model is saved, so that open model lists (the widgets') refresh.
 _saved_listeners: list[weakref.ref] = []
@@ -57,7 +59,7 @@ def available_models() -> dict[str, Path]:
     if folder.is_dir():
         for p in sorted(folder.glob(f"*{WEIGHTS_SUFFIX}")):
             name = p.name[: -len(WEIGHTS_SUFFIX)]
-            if name.casefold() != "auto":  # the automatic choice's name (choose.py): not listed
+            if name.casefold() != AUTO_MODEL:  # the automatic choice's name: not listed
                 models.setdefault(name, p)
     return models
 
@@ -67,8 +69,8 @@ def resolve_model_path(model: str | Path | None) -> Path:
     if model is None:
         model = DEFAULT_MODEL
     models = available_models()
-    if isinstance(model, str) and model == "auto" and model not in models:
-        # choose.AUTO: predict chooses a model per image; anything else needs one named.
+    if isinstance(model, str) and model == AUTO_MODEL:  # never a model's name (available_models)
+        # predict chooses a model per image (choose.py); anything else needs one named.
         raise ValueError("'auto' chooses a model per image when segmenting one image or a batch; "
                          f"name a model here (built in: {sorted(builtin_models())})")
     if isinstance(model, str) and model in models:
@@ -99,7 +101,7 @@ def user_model_path(name: str, folder: str | Path | None = None) -> Path:
         raise ValueError(f"invalid model name {name!r}: use letters, digits, '-' or '_'")
     if name in builtin_models():
         raise ValueError(f"{name!r} is a built-in model's name: choose another name for yours")
-    if name.casefold() == "auto":
+    if name.casefold() == AUTO_MODEL:
         raise ValueError("'auto' asks for the automatic choice of a model: choose another name for yours")
     if name.endswith(".best"):  # <x>.best.safetensors is the best epoch of a run saving to x
         raise ValueError(f"{name!r}: names ending in '.best' are kept for a training run's best epoch")
