@@ -73,7 +73,7 @@ def test_a_prediction_records_the_model_it_ran(tissue):
 def _always_nuclear(calls):
     real = choose.choose_model
 
-    def fake(image, zoom=1.0, device="auto", tophat_px=None):
+    def fake(image, zoom=1.0, device="auto", tophat_px=None, memo=None):
         calls.append(float(np.ptp(image)))
         if np.ptp(image) == 0:
             return real(image, zoom, device)  # a blank plane: nothing measured
@@ -91,13 +91,11 @@ def test_the_nuclear_model_chosen_estimates_the_scale_again_with_itself(tissue, 
 
     sentinel = object()
 
-    def estimate(image, net, info, device, zooms=None):
+    def estimate(image, net, info, device, zooms=None, memo=None):
         estimated_with.append(net)
         if net is resolve_model(NUCLEAR_MODEL)[0]:
-            # On the default's best rung and its neighbours, not the whole ladder.
-            best = max(first[0].trials, key=lambda t: t[1])[0]
-            assert zooms == tuple(z for z in (0.25, 0.5, 1.0, 2.0, 4.0) if best / 2.01 <= z <= best * 2.01)
-            assert 2 <= len(zooms) <= 3
+            # On the default's best rung only, not the whole ladder.
+            assert zooms == (max(first[0].trials, key=lambda t: t[1])[0],)
             return 0.37, sentinel  # the nuclear model's own reading, distinct from the default's
         first.append(real_estimate(image, net, info, device)[1])
         return first[0].pixel_size, first[0]
@@ -113,6 +111,37 @@ def test_the_nuclear_model_chosen_estimates_the_scale_again_with_itself(tissue, 
     estimated_with.clear()
     assert ncs.predict(tissue, 0.5, None, "cpu").model_name == NUCLEAR_MODEL
     assert estimated_with == []
+
+
+def test_no_model_runs_twice_on_the_same_trial_crop(tissue, monkeypatch):
+    """The estimate and the choice share their network passes (scale.trial_predictions'
+    memo): the sample at the model's scale is chosen for at zoom 1, a rung the estimate ran,
+    and the nuclear model, when chosen, estimates on that rung again."""
+    import napari_cellseg.model.inference as inference
+
+    real = inference.predict_probabilities
+    passes = []
+    monkeypatch.setattr(inference, "predict_probabilities", lambda net, crop, **kw: (
+        passes.append((id(net), crop.shape, crop.tobytes())) or real(net, crop, **kw)))
+    pred = ncs.predict(tissue, "auto", None, "cpu")
+    assert pred.model_choice.zoom == 1.0 and pred.scale.zoom == 1.0
+    assert len(passes) == len(set(passes))
+    # The choice ran the nuclear model only on what the estimate had not: the default
+    # model's passes at zoom 1 were reused (a fresh choice runs both).
+    shared = len(passes)
+    fresh = []
+    monkeypatch.setattr(inference, "predict_probabilities", lambda net, crop, **kw: (
+        fresh.append(id(net)) or real(net, crop, **kw)))
+    choose.choose_model(tissue, 1.0, "cpu")
+    per_model = len(fresh) // 2
+    assert per_model >= 1 and fresh.count(id(resolve_model(NUCLEAR_MODEL)[0])) == per_model
+    passes.clear()
+    monkeypatch.setattr(inference, "predict_probabilities", lambda net, crop, **kw: (
+        passes.append((id(net), crop.shape, crop.tobytes())) or real(net, crop, **kw)))
+    monkeypatch.setattr(choose, "decide", lambda scores: NUCLEAR_MODEL)
+    pred = ncs.predict(tissue, "auto", None, "cpu")
+    assert pred.model_name == NUCLEAR_MODEL
+    assert len(passes) == len(set(passes)) == shared  # its estimate on rung 1: all reused
 
 
 def test_a_stack_chooses_once_by_its_first_plane_with_cells(tissue, monkeypatch):
@@ -151,7 +180,7 @@ def test_a_stack_whose_scale_is_never_measured_still_runs_one_model(tissue, monk
 
     calls = []
 
-    def first_unmeasured(image, zoom=1.0, device="auto", tophat_px=None):
+    def first_unmeasured(image, zoom=1.0, device="auto", tophat_px=None, memo=None):
         calls.append(zoom)
         if len(calls) == 1:
             return ModelChoice(DEFAULT_MODEL, {DEFAULT_MODEL: 0.0, NUCLEAR_MODEL: 0.0}, zoom)
@@ -273,7 +302,7 @@ def test_a_plane_that_ran_with_the_settled_values_does_not_run_again(tissue, mon
 
     calls, ran = [], []
 
-    def first_unmeasured(image, zoom=1.0, device="auto", tophat_px=None):
+    def first_unmeasured(image, zoom=1.0, device="auto", tophat_px=None, memo=None):
         calls.append(zoom)
         scores = {DEFAULT_MODEL: 0.0, NUCLEAR_MODEL: 0.0} if len(calls) == 1 else {DEFAULT_MODEL: 0.8, NUCLEAR_MODEL: 0.7}
         return ModelChoice(DEFAULT_MODEL, scores, zoom)
@@ -299,7 +328,7 @@ def test_a_failed_estimate_by_the_chosen_model_keeps_the_defaults(tissue, monkey
     monkeypatch.setattr(choose, "choose_model", _always_nuclear([]))
     real_estimate = pipeline._estimate
     nuclear_net = resolve_model(NUCLEAR_MODEL)[0]
-    monkeypatch.setattr(pipeline, "_estimate", lambda image, net, info, device, zooms=None: (
+    monkeypatch.setattr(pipeline, "_estimate", lambda image, net, info, device, zooms=None, memo=None: (
         (None, None) if net is nuclear_net else real_estimate(image, net, info, device)))
     default_reading = real_estimate(tissue, *resolve_model(DEFAULT_MODEL), "cpu")
     pred = ncs.predict(tissue, "auto", None, "cpu")

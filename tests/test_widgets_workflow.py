@@ -854,7 +854,7 @@ def test_the_model_auto_chose_is_what_the_layer_and_the_export_record(make_napar
     from napari_cellseg._widgets.export import ExportWidget
     from napari_cellseg._widgets.segment_cells import SegmentCellsWidget
 
-    def nuclear(image, zoom=1.0, device="auto", tophat_px=None):
+    def nuclear(image, zoom=1.0, device="auto", tophat_px=None, memo=None):
         return choose.ModelChoice(choose.NUCLEAR_MODEL, {choose.DEFAULT_MODEL: 0.7, choose.NUCLEAR_MODEL: 0.75}, zoom)
 
     monkeypatch.setattr(choose, "choose_model", nuclear)

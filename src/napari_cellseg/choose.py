@@ -65,31 +65,26 @@ def is_auto(model) -> bool:
 
 
 def choose_model(image: np.ndarray, zoom: float = 1.0, device: str = "auto",
-                 tophat_px: float | None = None) -> ModelChoice:
+                 tophat_px: float | None = None, memo: dict | None = None) -> ModelChoice:
     """The candidate model for ``image`` (one 2-D channel) at ``zoom`` (image px -> model
     grid px, as the pipeline applies it), each crop top-hat filtered with a radius of
-    ``tophat_px`` grid pixels when given (as the pipeline's ``tophat_um`` does).
+    ``tophat_px`` grid pixels when given (as the pipeline's ``tophat_um`` does). ``memo``:
+    the network passes already run on this image (``scale.trial_predictions``).
 
     Raises
     ------
     FileNotFoundError
         A candidate's weights are missing (a broken install).
     """
-    from .core.preprocess import tophat
-    from .model.inference import predict_probabilities
     from .model.store import resolve_model
-    from .scale import pooled_confidence, trial_crops
+    from .scale import pooled_confidence, trial_predictions
 
-    # The auto scale's trial crops (scale.trial_crops), as the network will see them.
-    crops = trial_crops(np.asarray(image, dtype=np.float32), zoom)
-    if tophat_px:
-        crops = [tophat(crop, tophat_px) for crop in crops]
+    image = np.asarray(image, dtype=np.float32)
     scores = {}
     for name in CANDIDATES:
-        net, info = resolve_model(name)
-        scores[name] = (pooled_confidence([predict_probabilities(net, c, device=device, overlap=32,
-                                                                 normalize=info.normalize) for c in crops])
-                        if crops else 0.0)
+        # The auto scale's trial crops, as the network will see them.
+        crops = trial_predictions(image, zoom, *resolve_model(name), device, tophat_px=tophat_px, memo=memo)
+        scores[name] = pooled_confidence([probs for _, probs in crops])  # 0 without crops
     return ModelChoice(decide(scores), scores, float(zoom))
 
 

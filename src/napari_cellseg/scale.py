@@ -162,6 +162,39 @@ def trial_crops(image: np.ndarray, zoom: float, side: int = CROP_SIDE) -> list[n
     return out
 
 
+def trial_predictions(image: np.ndarray, zoom: float, net, info, device: str = "auto",
+                      side: int = CROP_SIDE, tophat_px: float | None = None,
+                      memo: dict | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The trial crops of ``image`` at ``zoom`` (:func:`trial_crops`), each top-hat
+    filtered with a radius of ``tophat_px`` grid pixels when given, and ``net``'s
+    probability maps of each: ``[(crop, (C, M, N) maps)]``.
+
+    ``memo``, a dict kept for one image, holds what was run, so that the estimate and the
+    model choice (``choose.choose_model``) never run one model on the same crops twice: an
+    image near the model's scale is chosen for at the estimate's rung 1, and the chosen
+    model's own estimate tries the rung it was chosen at.
+    """
+    from .core.preprocess import tophat
+    from .model.inference import predict_probabilities
+
+    memo = {} if memo is None else memo
+    where = (round(float(zoom), 9), side, tophat_px)
+    key = (net, *where)  # a module hashes by identity
+    if key in memo:
+        return memo[key]
+    if where not in memo:  # the crops, one set for every model
+        crops = trial_crops(image, zoom, side)
+        memo[where] = [tophat(crop, tophat_px) for crop in crops] if tophat_px else crops
+    crops = memo[where]
+    # A 32-px reflect border around each crop (overlap 32), not the 64 px of a whole
+    # image's tiles: a 128-px crop then runs at 192², not 256² (0.22 s per estimate
+    # against 0.30, best of 5 on a dense frame), and scale_estimate.py's hit rate
+    # stays 0.885 (2026-11-24; with a 16-px border it fell to 0.875).
+    memo[key] = [(crop, predict_probabilities(net, crop, device=device, overlap=32, normalize=info.normalize))
+                 for crop in crops]
+    return memo[key]
+
+
 def neighbour_correlation(image: np.ndarray) -> float:
     """The correlation of each pixel with its right and lower neighbours (1: smooth, 0:
     independent pixels, as pure noise)."""
@@ -198,7 +231,8 @@ def applied_zoom(measured: float) -> float:
 
 
 def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
-                   zooms: tuple[float, ...] = ZOOMS, side: int = CROP_SIDE) -> ScaleEstimate:
+                   zooms: tuple[float, ...] = ZOOMS, side: int = CROP_SIDE,
+                   memo: dict | None = None) -> ScaleEstimate:
     """Estimate the pixel size (µm) that brings ``image``'s cells to the model's size.
 
     Parameters
@@ -212,6 +246,8 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
         pixel size twice its grid's: ``pipeline.image_pixel_size``).
     side : int
         Side of each trial crop on the model's grid, px.
+    memo : dict, optional
+        The network passes already run on this image (:func:`trial_predictions`).
 
     Returns
     -------
@@ -223,7 +259,6 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
         The image is too small for any trial, noise (``MIN_NEIGHBOUR_CORRELATION``), or no
         zoom shows the network any cells.
     """
-    from .model.inference import predict_probabilities
     from .pipeline import Prediction, image_pixel_size
 
     image = np.asarray(image, dtype=np.float32)
@@ -242,13 +277,7 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
     zooms = tuple(base * z for z in zooms)
     trials, best = [], None
     for z in zooms:
-        # A 32-px reflect border around each crop (overlap 32), not the 64 px of a whole
-        # image's tiles: a 128-px crop then runs at 192², not 256² (0.22 s per estimate
-        # against 0.30, best of 5 on a dense frame), and scale_estimate.py's hit rate
-        # stays 0.885 (2026-11-24; with a 16-px border it fell to 0.875).
-        crops = [(grid_crop, predict_probabilities(net, grid_crop, device=device, overlap=32,
-                                                   normalize=info.normalize))
-                 for grid_crop in trial_crops(image, z, side)]
+        crops = trial_predictions(image, z, net, info, device, side, memo=memo)
         if not crops:
             continue
         score = pooled_confidence([probs for _, probs in crops])
