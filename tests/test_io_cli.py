@@ -82,6 +82,19 @@ def test_read_image_dtypes(tmp_path, dtype):
         np.testing.assert_array_equal(out, data.astype(np.float32))
 
 
+@pytest.mark.parametrize("compression", ["lzw", "zstd", "jpeg2000"])
+def test_compressed_tiffs_are_read(tmp_path, compression):
+    """LZW (the Cell Tracking Challenge's TIFFs, many microscopes' and Fiji's option), zstd
+    and JPEG 2000 need imagecodecs, a dependency: without it tifffile refuses them."""
+    data = (np.arange(96 * 80).reshape(96, 80) % 4000).astype(np.uint16)
+    path = tmp_path / f"{compression}.tif"
+    tifffile.imwrite(path, data, compression=compression,
+                     **({"compressionargs": {"level": 0}} if compression == "jpeg2000" else {}))
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[0].compression.name.lower().startswith(compression[:4])
+    np.testing.assert_array_equal(io.read_image(path), data.astype(np.float32))
+
+
 def test_labels_round_trip_and_width(tmp_path):
     small = np.array([[0, 1], [70000 // 2, 2]], dtype=np.int64)
     io.write_labels(tmp_path / "a.png", small)
