@@ -246,3 +246,52 @@ def test_window_variances_equal_numpy_per_window():
         rows, cols = np.arange(0, max(233 - side, 0) + 1, step), np.arange(0, 301 - side + 1, step)
         expected = [[np.var(image[r : r + side : 4, c : c + side : 4]) for c in cols] for r in rows]
         np.testing.assert_allclose(_window_variances(image, rows, cols, side), expected, rtol=1e-9)
+
+
+def _tiny_nuclei(seed=700, side=256):
+    """Filled nuclei drawn at a quarter of their size at 0.5 µm/px (benchmarks/
+    generalization.py's nuclei look at 0.25x): real cells the rung 4 is for."""
+    from scipy import ndimage as ndi
+
+    from napari_cellseg.core import synthetic as syn
+
+    rng = np.random.default_rng(seed)
+    nuclei = syn.make_whole_cell_image(seed=seed, shape=(side, side), cell_radius=4.0, density=0.6).nucleus_labels
+    gain = np.concatenate([[0.0], rng.uniform(0.3, 1.0, int(nuclei.max()))])
+    image = ndi.gaussian_filter(gain[nuclei], 0.25) + 0.05
+    return (rng.poisson(image * 100) / 100 + rng.normal(0, 0.01, image.shape)).astype(np.float32)
+
+
+def test_noise_enlarged_4x_reads_as_cells_and_tiny_nuclei_do_not():
+    """scale.reads_noise: a calm window of noise, enlarged 4x, is mostly 'cell' to the
+    network (so the whole image would become thousands of false cells), a calm window of
+    tiny real nuclei is not."""
+    from napari_cellseg.scale import reads_noise
+
+    net, info = resolve_model(None)
+    rng = np.random.default_rng(0)
+    from scipy import ndimage as ndi
+
+    for noise in (rng.poisson(50, (256, 256)).astype(np.float32),
+                  ndi.gaussian_filter(rng.normal(size=(256, 256)), 0.7).astype(np.float32)):
+        assert reads_noise(noise, 4.0, net, info, "cpu")
+    assert not reads_noise(_tiny_nuclei(), 4.0, net, info, "cpu")
+
+
+def test_a_rung_that_reads_noise_is_passed_over(monkeypatch):
+    """Tiny nuclei are likeliest at rung 4; were it reading noise, the estimate takes the
+    next rung and says which it passed over; a ladder of such rungs only is refused."""
+    from napari_cellseg import scale
+
+    net, info = resolve_model(None)
+    image = _tiny_nuclei()
+    honest = estimate_scale(image, net, info, "cpu")
+    assert max(honest.trials, key=lambda t: t[1])[0] == 4.0 and honest.noise_zooms == ()
+    assert honest.zoom > 2.8  # near the truth, 4
+    checked = []
+    monkeypatch.setattr(scale, "reads_noise", lambda image, zoom, *a, **k: checked.append(zoom) or True)
+    passed_over = estimate_scale(image, net, info, "cpu")
+    assert checked == [4.0]  # only rungs that enlarge 4x or more are checked
+    assert passed_over.noise_zooms == (4.0,) and passed_over.zoom < 2 * np.sqrt(2) + 1e-9
+    with pytest.raises(ValueError, match="reads the image's background noise as cells"):
+        estimate_scale(image, net, info, "cpu", zooms=(4.0,))

@@ -66,6 +66,13 @@ KEEP = float(np.sqrt(2.0))  # a zoom closer to 1 than this factor is not applied
 # confidence 0.69-0.70 on uniform noise). Real images measured 0.73-0.95 (dense strips and
 # four synthetic looks at 0.5x and 1x, 2026-11-23), pixel noise 0.00.
 MIN_NEIGHBOUR_CORRELATION = 0.3
+# A rung that enlarges the image this much or more is not taken where the network calls at
+# least NOISE_CELL_SHARE of a calm window cell (reads_noise). Enlarged 2x, noise is not read
+# as cells (0.25-0.51 of the calm window on the images of reads_noise's note), but real cells
+# filling a calm window are (whole_cell and membrane drawn at 0.5x: 0.6 and more): the
+# check cannot tell them apart there, and is not needed.
+NOISE_ZOOM = 4.0
+NOISE_CELL_SHARE = 0.6
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ class ScaleEstimate:
     trials: tuple[tuple[float, float], ...]
     measured_zoom: float = 1.0  # before the prior: zoom is 1 where this is within KEEP of 1
     base_zoom: float = 1.0  # the zoom of an image at the model's scale (2 for a 2x model)
+    # Zooms the network was surer at, passed over: there it read a calm window's noise as cells
+    noise_zooms: tuple[float, ...] = ()
 
     @property
     def measured_pixel_size(self) -> float:
@@ -223,6 +232,34 @@ def pooled_confidence(maps) -> float:
     return sure / called if called else 0.0
 
 
+def reads_noise(image: np.ndarray, zoom: float, net, info, device: str = "auto",
+                side: int = CROP_SIDE) -> bool:
+    """The network, at ``zoom`` (> 1: the image enlarged), calls at least
+    ``NOISE_CELL_SHARE`` of a calm window cell: the window at the first quartile of
+    intensity variance, which in an image of cells on a background is background.
+    Enlarged 4x, pixel noise reads as cells of the model's size: the network called 0.63-0.72
+    of such windows cell on the four real nuclear sets and on real GFP-filled stem cells
+    (CTC Fluo-C2DL-MSC), where the whole image at that zoom became ~40,000 false cells;
+    real cells that small called 0.01-0.49 (synthetic looks and dense strips drawn at 0.25x;
+    2026-11-24)."""
+    from .model.inference import predict_probabilities
+    from .pipeline import foreground_probability
+
+    window = max(round(side / zoom), 1)
+    h, w = image.shape
+    step = max(min(window, h, w) // 2, 1)
+    rows = np.arange(0, max(h - window, 0) + 1, step)
+    cols = np.arange(0, max(w - window, 0) + 1, step)
+    var = _window_variances(image, rows, cols, window)
+    i, j = np.unravel_index(np.argsort(var, axis=None, kind="stable")[(var.size - 1) // 4], var.shape)
+    crop = image[rows[i] : rows[i] + window, cols[j] : cols[j] + window]
+    crop = rescale(crop, zoom)
+    if min(crop.shape) < 32 or np.ptp(crop) == 0:
+        return False
+    probs = predict_probabilities(net, crop, device=device, overlap=32, normalize=info.normalize)
+    return float((foreground_probability(probs) > 0.5).mean()) >= NOISE_CELL_SHARE
+
+
 def applied_zoom(measured: float) -> float:
     """The zoom applied for a measured one: 1 (the model's scale) within a factor ``KEEP``
     of 1, bounds included. Inclusive and in log space because a refinement stopped at its
@@ -256,8 +293,8 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
     Raises
     ------
     ValueError
-        The image is too small for any trial, noise (``MIN_NEIGHBOUR_CORRELATION``), or no
-        zoom shows the network any cells.
+        The image is too small for any trial, noise (``MIN_NEIGHBOUR_CORRELATION``), no
+        zoom shows the network any cells, or every zoom that does reads noise (``reads_noise``).
     """
     from .pipeline import Prediction, image_pixel_size
 
@@ -275,20 +312,31 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
     image_px = image_pixel_size(info)
     base = image_px / model_px if image_px else 1.0
     zooms = tuple(base * z for z in zooms)
-    trials, best = [], None
+    trials, ranked = [], []
     for z in zooms:
         crops = trial_predictions(image, z, net, info, device, side, memo=memo)
         if not crops:
             continue
         score = pooled_confidence([probs for _, probs in crops])
         trials.append((z, score))
-        if best is None or score > best[1]:
-            best = (z, score, crops)
-    if best is None:
+        ranked.append((z, score, crops))
+    if not ranked:
         raise ValueError(f"cannot estimate the scale of this image (shape {image.shape}): it is "
                          "constant, or too small at every zoom tried; give its pixel size or cell "
                          "diameter instead")
-    z, score, crops = best
+    ranked.sort(key=lambda t: -t[1])  # stable: of equal scores, the smaller zoom
+    # The likeliest rung, unless it enlarges the image 4x or more and the network reads its
+    # noise as cells there (reads_noise): then the next.
+    noise = []
+    for rung in ranked:
+        if rung[0] / base < NOISE_ZOOM or not reads_noise(image, rung[0], net, info, device, side):
+            z, score, crops = rung
+            break
+        noise.append(rung[0])
+    else:
+        raise ValueError(f"at every zoom tried ({', '.join(f'{z:.3g}' for z in noise)}) the network "
+                         "reads the image's background noise as cells: give the pixel size or the "
+                         "cell diameter instead")
     if score == 0.0:
         raise ValueError("the network sees no cells at any scale tried: give the pixel size "
                          "or the cell diameter instead")
@@ -314,4 +362,5 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
     refined = float(np.clip(refined, 1 / validate.MAX_RESCALE, validate.MAX_RESCALE))
     zoom = base * applied_zoom(refined / base)
     return ScaleEstimate(pixel_size=zoom * model_px, zoom=zoom, cell_diameter_px=model_diameter / refined,
-                         confidence=score, trials=tuple(trials), measured_zoom=refined, base_zoom=base)
+                         confidence=score, trials=tuple(trials), measured_zoom=refined, base_zoom=base,
+                         noise_zooms=tuple(noise))
