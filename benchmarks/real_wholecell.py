@@ -80,13 +80,17 @@ def main() -> None:
             row[key] = {"ap": round(r.ap, 3), "tp": r.tp, "fp": r.fp, "fn": r.fn, "model": pred.model_name,
                         "pixel_size": None if pred.pixel_size is None else round(float(pred.pixel_size), 4)}
         rows.append(row)
-        d, g = row["defaults"], row["diameter_given"]
-        print(f"{name}  {row['cells']:2d} cells {row['true_diameter_px']:6.1f} px  defaults AP {d['ap']:.3f} "
-              f"(TP {d['tp']}, FP {d['fp']}, FN {d['fn']}; {d['model']}, {d['pixel_size']} µm)  diameter given "
-              + (f"AP {g['ap']:.3f} (FP {g['fp']})" if "ap" in g else "refused (zoom out of bounds)"), flush=True)
+        print(f"{name}  {row['cells']:2d} cells {row['true_diameter_px']:6.1f} px  "
+              + "  ".join(f"{key.replace('_', ' ')} " + (
+                  f"AP {v['ap']:.3f} (TP {v['tp']}, FP {v['fp']}, FN {v['fn']}; {v['model']}, {v['pixel_size']} µm)"
+                  if "ap" in v else "refused (zoom out of bounds)")
+                  for key, v in ((k, row[k]) for k in ("defaults", "diameter_given"))), flush=True)
     summary = {}
     for key in ("defaults", "diameter_given"):
         scored = [r[key] for r in rows if "ap" in r[key]]
+        if not scored:
+            summary[key] = {"frames": 0}
+            continue
         tp, fp, fn = (sum(s[k] for s in scored) for k in ("tp", "fp", "fn"))
         summary[key] = {"frames": len(scored), "mAP": round(float(np.mean([s["ap"] for s in scored])), 3),
                         "pooled_ap": round(tp / max(tp + fp + fn, 1), 3), "fp": fp,

@@ -91,7 +91,7 @@ def test_the_nuclear_model_chosen_estimates_the_scale_again_with_itself(tissue, 
 
     sentinel = object()
 
-    def estimate(image, net, info, device, zooms=None, memo=None):
+    def estimate(image, net, info, device, zooms=None, memo=None, instead=None):
         estimated_with.append(net)
         if net is resolve_model(NUCLEAR_MODEL)[0]:
             # On the default's best rung only, not the whole ladder.
@@ -328,9 +328,31 @@ def test_a_failed_estimate_by_the_chosen_model_keeps_the_defaults(tissue, monkey
     monkeypatch.setattr(choose, "choose_model", _always_nuclear([]))
     real_estimate = pipeline._estimate
     nuclear_net = resolve_model(NUCLEAR_MODEL)[0]
-    monkeypatch.setattr(pipeline, "_estimate", lambda image, net, info, device, zooms=None, memo=None: (
+    monkeypatch.setattr(pipeline, "_estimate", lambda image, net, info, device, zooms=None, memo=None, instead=None: (
         (None, None) if net is nuclear_net else real_estimate(image, net, info, device)))
     default_reading = real_estimate(tissue, *resolve_model(DEFAULT_MODEL), "cpu")
     pred = ncs.predict(tissue, "auto", None, "cpu")
     assert pred.model_name == NUCLEAR_MODEL and pred.pixel_size == default_reading[0]
     assert pred.scale is not None
+
+
+def test_the_chosen_model_never_re_estimates_on_a_rung_passed_over_as_noise(monkeypatch):
+    """Tiny nuclei are likeliest at rung 4; were it noise (scale.reads_noise), the default
+    takes rung 2, and the nuclear model, chosen, must estimate there, not on rung 4."""
+    from test_scale import _tiny_nuclei
+
+    from napari_cellseg import pipeline, scale
+
+    monkeypatch.setattr(choose, "choose_model", _always_nuclear([]))
+    monkeypatch.setattr(scale, "reads_noise", lambda image, zoom, *a, **k: True)
+    real_estimate, asked = pipeline._estimate, []
+
+    def estimate(image, net, info, device, zooms=None, memo=None, instead=None):
+        asked.append(zooms)
+        return real_estimate(image, net, info, device, zooms=zooms, memo=memo, instead=instead)
+
+    monkeypatch.setattr(pipeline, "_estimate", estimate)
+    pred = ncs.predict(_tiny_nuclei(), "auto", None, "cpu")
+    assert pred.model_name == NUCLEAR_MODEL
+    assert asked == [None, (2.0,)]
+    assert pred.scale.noise_zooms == () and pred.scale.zoom < 2 * np.sqrt(2) + 1e-9

@@ -80,6 +80,7 @@ def choose_model(image: np.ndarray, zoom: float = 1.0, device: str = "auto",
     from .scale import pooled_confidence, trial_predictions
 
     image = np.asarray(image, dtype=np.float32)
+    memo = {} if memo is None else memo  # the crops made once for both candidates
     scores = {}
     for name in CANDIDATES:
         # The auto scale's trial crops, as the network will see them.

@@ -315,10 +315,14 @@ def iter_predict(
                 # estimate is the same, for a third of the network passes of that rung and its
                 # neighbours (2.3 s against 7.1 s for the whole ladder over the 38;
                 # 2026-11-24, /tmp scratch).
+                # The rung the default took: its likeliest, less any it passed over as noise
+                # (scale.reads_noise), which the chosen model must not bring back.
                 best = None
                 if scale is not None:
-                    best = (max(scale.trials, key=lambda t: t[1])[0] / scale.base_zoom,)
-                own_px, own_scale = _estimate(image, net, info, device, zooms=best, memo=memo)
+                    best = (max((t for t in scale.trials if t[0] not in scale.noise_zooms),
+                                key=lambda t: t[1])[0] / scale.base_zoom,)
+                own_px, own_scale = _estimate(image, net, info, device, zooms=best, memo=memo,
+                                              instead="the default model's reading is kept")
                 if own_scale is not None:  # else the default's reading stands
                     pixel_size, scale = own_px, own_scale
     # A model that runs its network at a finer grid than the images it is meant for (a 2x
@@ -373,11 +377,12 @@ def iter_predict(
 
 
 def _estimate(image: np.ndarray, net, info, device: str, zooms: tuple[float, ...] | None = None,
-              memo: dict | None = None):
+              memo: dict | None = None, instead: str | None = None):
     """``pixel_size="auto"``: (the pixel size to use, the ScaleEstimate), or (None, None)
     with a warning when there is nothing to measure. ``zooms``: the rungs to try (default:
     the whole ladder, ``scale.ZOOMS``); ``memo``: the network passes already run on this
-    image (``scale.trial_predictions``)."""
+    image (``scale.trial_predictions``); ``instead``: what the warning says happens then
+    (default: the image is taken at the model's pixel size)."""
     from .scale import estimate_scale
 
     plane = validate.image_2d(image)  # a stack or an empty array is refused here, in words
@@ -386,8 +391,9 @@ def _estimate(image: np.ndarray, net, info, device: str, zooms: tuple[float, ...
     except ValueError as err:
         # An empty, constant or tiny image: nothing to measure, and nothing lost by
         # taking it at the model's scale (it then gets its cells, or none, in words).
-        logger.warning("automatic scale: %s; the image is taken to be at the model's pixel "
-                       "size (%g µm)", err, image_pixel_size(info) or info.pixel_size or 0.0)
+        logger.warning("automatic scale: %s; %s", err, instead or (
+            f"the image is taken to be at the model's pixel size "
+            f"({image_pixel_size(info) or info.pixel_size or 0.0:g} µm)"))
         return None, None
     logger.info("automatic scale: %.3g µm per pixel (cells about %.1f px across; network "
                 "confidence %.2f)%s", scale.pixel_size, scale.cell_diameter_px, scale.confidence,

@@ -5,7 +5,9 @@ scale (±10 % costs 0.03-0.05 mAP on the dense set). :func:`estimate_scale` trie
 zooms of a few small crops (at each zoom, the busiest windows of that zoom's side, apart
 from each other), on a ladder of factors of 2, and keeps the zoom at which the network is
 most sure of the cells it sees (the mean probability of the likeliest class over the
-pixels it calls cell, pooled over the crops that show cells: :func:`pooled_confidence`);
+pixels it calls cell, pooled over the crops that show cells: :func:`pooled_confidence`),
+unless that zoom enlarges the image 4x or more and the network reads noise as cells there
+(:func:`reads_noise`);
 it then refines that zoom, within a factor √2 either way (half way to the next rungs), by
 the median size of the cells segmented there against the model's typical cell. It is
 what ``pixel_size="auto"`` runs, the default for an image that carries no pixel size.
@@ -329,7 +331,8 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
     # noise as cells there (reads_noise): then the next.
     noise = []
     for rung in ranked:
-        if rung[0] / base < NOISE_ZOOM or not reads_noise(image, rung[0], net, info, device, side):
+        if rung[1] == 0.0 or rung[0] / base < NOISE_ZOOM or not reads_noise(image, rung[0], net, info,
+                                                                             device, side):
             z, score, crops = rung
             break
         noise.append(rung[0])
@@ -338,8 +341,9 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
                          "reads the image's background noise as cells: give the pixel size or the "
                          "cell diameter instead")
     if score == 0.0:
-        raise ValueError("the network sees no cells at any scale tried: give the pixel size "
-                         "or the cell diameter instead")
+        raise ValueError("the network sees no cells at any scale tried"
+                         + (f" but {', '.join(f'{z:.3g}' for z in noise)}, where it reads noise as cells"
+                            if noise else "") + ": give the pixel size or the cell diameter instead")
     areas = []
     for grid_crop, probs in crops:
         cells, _ = Prediction(grid_crop, probs, grid_crop, grid, SegmentParams()).segment_grid()
