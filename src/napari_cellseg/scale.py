@@ -111,10 +111,7 @@ def _busiest_centres(image: np.ndarray, side: int, n: int = N_CROPS) -> list[tup
     """The centres of up to ``n`` ``side``-px windows with the most intensity variance
     (cells, not empty background), on a coarse grid of windows, none overlapping another."""
     h, w = image.shape
-    step = max(min(side, h, w) // 2, 1)
-    rows = np.arange(0, max(h - side, 0) + 1, step)
-    cols = np.arange(0, max(w - side, 0) + 1, step)
-    var = _window_variances(image, rows, cols, side)
+    rows, cols, var = _window_grid(image, side)
     windows = [(float(var[i, j]), int(r) + min(side, h) // 2, int(c) + min(side, w) // 2)
                for i, r in enumerate(rows) for j, c in enumerate(cols)]
     windows.sort(key=lambda t: -t[0])
@@ -125,6 +122,16 @@ def _busiest_centres(image: np.ndarray, side: int, n: int = N_CROPS) -> list[tup
             if len(chosen) == n:
                 break
     return chosen
+
+
+def _window_grid(image: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The corners of ``side``-px windows every half side (rows, cols) and the intensity
+    variance of each window (:func:`_window_variances`)."""
+    h, w = image.shape
+    step = max(min(side, h, w) // 2, 1)
+    rows = np.arange(0, max(h - side, 0) + 1, step)
+    cols = np.arange(0, max(w - side, 0) + 1, step)
+    return rows, cols, _window_variances(image, rows, cols, side)
 
 
 def _window_variances(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, side: int) -> np.ndarray:
@@ -248,11 +255,7 @@ def reads_noise(image: np.ndarray, zoom: float, net, info, device: str = "auto",
     from .pipeline import foreground_probability
 
     window = max(round(side / zoom), 1)
-    h, w = image.shape
-    step = max(min(window, h, w) // 2, 1)
-    rows = np.arange(0, max(h - window, 0) + 1, step)
-    cols = np.arange(0, max(w - window, 0) + 1, step)
-    var = _window_variances(image, rows, cols, window)
+    rows, cols, var = _window_grid(image, window)
     i, j = np.unravel_index(np.argsort(var, axis=None, kind="stable")[(var.size - 1) // 4], var.shape)
     crop = image[rows[i] : rows[i] + window, cols[j] : cols[j] + window]
     crop = rescale(crop, zoom)
