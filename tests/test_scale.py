@@ -293,5 +293,6 @@ def test_a_rung_that_reads_noise_is_passed_over(monkeypatch):
     passed_over = estimate_scale(image, net, info, "cpu")
     assert checked == [4.0]  # only rungs that enlarge 4x or more are checked
     assert passed_over.noise_zooms == (4.0,) and passed_over.zoom < 2 * np.sqrt(2) + 1e-9
+    assert (honest.rung, passed_over.rung) == (4.0, 2.0)
     with pytest.raises(ValueError, match="reads the image's background noise as cells"):
         estimate_scale(image, net, info, "cpu", zooms=(4.0,))

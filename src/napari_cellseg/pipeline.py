@@ -315,12 +315,8 @@ def iter_predict(
                 # estimate is the same, for a third of the network passes of that rung and its
                 # neighbours (2.3 s against 7.1 s for the whole ladder over the 38;
                 # 2026-11-24, /tmp scratch).
-                # The rung the default took: its likeliest, less any it passed over as noise
-                # (scale.reads_noise), which the chosen model must not bring back.
-                best = None
-                if scale is not None:
-                    best = (max((t for t in scale.trials if t[0] not in scale.noise_zooms),
-                                key=lambda t: t[1])[0] / scale.base_zoom,)
+                # The rung the default took (never one it passed over as noise).
+                best = None if scale is None else (scale.rung / scale.base_zoom,)
                 own_px, own_scale = _estimate(image, net, info, device, zooms=best, memo=memo,
                                               instead="the default model's reading is kept")
                 if own_scale is not None:  # else the default's reading stands

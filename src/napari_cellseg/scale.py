@@ -97,6 +97,12 @@ class ScaleEstimate:
     noise_zooms: tuple[float, ...] = ()
 
     @property
+    def rung(self) -> float:
+        """The zoom of the ladder the estimate took: the likeliest, less those passed over
+        as noise (of equal scores, the smaller zoom), before the refinement."""
+        return max((t for t in self.trials if t[0] not in self.noise_zooms), key=lambda t: t[1])[0]
+
+    @property
     def measured_pixel_size(self) -> float:
         """The pixel size (µm) the measurement says, before the prior."""
         return self.pixel_size / self.zoom * self.measured_zoom
@@ -317,14 +323,12 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
     image_px = image_pixel_size(info)
     base = image_px / model_px if image_px else 1.0
     zooms = tuple(base * z for z in zooms)
-    trials, ranked = [], []
+    ranked = []
     for z in zooms:
         crops = trial_predictions(image, z, net, info, device, side, memo=memo)
-        if not crops:
-            continue
-        score = pooled_confidence([probs for _, probs in crops])
-        trials.append((z, score))
-        ranked.append((z, score, crops))
+        if crops:
+            ranked.append((z, pooled_confidence([probs for _, probs in crops]), crops))
+    trials = tuple((z, score) for z, score, _ in ranked)  # in ladder order
     if not ranked:
         raise ValueError(f"cannot estimate the scale of this image (shape {image.shape}): it is "
                          "constant, or too small at every zoom tried; give its pixel size or cell "
@@ -369,5 +373,5 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
     refined = float(np.clip(refined, 1 / validate.MAX_RESCALE, validate.MAX_RESCALE))
     zoom = base * applied_zoom(refined / base)
     return ScaleEstimate(pixel_size=zoom * model_px, zoom=zoom, cell_diameter_px=model_diameter / refined,
-                         confidence=score, trials=tuple(trials), measured_zoom=refined, base_zoom=base,
+                         confidence=score, trials=trials, measured_zoom=refined, base_zoom=base,
                          noise_zooms=tuple(noise))
