@@ -283,44 +283,8 @@ def iter_predict(
                              f"[1/{validate.MAX_RESCALE:g}, {validate.MAX_RESCALE:g}]: check the diameter "
                              "(and its unit), or use a model trained on cells nearer that size")
     estimated = isinstance(pixel_size, str) and pixel_size == "auto"
-    memo: dict = {}  # the trial crops' network passes on this image (scale.trial_predictions)
-    if estimated:
-        yield Progress(0, 1, "tiles", message="estimating the scale")
-        pixel_size, scale = _estimate(image, net, info, device, memo=memo)
-    choice = None
-    if choosing:
-        from .choose import choose_model
-
-        yield Progress(0, 1, "tiles", message="choosing the model")
-        plane = validate.image_2d(image)
-        at_px = pixel_size if pixel_size is not None else image_px
-        # The zoom checked (bounds, memory) before the crops' network passes, as preprocess does.
-        try:
-            zoom = validate.rescale_factor(scale_factor(at_px, info.pixel_size), plane.shape, at_px,
-                                           info.pixel_size)
-        except MemoryError:
-            if scale is None:
-                raise
-            zoom = scale_factor(image_px, info.pixel_size)  # preprocess falls back to it, below
-        tophat_um = validate.optional_pixel_size(tophat_um, "tophat_um")
-        choice = choose_model(plane, zoom, device, tophat_um / info.pixel_size if tophat_um else None, memo)
-        logger.info("model: %s (mean confidence on the cells: %s)", choice.name,
-                    ", ".join(f"{k} {v:.3f}" for k, v in choice.scores.items()))
-        if choice.name != DEFAULT_MODEL:
-            net, info = resolve_model(choice.name)
-            if estimated:  # the chosen model's own estimate: each model draws its cells its way
-                # On the default's best rung only, refined by the sizes of the chosen model's
-                # cells there: on each of the 38 nuclear images tried (29 real, 9 synthetic)
-                # the chosen model's best rung over the whole ladder was the default's, so the
-                # estimate is the same, for a third of the network passes of that rung and its
-                # neighbours (2.3 s against 7.1 s for the whole ladder over the 38;
-                # 2026-11-24, /tmp scratch).
-                # The rung the default took (never one it passed over as noise).
-                best = None if scale is None else (scale.rung / scale.base_zoom,)
-                own_px, own_scale = _estimate(image, net, info, device, zooms=best, memo=memo,
-                                              instead="the default model's reading is kept")
-                if own_scale is not None:  # else the default's reading stands
-                    pixel_size, scale = own_px, own_scale
+    net, info, pixel_size, scale, choice = yield from _iter_read(image, net, info, pixel_size, estimated,
+                                                                 choosing, device, tophat_um)
     # A model that runs its network at a finer grid than the images it is meant for (a 2x
     # model: image_pixel_size in its metadata) takes an image without a pixel size to be at
     # that size, and segments on that grid, not on the network's.
@@ -370,6 +334,77 @@ def iter_predict(
         yield Progress(1, 1, "tiles", message="preparing the live sliders")
         prediction.warm(warm)
     return prediction
+
+
+def _iter_read(image, net, info, pixel_size, estimated: bool, choosing: bool, device: str,
+               tophat_um: float | None):
+    """What the image itself says, before its network pass: the scale (``estimated``:
+    ``pixel_size="auto"``) and the model (``choosing``), as a generator yielding
+    :class:`Progress`; returns (net, info, pixel_size, ScaleEstimate or None, ModelChoice or
+    None). ``pixel_size``: the one asked for (a number, or None: the model's)."""
+    from .choose import choose_model
+    from .model.registry import DEFAULT_MODEL
+    from .model.store import resolve_model
+
+    image_px = image_pixel_size(info)
+    scale = None
+    memo: dict = {}  # the trial crops' network passes on this image (scale.trial_predictions)
+    if estimated:
+        yield Progress(0, 1, "tiles", message="estimating the scale")
+        pixel_size, scale = _estimate(image, net, info, device, memo=memo)
+    choice = None
+    if choosing:
+        yield Progress(0, 1, "tiles", message="choosing the model")
+        plane = validate.image_2d(image)
+        at_px = pixel_size if pixel_size is not None else image_px
+        # The zoom checked (bounds, memory) before the crops' network passes, as preprocess does.
+        try:
+            zoom = validate.rescale_factor(scale_factor(at_px, info.pixel_size), plane.shape, at_px,
+                                           info.pixel_size)
+        except MemoryError:
+            if scale is None:
+                raise
+            zoom = scale_factor(image_px, info.pixel_size)  # preprocess falls back to it, below
+        tophat_um = validate.optional_pixel_size(tophat_um, "tophat_um")
+        choice = choose_model(plane, zoom, device, tophat_um / info.pixel_size if tophat_um else None, memo)
+        logger.info("model: %s (mean confidence on the cells: %s)", choice.name,
+                    ", ".join(f"{k} {v:.3f}" for k, v in choice.scores.items()))
+        if choice.name != DEFAULT_MODEL:
+            net, info = resolve_model(choice.name)
+            if estimated:  # the chosen model's own estimate: each model draws its cells its way
+                # On the default's best rung only, refined by the sizes of the chosen model's
+                # cells there: on each of the 38 nuclear images tried (29 real, 9 synthetic)
+                # the chosen model's best rung over the whole ladder was the default's, so the
+                # estimate is the same, for a third of the network passes of that rung and its
+                # neighbours (2.3 s against 7.1 s for the whole ladder over the 38;
+                # 2026-11-24, /tmp scratch).
+                # The rung the default took (never one it passed over as noise).
+                best = None if scale is None else (scale.rung / scale.base_zoom,)
+                own_px, own_scale = _estimate(image, net, info, device, zooms=best, memo=memo,
+                                              instead="the default model's reading is kept")
+                if own_scale is not None:  # else the default's reading stands
+                    pixel_size, scale = own_px, own_scale
+    return net, info, pixel_size, scale, choice
+
+
+def measure_scale(image: np.ndarray, model=None, device: str = "auto", *,
+                  tophat_um: float | None = None) -> tuple[float | None, object, str | None, object]:
+    """What ``pixel_size="auto"`` reads from ``image`` (one 2-D channel) before its network
+    pass, without that pass: (the pixel size, µm, or None where there was nothing to
+    measure; the :class:`~napari_cellseg.scale.ScaleEstimate` or None; the model's name;
+    the :class:`~napari_cellseg.choose.ModelChoice`, None when a model is named). The
+    model is chosen as :func:`predict` chooses it (``model`` None or ``"auto"``), and the
+    estimate is the chosen model's. A batch of one experiment's images reads a few and
+    takes one scale for all (``batch.iter_segment_files``, ``same_scale``)."""
+    from .choose import is_auto
+    from .model.registry import DEFAULT_MODEL
+    from .model.store import resolve_model
+
+    choosing = is_auto(model)
+    net, info = resolve_model(DEFAULT_MODEL if choosing else model)
+    _, _, px, scale, choice = drain(_iter_read(image, net, info, "auto", True, choosing, device, tophat_um))
+    name = choice.name if choice is not None else _model_name(model)
+    return px, scale, name, choice
 
 
 def _estimate(image: np.ndarray, net, info, device: str, zooms: tuple[float, ...] | None = None,

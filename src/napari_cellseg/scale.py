@@ -278,6 +278,23 @@ def applied_zoom(measured: float) -> float:
     return 1.0 if abs(np.log(measured)) <= np.log(KEEP) + 1e-9 else float(measured)
 
 
+def combine(estimates) -> tuple[float, float]:
+    """One scale for images taken at one scale (one experiment's), from each one's
+    :class:`ScaleEstimate` by the same model: (the pixel size to use, µm; the median of the
+    measured zooms). The median of the measured zooms, with the rule of
+    :func:`applied_zoom` applied to it: an image's estimate varies by 20-40 % on one look,
+    and a median of several outvotes the one that strays (on 7 dense strips at 1x, one read
+    0.69 of the true pixel size, and was moved)."""
+    estimates = list(estimates)
+    if not estimates:
+        raise ValueError("no scale estimate to combine")
+    base, grid_px = estimates[0].base_zoom, estimates[0].pixel_size / estimates[0].zoom
+    if any(e.base_zoom != base or not np.isclose(e.pixel_size / e.zoom, grid_px) for e in estimates):
+        raise ValueError("scale estimates by different models cannot be combined")
+    measured = float(np.median([e.measured_zoom for e in estimates]))
+    return base * applied_zoom(measured / base) * grid_px, measured
+
+
 def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
                    zooms: tuple[float, ...] = ZOOMS, side: int = CROP_SIDE,
                    memo: dict | None = None) -> ScaleEstimate:
