@@ -122,7 +122,22 @@ API_ERRORS = [
     ("evaluate min size -3", lambda t: ncs.evaluate(GT, GT, min_size=-3), ValueError, "min_size must be >= 0"),
     ("training images of two pixel sizes", lambda t: _pairs_pixel_size_mixed(t), ValueError,
      "state different pixel sizes"),
+    ("one scale for a batch with a pixel size", lambda t: _same_scale(t, pixel_size=0.5), ValueError,
+     "same_scale estimates one scale for the batch's images"),
+    ("one scale for a batch of stacks", lambda t: _same_scale(t, image=np.zeros((3, 64, 64), np.float32)),
+     ValueError, "a stack of shape (3, 64, 64)"),
 ]
+
+
+def _same_scale(tmp_path: Path, image=LESSON, **kwargs):
+    import tifffile
+
+    from napari_cellseg.batch import iter_segment_files
+    from napari_cellseg.progress import drain
+
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    return drain(iter_segment_files([tmp_path / "a.tif"], tmp_path / "out", device="cpu", same_scale=True,
+                                    **kwargs))
 
 
 def _pairs_pixel_size_mixed(tmp_path: Path):

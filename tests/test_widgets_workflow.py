@@ -454,6 +454,41 @@ def test_batch_writes_what_the_cli_writes(make_napari_viewer, qtbot, tmp_path, t
     assert "already exist" in widget._runner.status.value
 
 
+def test_batch_widget_runs_one_scale_for_all_images(make_napari_viewer, qtbot, tmp_path, tissue, monkeypatch):
+    """"One scale for all images": every image at the median of the estimates read (here
+    0.25 and 0.3 µm: 0.275), said in each record; with a pixel size, refused in words."""
+    from napari_cellseg import pipeline
+    from napari_cellseg._widgets.batch import BatchWidget
+    from napari_cellseg.model.registry import DEFAULT_MODEL
+    from napari_cellseg.scale import ScaleEstimate
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(2):
+        tifffile.imwrite(inp / f"img{i}.tif", tissue[0][:, 64 * i : 64 * i + 128])
+    readings = iter([0.5, 0.6])
+
+    def measure(image, model=None, device="auto", **_):
+        z = next(readings)
+        return z * 0.5, ScaleEstimate(z * 0.5, z, 15 / z, 0.8, ((z, 0.8),), measured_zoom=z), DEFAULT_MODEL, None
+
+    monkeypatch.setattr(pipeline, "measure_scale", measure)
+    widget = BatchWidget(make_napari_viewer())
+    widget._input.value, widget._output.value = inp, tmp_path / "out"
+    widget._same_scale.value = True
+    widget._pixel_size.value = 0.5
+    with pytest.raises(ValueError, match="'One scale for all images' estimates the images' scale"):
+        widget.run()  # the Run button shows it as a notification (the runner's own test)
+    widget._pixel_size.value = 0
+    widget.run()
+    wait_done(qtbot, widget._runner)
+    assert widget._runner.status.value.startswith("2 images")
+    for i in range(2):
+        record = json.loads((tmp_path / "out" / f"img{i}_params.json").read_text())
+        assert record["pixel_size_um"] == pytest.approx(0.275)
+        assert record["batch_scale"]["measured_on"] == ["img0.tif", "img1.tif"]
+
+
 def test_pixel_size_fields_keep_a_high_magnifications_size(make_napari_viewer):
     """0.065 µm (100x on a 6.5 µm camera) and 0.1083 µm (60x) stay as they are in every
     pixel size field: two decimals made them 0.07 and 0.11 (areas 16 % and 3 % off)."""

@@ -62,6 +62,11 @@ class _Job:
     cell_diameter_px: float | None
     threads: dict | None = None  # engine: torch threads per worker
     cell_diameter_um: float | None = None  # µm; each image's pixel size turns it into px
+    same_scale: bool = False  # one scale for the images that would each be estimated
+    # What same_scale settled (_batch_scale): {"pixel_size": µm, "model": the chosen name or
+    # None, "measured_on": file names, "estimates_um" / "measured_um": each one's estimate,
+    # applied / as measured}; None: each image's own
+    batch_scale: dict | None = None
 
 
 def _request(job: _Job, path: Path) -> dict:
@@ -72,7 +77,8 @@ def _request(job: _Job, path: Path) -> dict:
             "cell_diameter_px": job.cell_diameter_px, "channel": job.channel,
             "model": job.model_info, "version": __version__,
             # only when set, so that outputs written before it existed still resume
-            **({"cell_diameter_um": job.cell_diameter_um} if job.cell_diameter_um is not None else {})}
+            **({"cell_diameter_um": job.cell_diameter_um} if job.cell_diameter_um is not None else {}),
+            **({"same_scale": True} if job.same_scale else {})}
 
 
 def _state(job: _Job, path: Path) -> str:
@@ -91,8 +97,63 @@ def _state(job: _Job, path: Path) -> str:
     return "done" if files["labels"].exists() and files["table"].exists() else "ours"
 
 
+def _record(job: _Job, path: Path) -> dict:
+    """The params record written for ``path``."""
+    return json.loads(output_paths(path, Path(job.out))["params"].read_text())
+
+
 def _cells_written(job: _Job, path: Path) -> int:
-    return int(json.loads(output_paths(path, Path(job.out))["params"].read_text())["cells"])
+    return int(_record(job, path)["cells"])
+
+
+SAME_SCALE_SAMPLE = 8  # images read for a batch's one scale (same_scale), spread over the list
+
+
+def _iter_batch_scale(job: _Job, paths: list[Path]) -> Generator[Progress, None, dict | None]:
+    """Read the scale (and, with no model named, the model) of up to ``SAME_SCALE_SAMPLE``
+    of ``paths``, spread over the list, and settle one for all: the model most of them
+    chose (of equal votes, the default), and the median of that model's estimates
+    (``scale.combine``). None (each image then estimated on its own, as without
+    ``same_scale``) when there are no such images, or none shows cells to measure."""
+    import numpy as np
+
+    from .choose import is_auto
+    from .model.registry import DEFAULT_MODEL
+    from .pipeline import measure_scale
+    from .scale import combine
+
+    if not paths:
+        return None
+    picks = list(dict.fromkeys(paths[round(i)] for i in np.linspace(0, len(paths) - 1,
+                                                                     min(SAME_SCALE_SAMPLE, len(paths)))))
+    readings = []
+    for k, path in enumerate(picks):
+        yield Progress(0, 1, "files", f"one scale for the batch: reading image {k + 1} of {len(picks)}")
+        image = read_image(path, job.channel)
+        if image.ndim != 2:
+            raise ValueError(f"{path}: a stack of shape {image.shape}; segment 2-D images "
+                             "(or split the stack into planes first)")
+        try:
+            _, scale, name, _ = measure_scale(image, job.model, job.device)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+        if scale is not None:
+            readings.append((path, scale, name))
+    if not readings:
+        logger.warning("one scale for the batch: none of the %d images read shows cells to measure; "
+                       "each image's scale is estimated on its own", len(picks))
+        return None
+    names = [name for _, _, name in readings]
+    chosen = max(dict.fromkeys(names), key=lambda n: (names.count(n), n == DEFAULT_MODEL))
+    readings = [r for r in readings if r[2] == chosen]
+    pixel_size, _ = combine([scale for _, scale, _ in readings])
+    logger.info("one scale for the batch: %.4g µm per pixel, the median of %d image(s)' estimates "
+                "(%s)%s", pixel_size, len(readings), ", ".join(f"{s.pixel_size:.3g}" for _, s, _ in readings),
+                f"; model {chosen} (chosen by {len(readings)} of {len(names)})" if is_auto(job.model) else "")
+    return {"pixel_size": pixel_size, "model": chosen if is_auto(job.model) else None,
+            "measured_on": [p.name for p, _, _ in readings],
+            "estimates_um": [round(s.pixel_size, 5) for _, s, _ in readings],
+            "measured_um": [round(s.measured_pixel_size, 5) for _, s, _ in readings]}
 
 
 def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
@@ -130,6 +191,11 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
         zoom = None if diameter_px is not None else file_size if zoom_by_file else job.pixel_size
         if zoom is None and diameter_px is None:
             zoom = "auto"
+        batch = job.batch_scale if zoom == "auto" else None  # the batch's one scale, for this image's
+        if batch is not None:
+            zoom = batch["pixel_size"]
+            if batch["model"] is not None:
+                net = resolve_model(batch["model"])
         try:
             prediction = predict(image, zoom, net, job.device, cell_diameter_px=diameter_px)
         except ValueError as err:
@@ -139,7 +205,11 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
                              f"states: {err} (give --pixel-size to use another)") from err
         used = prediction.params(job.params).to_dict()  # every value, the model's defaults applied
         labels = prediction.segment(**used)
-        if prediction.scale is not None:
+        if batch is not None:
+            n = len(batch["measured_on"])
+            scale_from = ("estimated from the batch: " + (f"the median of {n} images' estimates" if n > 1
+                                                          else f"one image's estimate ({batch['measured_on'][0]})"))
+        elif prediction.scale is not None:
             scale_from = "estimated from the image"
         elif job.cell_diameter_um is not None:
             scale_from = f"cell diameter {job.cell_diameter_um:g} µm ({diameter_px:.3g} px)"
@@ -159,6 +229,12 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
 
         record["model"] = model_record(prediction.model_name)  # the one chosen for this image
         record["model_choice"] = prediction.model_choice.to_dict()
+    if job.method == "unet" and batch is not None:
+        if batch["model"] is not None:
+            from .model.store import model_record
+
+            record["model"] = model_record(batch["model"])  # the one chosen for the batch
+        record["batch_scale"] = batch
     if file_size is not None or (given and scale_from is not None):
         # The file's size (read only when no number was given), or the number given with a
         # diameter in µm, measures the µm; the model's zoom came from the cells.
@@ -212,6 +288,7 @@ def iter_segment_files(
     scheduler: str | None = None,
     client=None,
     cell_diameter_um: float | None = None,
+    same_scale: bool = False,
 ) -> Generator[Progress, None, list[tuple[Path, int]]]:
     """Segment each file; yield ``Progress(files done, total, "files")``; return
     [(path, number of cells)] in the order of ``paths``.
@@ -232,6 +309,14 @@ def iter_segment_files(
     ``pixel_size`` number or each file's own (every image must have one: checked before
     any work). The classic method works in pixels: its pixel size only turns the cell
     table's areas into µm².
+
+    ``same_scale=True`` (one experiment's images, taken at one scale): the images that
+    would each have their scale estimated share one instead, the median of the estimates
+    of up to ``SAME_SCALE_SAMPLE`` of them spread over the list, read before any is
+    segmented (and the model, when none is named, the one most of them chose). Their cell
+    tables' µm then compare across the batch, and a single image's stray estimate is
+    outvoted. Each record's ``batch_scale`` says what was measured on which images; a
+    resumed batch keeps the scale its finished images were segmented at.
 
     ``resume=True`` skips frames whose outputs were written for this very request (see
     the module notes) and finishes the rest. ``workers`` / ``scheduler`` / ``client`` run
@@ -275,8 +360,13 @@ def iter_segment_files(
         cell_diameter_um = validate.finite_positive(cell_diameter_um, "cell_diameter_um", "µm")
         if pixel_size is not None:
             validate.finite_positive(pixel_size, "pixel_size", "µm")
+    if same_scale and (method != "unet" or pixel_size not in (None, "auto") or cell_diameter_px is not None
+                       or cell_diameter_um is not None):
+        raise ValueError("same_scale estimates one scale for the batch's images: it goes with the unet "
+                         "method and pixel_size 'auto' or None (each file's own size, where it states "
+                         "one), not with a pixel size number, 'model' or a cell diameter")
     job = _Job(str(out), method, dict(params or {}), pixel_size, model, model_info, device, channel,
-               cell_diameter_px, cell_diameter_um=cell_diameter_um)
+               cell_diameter_px, cell_diameter_um=cell_diameter_um, same_scale=bool(same_scale))
     states = {p: _state(job, p) for p in paths}
     done = [p for p in paths if resume and states[p] == "done"]
     todo = [p for p in paths if p not in done]
@@ -299,6 +389,14 @@ def iter_segment_files(
             raise ValueError(f"a cell diameter in µm needs each image's pixel size, and "
                              f"{', '.join(unsized[:5])}{' …' if len(unsized) > 5 else ''} state(s) none: "
                              "give the pixel size, or the diameter in px")
+    if same_scale:
+        # A resumed batch keeps the scale its finished images were segmented at.
+        settled = next((r["batch_scale"] for r in (_record(job, p) for p in done) if "batch_scale" in r), None)
+        if settled is None:
+            estimated = [p for p in paths if pixel_size == "auto"
+                         or (from_file[p] if p in from_file else read_pixel_size(p)) is None]
+            settled = yield from _iter_batch_scale(job, estimated)
+        job = replace(job, batch_scale=settled)
     out.mkdir(parents=True, exist_ok=True)
     counts = {p: _cells_written(job, p) for p in done}
     if done:

@@ -58,6 +58,10 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                         "instead of a pixel size; or in µm (e.g. 12um) with the pixel size given or "
                         "in each file's metadata, for cells of another size than the model's")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--same-scale", action="store_true",
+                   help="one experiment's images, taken at one scale: the images whose scale is "
+                        "estimated share one, the median of the estimates of up to 8 of them (and one "
+                        "model when none is named), so that their µm compare (unet method)")
     g = p.add_argument_group("unet method")
     g.add_argument("--model", default=None, help=_model_help())
     # None until checked: a classic run given --device is refused, not ignored (then "auto").
@@ -110,6 +114,9 @@ def _segment(args: argparse.Namespace) -> int:
     if args.zarr is not None:
         if args.images:
             raise ValueError("give either images or --zarr SLIDE, not both")
+        if args.same_scale:
+            raise ValueError("--same-scale goes with images, not --zarr: a slide is segmented at one "
+                             "scale already (the model's grid)")
         if args.channel is not None:
             raise ValueError("--channel goes with images, not --zarr: a slide is one channel (convert "
                              "picks it: napari-cellseg convert --channel)")
@@ -141,6 +148,9 @@ def _segment(args: argparse.Namespace) -> int:
                              f"metadata, not --pixel-size {args.pixel_size}")
         validate.finite_positive(value, "--cell-diameter", unit)
         diameter = {"cell_diameter_px" if unit == "px" else "cell_diameter_um": value}
+    if args.same_scale and (args.method == "classic" or args.pixel_size not in (None, "auto") or diameter):
+        raise ValueError("--same-scale estimates one scale for the images: it goes with the unet method, "
+                         "without --pixel-size (or with --pixel-size auto) and --cell-diameter")
     if args.method == "classic" and args.pixel_size in ("auto", "model"):
         raise ValueError(f"--pixel-size {args.pixel_size} needs the unet method (the classic one has "
                          "no model to size cells against)")
@@ -171,7 +181,7 @@ def _segment(args: argparse.Namespace) -> int:
         args.images, args.out, args.method, params, pixel_size=args.pixel_size, model=args.model,
         device=args.device, channel=args.channel, overwrite=args.overwrite,
         **diameter, resume=args.resume, workers=args.workers,
-        scheduler=args.scheduler), show)
+        scheduler=args.scheduler, same_scale=args.same_scale), show)
     if len(args.images) > 1:
         print(file=sys.stderr)
     from .choose import is_auto

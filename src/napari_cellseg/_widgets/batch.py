@@ -42,6 +42,11 @@ class BatchWidget(Container):
         # As in Segment cells: the cells' size sets the zoom, in each image's pixels or in µm
         # (with the pixel size above or each file's own); the pixel size still measures µm.
         self._cell_diameter, self._diameter_unit = diameter_fields("the cells' typical diameter; 0: not used")
+        self._same_scale = CheckBox(
+            value=False, text="One scale for all images",
+            tooltip="one experiment's images, taken at one scale: those whose scale is estimated share "
+                    "one, the median of up to 8 images' estimates (and one model with 'auto'), so that "
+                    "their µm compare; not with a pixel size or cell diameter")
         self._seeds = SeedControls()
         self._from_layer = CheckBox(value=True, text="Use the 'cells' layer's parameters")
         self._overwrite = CheckBox(value=False, text="Replace existing files")
@@ -54,7 +59,7 @@ class BatchWidget(Container):
                                            "read the images and write the output folder)")
         self._runner = Runner("Run batch", "Batch")
         self.extend([self._input, self._output, self._model, self._pixel_size, self._cell_diameter,
-                     self._diameter_unit, *self._seeds.widgets,
+                     self._diameter_unit, self._same_scale, *self._seeds.widgets,
                      self._from_layer, self._overwrite, self._resume, self._workers, self._scheduler,
                      *self._runner.widgets])
         self._runner.on_run(self.run)
@@ -84,6 +89,9 @@ class BatchWidget(Container):
             raise ValueError("choose an output folder")
         if self._workers.value and self._scheduler.value.strip():
             raise ValueError("give either a number of local workers or a dask scheduler, not both")
+        if self._same_scale.value and (self._pixel_size.value or self._cell_diameter.value):
+            raise ValueError("'One scale for all images' estimates the images' scale: set the pixel "
+                             "size and the cell diameter to 0, or untick it")
         images = list_images(Path(self._input.value))
         if not images:
             raise ValueError(f"no TIFF / PNG images in {self._input.value}")
@@ -99,6 +107,7 @@ class BatchWidget(Container):
             iter_segment_files, images, out, "unet", self.params(),
             pixel_size=float(self._pixel_size.value) or None, model=model, **diameter,
             overwrite=bool(self._overwrite.value), resume=bool(self._resume.value),
+            same_scale=bool(self._same_scale.value),
             workers=int(self._workers.value) or None, scheduler=self._scheduler.value.strip() or None,
             on_done=partial(self._on_done, out=out,
                             tuned_model=model if model != chosen_model(self._model) else None))
