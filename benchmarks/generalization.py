@@ -24,7 +24,10 @@ Columns, for each case and scale:
   (what an image without a pixel size got by default until 2026-11-23);
 * ``auto``: ``segment(image)``, i.e. ``pixel_size="auto"``: the scale estimated from the
   image, the default for an image that carries no pixel size;
-* ``known``: the true pixel size (what a user who types it gets), the reference.
+* ``known``: the true pixel size (what a user who types it gets), the reference;
+* ``batch`` (``--columns``): the case's images as one batch of TIFFs without a pixel
+  size, segmented by ``batch.iter_segment_files(..., same_scale=True)`` (the CLI's
+  ``--same-scale``): one scale for them all, the median of their estimates.
 
 The issue's target: at every scale within 0.05 of the 1x figure, with no parameter set.
 """
@@ -109,6 +112,36 @@ def score(pairs, model, pixel_size) -> dict:
     return out
 
 
+def score_batch(pairs, model) -> dict:
+    """The images of ``pairs`` as one batch of TIFFs without a pixel size, with one scale
+    for them all (``same_scale``); scored as :func:`score`."""
+    import tempfile
+    from pathlib import Path
+
+    import tifffile
+
+    import napari_cellseg as ncs
+    from napari_cellseg.batch import iter_segment_files
+    from napari_cellseg.progress import drain
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for name, image, _ in pairs:
+            paths.append(Path(tmp, f"{name}.tif"))
+            tifffile.imwrite(paths[-1], image)
+        drain(iter_segment_files(paths, Path(tmp, "out"), pixel_size=None, model=model, device="cpu",
+                                 same_scale=True))
+        aps, tp, fp, fn = [], 0, 0, 0
+        for path, (_, _, labels) in zip(paths, pairs, strict=True):
+            r = ncs.evaluate(labels, tifffile.imread(Path(tmp, "out", f"{path.stem}_masks.tif")))
+            aps.append(r.ap)
+            tp, fp, fn = tp + r.tp, fp + r.fp, fn + r.fn
+        record = json.loads(Path(tmp, "out", f"{paths[0].stem}_params.json").read_text())
+    return {"mAP": round(float(np.mean(aps)), 3), "pooled": round(tp / max(tp + fp + fn, 1), 3),
+            "pixel_size_um": round(float(record["pixel_size_um"]), 3), "model": record["model"]["name"],
+            "batch_scale": record.get("batch_scale")}
+
+
 def frames_case(model, scale: float) -> list[float]:
     """The auto scale's measured pixel size over the true one on each whole dense frame."""
     from _data import DENSE, dense_or_exit
@@ -132,6 +165,7 @@ def main() -> None:
     ap.add_argument("--scales", default="0.5,1,2")
     ap.add_argument("--cases", default="dense,whole_cell,membrane,tissue,nuclei,frames")
     ap.add_argument("--frames-only", action="store_true", help="only the auto scale on the whole frames")
+    ap.add_argument("--columns", default="model,auto,known", help="of model, auto, known, batch")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     from napari_cellseg.model.store import resolve_model
@@ -162,12 +196,13 @@ def main() -> None:
             known = MODEL_PX / scale
             # Named: that model; none: the choice by look, per image (what a user gets).
             asked = args.model
-            row = {"model": score(pairs, asked, "model"), "auto": score(pairs, asked, "auto"),
-                   "known": score(pairs, asked, known)}
+            asks = {"model": "model", "auto": "auto", "known": known}
+            row = {col: score_batch(pairs, asked) if col == "batch" else score(pairs, asked, asks[col])
+                   for col in args.columns.split(",")}
             report["cases"][case][str(scale)] = row
-            print(f"{case:10s} x{scale:<4g} model {row['model']['mAP']:.3f}  auto {row['auto']['mAP']:.3f}"
-                  f"  known {row['known']['mAP']:.3f}  ({row['known']['cells']} cells, "
-                  f"{time.perf_counter() - t0:.0f} s)", flush=True)
+            cells = sum(len(np.unique(lab)) - 1 for _, _, lab in pairs)
+            print(f"{case:10s} x{scale:<4g} " + "  ".join(f"{col} {r['mAP']:.3f}" for col, r in row.items())
+                  + f"  ({cells} cells, {time.perf_counter() - t0:.0f} s)", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
