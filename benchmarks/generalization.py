@@ -168,6 +168,9 @@ def main() -> None:
     ap.add_argument("--columns", default="model,auto,known", help="of model, auto, known, batch")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    unknown = set(args.columns.split(",")) - {"model", "auto", "known", "batch"}
+    if unknown:
+        ap.error(f"unknown column(s) {sorted(unknown)}: choose among model, auto, known, batch")
     from napari_cellseg.model.store import resolve_model
 
     model = resolve_model(args.model)

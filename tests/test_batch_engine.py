@@ -121,6 +121,18 @@ def test_one_task_per_frame_on_the_engine_gives_the_serial_answer(frames, serial
     assert_same_outputs(out, serial)
 
 
+def test_one_scale_for_the_batch_on_the_engine_gives_the_serial_answer(frames, client, tmp_path):
+    """same_scale: the scale read here, in the submitting process, reaches every task."""
+    serial, engine = tmp_path / "serial", tmp_path / "engine"
+    drain(iter_segment_files(frames, serial, "unet", device="cpu", same_scale=True))
+    drain(iter_segment_files(frames, engine, "unet", device="cpu", client=client, same_scale=True))
+    assert_same_outputs(engine, serial)
+    for frame in frames:
+        record = json.loads((engine / f"{frame.stem}_params.json").read_text())
+        assert record["batch_scale"]["measured_on"] == [f.name for f in frames]
+        assert record["pixel_size_from"] == "estimated from the batch: the median of 6 images' estimates"
+
+
 def test_a_worker_killed_mid_batch_leaves_each_output_written_once(frames, serial, client, tmp_path,
                                                                    kill_busy_worker):
     out = tmp_path / "out"

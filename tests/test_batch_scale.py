@@ -131,6 +131,12 @@ def test_the_model_most_images_chose_runs_on_all_of_them(tmp_path, tissue, monke
         assert record["model"]["name"] == NUCLEAR_MODEL and record["model"]["sha256"]
         # Only the nuclear model's estimates vote: the median of 1.0 and 0.9, kept at 1.
         assert record["batch_scale"]["measured_on"] == ["im0.tif", "im2.tif"] and record["pixel_size_um"] == 0.5
+    # ... and the nuclear model is what ran, on every image (the one it would choose for itself
+    # on this tissue, the dense look, is the default)
+    image = tifffile.imread(paths[1])
+    nuclear = pipeline.predict(image, 0.5, NUCLEAR_MODEL, "cpu").segment()
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "im1_masks.tif"), nuclear)
+    assert not np.array_equal(nuclear, pipeline.predict(image, 0.5, DEFAULT_MODEL, "cpu").segment())
     # Equal votes: the default model.
     _fake_readings(monkeypatch, {0: (1.0, NUCLEAR_MODEL), 1: (1.0, DEFAULT_MODEL)})
     drain(iter_segment_files(paths[:2], tmp_path / "tie", device="cpu", same_scale=True))
@@ -182,7 +188,31 @@ def test_a_batch_with_nothing_to_measure_estimates_each_image(tmp_path, tissue, 
         drain(iter_segment_files(paths, tmp_path / "out", device="cpu", same_scale=True))
     assert "none of the 2 images read shows cells to measure" in caplog.text
     record = _record(tmp_path / "out", paths[0])
-    assert "batch_scale" not in record and record["pixel_size_from"] == "estimated from the image"
+    assert record["batch_scale"] is None and record["pixel_size_from"] == "estimated from the image"
+    # Resumed (a file added, one redone) when the sample would now measure: each image still
+    # gets its own estimate, as the finished ones had.
+    image = tissue.copy()
+    image[0, 0] = 2
+    paths.append(tmp_path / "new.tif")
+    tifffile.imwrite(paths[-1], image)
+    (tmp_path / "out" / "im1_masks.tif").unlink()
+    calls = _fake_readings(monkeypatch, {0: (0.5, DEFAULT_MODEL), 1: (0.5, DEFAULT_MODEL), 2: (0.5, DEFAULT_MODEL)})
+    drain(iter_segment_files(paths, tmp_path / "out", device="cpu", same_scale=True, resume=True))
+    assert calls == []
+    for path in paths[1:]:
+        record = _record(tmp_path / "out", path)
+        assert record["batch_scale"] is None and record["pixel_size_from"] == "estimated from the image"
+
+
+def test_a_batch_scale_an_image_cannot_take_is_refused_in_words(tmp_path, tissue, monkeypatch):
+    paths = _files(tmp_path, tissue, 2)
+    small = tissue[:40, :40].copy()
+    small[0, 0] = 1
+    tifffile.imwrite(paths[1], small)  # 40 px shrunk 8x: 5 px, below the 8 px the pipeline needs
+    _fake_readings(monkeypatch, {0: (0.125, DEFAULT_MODEL), 1: (None, DEFAULT_MODEL)})
+    with pytest.raises(ValueError, match=r"im1.tif: the batch's one scale \(0.0625 µm per pixel, the median "
+                                         r"of 1 images' estimates\) cannot be applied to this image: .*below 8 px"):
+        drain(iter_segment_files(paths, tmp_path / "out", device="cpu", same_scale=True))
 
 
 @pytest.mark.parametrize("kwargs", [{"pixel_size": 0.5}, {"pixel_size": "model"}, {"cell_diameter_px": 20},

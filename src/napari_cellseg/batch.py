@@ -191,14 +191,21 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
         zoom = None if diameter_px is not None else file_size if zoom_by_file else job.pixel_size
         if zoom is None and diameter_px is None:
             zoom = "auto"
+        zoom_was_auto = zoom == "auto"
         batch = job.batch_scale if zoom == "auto" else None  # the batch's one scale, for this image's
         if batch is not None:
             zoom = batch["pixel_size"]
             if batch["model"] is not None:
-                net = resolve_model(batch["model"])
+                net = batch["model"]  # by name: the prediction's model_name says what ran
         try:
             prediction = predict(image, zoom, net, job.device, cell_diameter_px=diameter_px)
-        except ValueError as err:
+        except (ValueError, MemoryError) as err:
+            if batch is not None:  # the user gave no pixel size: say where the scale came from
+                raise type(err)(f"{path}: the batch's one scale ({batch['pixel_size']:.4g} µm per pixel, the "
+                                f"median of {len(batch['measured_on'])} images' estimates) cannot be applied "
+                                f"to this image: {err}; segment it without same_scale (--same-scale)") from err
+            if isinstance(err, MemoryError):
+                raise
             if not zoom_by_file:
                 raise ValueError(f"{path}: {err}") from err
             raise ValueError(f"{path}: with the pixel size {file_size:g} µm its file's metadata "
@@ -229,11 +236,13 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
 
         record["model"] = model_record(prediction.model_name)  # the one chosen for this image
         record["model_choice"] = prediction.model_choice.to_dict()
-    if job.method == "unet" and batch is not None:
-        if batch["model"] is not None:
+    if job.method == "unet" and job.same_scale and zoom_was_auto:
+        if batch is not None and batch["model"] is not None:
             from .model.store import model_record
 
-            record["model"] = model_record(batch["model"])  # the one chosen for the batch
+            record["model"] = model_record(prediction.model_name)  # the one chosen for the batch
+        # null where the batch had nothing to measure and each image was estimated on its
+        # own: a resumed batch then keeps doing so (iter_segment_files)
         record["batch_scale"] = batch
     if file_size is not None or (given and scale_from is not None):
         # The file's size (read only when no number was given), or the number given with a
@@ -315,8 +324,10 @@ def iter_segment_files(
     of up to ``SAME_SCALE_SAMPLE`` of them spread over the list, read before any is
     segmented (and the model, when none is named, the one most of them chose). Their cell
     tables' µm then compare across the batch, and a single image's stray estimate is
-    outvoted. Each record's ``batch_scale`` says what was measured on which images; a
-    resumed batch keeps the scale its finished images were segmented at.
+    outvoted. Each of their records' ``batch_scale`` says what was measured on which
+    images (null where none showed cells to measure: each image was then estimated on its
+    own); a resumed batch keeps what its finished images had. The sample is read in this
+    process, before any task goes to ``workers`` or a cluster.
 
     ``resume=True`` skips frames whose outputs were written for this very request (see
     the module notes) and finishes the rest. ``workers`` / ``scheduler`` / ``client`` run
@@ -390,9 +401,10 @@ def iter_segment_files(
                              f"{', '.join(unsized[:5])}{' …' if len(unsized) > 5 else ''} state(s) none: "
                              "give the pixel size, or the diameter in px")
     if same_scale:
-        # A resumed batch keeps the scale its finished images were segmented at.
-        settled = next((r["batch_scale"] for r in (_record(job, p) for p in done) if "batch_scale" in r), None)
-        if settled is None:
+        # A resumed batch keeps the scale its finished images were segmented at (null: each
+        # its own, where its sample had nothing to measure).
+        settled = next((r["batch_scale"] for r in (_record(job, p) for p in done) if "batch_scale" in r), ...)
+        if settled is ...:
             estimated = [p for p in paths if pixel_size == "auto"
                          or (from_file[p] if p in from_file else read_pixel_size(p)) is None]
             settled = yield from _iter_batch_scale(job, estimated)

@@ -26,7 +26,8 @@ from .progress import Progress, drain
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Prediction", "SegmentParams", "iter_predict", "iter_predict_planes", "predict", "segment"]
+__all__ = ["Prediction", "SegmentParams", "iter_predict", "iter_predict_planes", "measure_scale", "predict",
+           "segment"]
 
 # Below this mean confidence (the probability of each pixel's most likely class) the
 # network is unsure about most of the image. Measured 2026-11-23 on 256 px noise and on
