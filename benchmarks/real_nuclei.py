@@ -25,6 +25,10 @@ truth there is a binary mask, so its connected components stand for the nuclei a
 touching nuclei count as one).
 
     python benchmarks/real_nuclei.py --stardist DIR --more DIR2 --model multiscale_nuclei
+
+``--same-scale`` also scores each ``--more`` set as one batch of files with one scale
+(``batch.iter_segment_files(..., same_scale=True)``, the CLI's ``--same-scale``): each set
+is one experiment's frames.
 """
 
 from __future__ import annotations
@@ -134,6 +138,8 @@ def main() -> None:
     ap.add_argument("--more", help="a checkout of datascience-mobi-2022/2022-topic-01-team-04: three more sets")
     ap.add_argument("--model", default=None,
                     help="a model name or file (default: 'auto', the model chosen per image by its look)")
+    ap.add_argument("--same-scale", action="store_true",
+                    help="also score each --more set as one batch with one scale (same_scale)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     # The DSB image unless only --more was given.
@@ -159,6 +165,13 @@ def main() -> None:
         for name, pairs in more_sets(Path(args.more)).items():
             sets[name] = score_set(pairs, model)
             print(f"{name:32s} {sets[name]}", flush=True)
+            if args.same_scale:
+                sys.path.insert(0, str(Path(__file__).parent))
+                from generalization import score_batch
+
+                batch = score_batch([(f"{k:03d}", image, labels) for k, (image, labels) in enumerate(pairs)], model)
+                sets[name]["one_scale"] = batch
+                print(f"{'  one scale for the set':32s} {batch}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"image": image_path and str(image_path), "model": args.model,
                                                "rows": rows, "sets": sets}, indent=2))
