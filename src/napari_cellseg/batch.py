@@ -106,6 +106,15 @@ def _cells_written(job: _Job, path: Path) -> int:
     return int(_record(job, path)["cells"])
 
 
+def _read_plane(job: _Job, path: Path):
+    """The 2-D image (its channel) of ``path``; a stack is refused in words."""
+    image = read_image(path, job.channel)
+    if image.ndim != 2:
+        raise ValueError(f"{path}: a stack of shape {image.shape}; segment 2-D images "
+                         "(or split the stack into planes first)")
+    return image
+
+
 SAME_SCALE_SAMPLE = 8  # images read for a batch's one scale (same_scale), spread over the list
 
 
@@ -129,10 +138,7 @@ def _iter_batch_scale(job: _Job, paths: list[Path]) -> Generator[Progress, None,
     readings = []
     for k, path in enumerate(picks):
         yield Progress(0, 1, "files", f"one scale for the batch: reading image {k + 1} of {len(picks)}")
-        image = read_image(path, job.channel)
-        if image.ndim != 2:
-            raise ValueError(f"{path}: a stack of shape {image.shape}; segment 2-D images "
-                             "(or split the stack into planes first)")
+        image = _read_plane(job, path)
         try:
             _, scale, name, _ = measure_scale(image, job.model, job.device)
         except ValueError as err:
@@ -159,10 +165,7 @@ def _iter_batch_scale(job: _Job, paths: list[Path]) -> Generator[Progress, None,
 def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
     """Segment one file and put its outputs in place (see the module notes); the number
     of cells."""
-    image = read_image(path, job.channel)
-    if image.ndim != 2:
-        raise ValueError(f"{path}: a stack of shape {image.shape}; segment 2-D images "
-                         "(or split the stack into planes first)")
+    image = _read_plane(job, path)
     if file_size is not None:
         logger.info("%s: pixel size %g µm from the file's metadata", path.name, file_size)
     given = job.pixel_size not in (None, "auto", "model")
