@@ -91,7 +91,7 @@ def test_the_nuclear_model_chosen_estimates_the_scale_again_with_itself(tissue, 
 
     sentinel = object()
 
-    def estimate(image, net, info, device, zooms=None, memo=None, instead=None):
+    def estimate(image, net, info, device, zooms=None, memo=None, instead=None, warned=None):
         estimated_with.append(net)
         if net is resolve_model(NUCLEAR_MODEL)[0]:
             # On the default's best rung only, not the whole ladder.
@@ -328,12 +328,40 @@ def test_a_failed_estimate_by_the_chosen_model_keeps_the_defaults(tissue, monkey
     monkeypatch.setattr(choose, "choose_model", _always_nuclear([]))
     real_estimate = pipeline._estimate
     nuclear_net = resolve_model(NUCLEAR_MODEL)[0]
-    monkeypatch.setattr(pipeline, "_estimate", lambda image, net, info, device, zooms=None, memo=None, instead=None: (
+    monkeypatch.setattr(pipeline, "_estimate", lambda image, net, info, device, zooms=None, memo=None, instead=None, warned=None: (
         (None, None) if net is nuclear_net else real_estimate(image, net, info, device)))
     default_reading = real_estimate(tissue, *resolve_model(DEFAULT_MODEL), "cpu")
     pred = ncs.predict(tissue, "auto", None, "cpu")
     assert pred.model_name == NUCLEAR_MODEL and pred.pixel_size == default_reading[0]
     assert pred.scale is not None
+
+
+def test_the_warnings_say_what_happened_when_two_models_estimate(tissue, monkeypatch):
+    """The nuclear model, chosen, estimates again: its failure is only logged (the default's
+    reading stands, or the default's own failure was said), and its success replaces the
+    default's failure, which no longer holds."""
+    from napari_cellseg import pipeline
+
+    monkeypatch.setattr(choose, "choose_model", _always_nuclear([]))
+    # Noise: both fail; one warning of it, not two.
+    noise = np.random.default_rng(0).normal(size=(128, 128)).astype(np.float32)
+    warned = ncs.predict(noise, "auto", None, "cpu").warnings
+    assert sum("looks like noise" in w for w in warned) == 1
+    assert not any("the default model's reading is kept" in w for w in warned)
+    # The default fails, the nuclear model measures: its scale, and no warning of a failure.
+    nuclear_net = resolve_model(NUCLEAR_MODEL)[0]
+    sentinel = object()
+
+    def estimate(image, net, info, device, zooms=None, memo=None, instead=None, warned=None):
+        if net is nuclear_net:
+            return 0.37, sentinel
+        warned.append("automatic scale: the default saw nothing")
+        return None, None
+
+    monkeypatch.setattr(pipeline, "_estimate", estimate)
+    pred = ncs.predict(tissue, "auto", None, "cpu")
+    assert pred.pixel_size == 0.37 and pred.scale is sentinel
+    assert not any("the default saw nothing" in w for w in pred.warnings)
 
 
 def test_the_chosen_model_never_re_estimates_on_a_rung_passed_over_as_noise(monkeypatch):
@@ -347,7 +375,7 @@ def test_the_chosen_model_never_re_estimates_on_a_rung_passed_over_as_noise(monk
     monkeypatch.setattr(scale, "reads_noise", lambda image, zoom, *a, **k: True)
     real_estimate, asked = pipeline._estimate, []
 
-    def estimate(image, net, info, device, zooms=None, memo=None, instead=None):
+    def estimate(image, net, info, device, zooms=None, memo=None, instead=None, warned=None):
         asked.append(zooms)
         return real_estimate(image, net, info, device, zooms=zooms, memo=memo, instead=instead)
 

@@ -138,6 +138,37 @@ def test_nothing_to_measure_is_segmented_at_the_model_scale_with_a_warning(caplo
     assert "taken to be at the model's pixel size" in caplog.text
 
 
+def test_an_image_too_small_for_a_trial_at_the_model_scale_is_not_estimated(tissue):
+    """Under 32 px a side only the enlarging rungs have a trial crop, and one of them always
+    won: a crop of a few cells was enlarged 1.4-5.7x whatever its true scale. It is taken at
+    the model's scale now, and the prediction says why (the widgets show its warnings)."""
+    net, info = resolve_model(None)
+    small = tissue[0][:24, :30]
+    with pytest.raises(ValueError, match=r"\(24 x 30 px\) is too small to estimate its scale"):
+        estimate_scale(small, net, info, "cpu")
+    prediction = ncs.predict(small, device="cpu", model=None)
+    assert prediction.scale is None and prediction.pixel_size is None
+    assert prediction.grid_image.shape == (24, 30)  # not enlarged
+    assert any("too small to estimate its scale" in w for w in prediction.warnings)
+    # From 32 px on, the model's own rung has its trial: estimated as before.
+    assert estimate_scale(tissue[0][:32, :40], net, info, "cpu").trials[0][0] == 1.0
+
+
+def test_a_prediction_carries_the_warnings_it_logged(caplog):
+    """What the log says of an image is also on its Prediction: the viewer shows no log."""
+    noise = np.random.default_rng(0).normal(size=(128, 128)).astype(np.float32)
+    with caplog.at_level("WARNING", logger="napari_cellseg"):
+        prediction = ncs.predict(noise, device="cpu", model="dense_tcells_multiscale")
+    assert len(prediction.warnings) == 2
+    assert "looks like noise" in prediction.warnings[0] and "model's pixel size" in prediction.warnings[0]
+    assert prediction.warnings[1].startswith("the network is unsure about most of this image")
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert logged == prediction.warnings
+    # An image with cells at a given scale: nothing to say.
+    assert ncs.predict(tifffile.imread(SAMPLES / "tissue.tif")[:128, :128], 0.5, device="cpu",
+                       model="dense_tcells_multiscale").warnings == []
+
+
 def test_a_strip_gets_several_trial_crops_at_every_zoom(tissue, monkeypatch):
     """A 1040 x 233 px strip (the dense set's test strips' shape) used to get one trial
     crop: the windows were of the smallest zoom's side (512 px) for every zoom."""
@@ -205,6 +236,33 @@ def test_cli_auto_pixel_size_and_cell_diameter(tmp_path, capsys):
     assert main(["segment", str(image), "--out", str(tmp_path / "x"), "--cell-diameter", "15",
                  "--pixel-size", "0.5"]) == 2
     assert "without --pixel-size" in capsys.readouterr().err
+
+
+def test_a_batch_says_which_image_got_which_scale_and_keeps_its_warnings(tmp_path, capsys):
+    import json
+
+    from napari_cellseg.batch import recorded_warnings
+    from napari_cellseg.cli import main
+
+    tissue = tifffile.imread(SAMPLES / "tissue.tif")
+    tifffile.imwrite(tmp_path / "crop.tif", tissue[:320, :320])
+    tifffile.imwrite(tmp_path / "tiny.tif", tissue[:24, :24])
+    paths = [tmp_path / "crop.tif", tmp_path / "tiny.tif"]
+    out = tmp_path / "out"
+    assert main(["segment", *map(str, paths), "--out", str(out), "--model", "dense_tcells_multiscale"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    crop = json.loads((out / "crop_params.json").read_text())
+    # Near the model's scale: kept at 0.5 µm, and what was measured is recorded and said.
+    assert crop["pixel_size_um"] == 0.5 and crop["measured_pixel_size_um"] == pytest.approx(0.5, rel=0.3)
+    assert crop["measured_pixel_size_um"] != 0.5 and "warnings" not in crop
+    assert lines[0].startswith("crop.tif: ") and (f"pixel size 0.5 µm, the model's: estimated from the image as "
+                                                  f"{crop['measured_pixel_size_um']:.3g} µm") in lines[0]
+    tiny = json.loads((out / "tiny_params.json").read_text())
+    assert tiny["pixel_size_from"] == "the model's pixel size (not estimated: see 'warnings')"
+    assert "too small to estimate its scale" in tiny["warnings"][0]
+    assert lines[1].startswith("tiny.tif: ") and "pixel size not estimated: the model's" in lines[1]
+    assert f"{len(tiny['warnings'])} warning" in lines[1] and "see tiny_params.json" in lines[1]
+    assert recorded_warnings(paths, out) == {paths[1]: tiny["warnings"]}
 
 
 def test_a_stack_keeps_its_cell_diameter_on_every_plane(tissue):

@@ -454,6 +454,29 @@ def test_batch_writes_what_the_cli_writes(make_napari_viewer, qtbot, tmp_path, t
     assert "already exist" in widget._runner.status.value
 
 
+def test_batch_widget_says_which_images_have_warnings(make_napari_viewer, qtbot, tmp_path, tissue, monkeypatch):
+    """A batch's warnings are in each image's record (its workers' logs are not shown);
+    the widget counts them at the end, names one, and notifies once."""
+    import napari.utils.notifications as notifications
+
+    from napari_cellseg._widgets.batch import BatchWidget
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_warning", shown.append)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    tifffile.imwrite(inp / "a_cells.tif", tissue[0][:128, :128])
+    tifffile.imwrite(inp / "b_tiny.tif", tissue[0][:24, :24])
+    widget = BatchWidget(make_napari_viewer())
+    widget._input.value, widget._output.value = inp, tmp_path / "out"
+    widget.run()
+    wait_done(qtbot, widget._runner)
+    status = widget._runner.status.value
+    assert status.startswith("2 images") and "; 1 with warnings (each in its _params.json, 'warnings'), e.g. " \
+        "b_tiny.tif: automatic scale: the image (24 x 24 px) is too small" in status
+    assert len(shown) == 1 and shown[0].startswith("1 of 2 images have warnings, e.g. b_tiny.tif: ")
+
+
 def test_batch_widget_runs_one_scale_for_all_images(make_napari_viewer, qtbot, tmp_path, tissue, monkeypatch):
     """"One scale for all images": every image at the median of the estimates read (here
     0.25 and 0.3 µm: 0.275), said in each record; with a pixel size, refused in words."""
@@ -617,6 +640,58 @@ def test_unknown_pixel_size_estimated_in_one_click(make_napari_viewer, qtbot, ti
     assert "pixel size estimated" in widget._runner.status.value
     truth = np.kron(tissue[1], np.ones((2, 2), tissue[1].dtype))
     assert evaluate(truth, layer.data).ap >= 0.8
+
+
+def test_the_viewer_shows_the_warnings_the_log_alone_would_hide(make_napari_viewer, qtbot, tissue, monkeypatch):
+    """A crop too small to estimate and a plane of noise: each warning reaches the user as a
+    notification, the status line and the layer's metadata, not only the log."""
+    import napari.utils.notifications as notifications
+
+    from napari_cellseg._widgets._inputs import CELLS_LAYER
+    from napari_cellseg._widgets.predict import PredictWidget
+    from napari_cellseg._widgets.segment_cells import SegmentCellsWidget
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_warning", shown.append)
+    viewer = make_napari_viewer()
+    viewer.add_image(tissue[0][:24, :24].astype(np.float32), name="tiny")
+    widget = SegmentCellsWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.run()
+    wait_done(qtbot, widget._runner)
+    meta = viewer.layers[CELLS_LAYER].metadata
+    assert meta["pixel_size_from"] == "the model's pixel size (not estimated: see 'warnings')"
+    assert len(meta["warnings"]) >= 1 and "too small to estimate its scale" in meta["warnings"][0]
+    assert shown[: len(meta["warnings"])] == meta["warnings"]
+    status = widget._runner.status.value
+    assert "(pixel size not estimated: taken at the model's). Warning: automatic scale: the image (24 x 24 px)" in status
+    # Cells near the model's size: kept at its scale, and what was measured is said too.
+    viewer.add_image(tissue[0][:320, :320].astype(np.float32), name="crop")
+    widget._image.value = viewer.layers["crop"]
+    widget.run()
+    wait_done(qtbot, widget._runner)
+    meta = viewer.layers[CELLS_LAYER].metadata
+    assert meta["pixel_size_um"] == 0.5 and meta["measured_pixel_size_um"] != 0.5 and "warnings" not in meta
+    assert (f"(pixel size estimated: {meta['measured_pixel_size_um']:.3g} µm, within a factor √2 of the model's: "
+            "used at its 0.5 µm)") in widget._runner.status.value
+    # A stack: each plane's warnings, said with their plane (a plane of noise, a plane of cells).
+    shown.clear()
+    noise = np.random.default_rng(0).normal(size=(96, 96)).astype(np.float32)
+    viewer.add_image(np.stack([tissue[0][:96, :96].astype(np.float32), noise]), name="stack")
+    widget._image.value = viewer.layers["stack"]
+    widget.run()
+    wait_done(qtbot, widget._runner)
+    assert shown and all(text.startswith("plane 2: ") for text in shown)
+    assert any("unsure about most of this image" in text for text in shown)
+    # The probability maps widget says them too.
+    shown.clear()
+    predict = PredictWidget(viewer)
+    viewer.window.add_dock_widget(predict)
+    predict._image.value = viewer.layers["tiny"]
+    predict.run()
+    wait_done(qtbot, predict._runner)
+    assert "too small to estimate its scale" in shown[0]
+    assert predict._runner.status.value.startswith("probability maps ready. Warning: automatic scale:")
 
 
 def test_a_cell_diameter_in_pixels_sets_the_scale(make_napari_viewer, qtbot, tissue):

@@ -47,6 +47,21 @@ def output_paths(path: Path, out: Path) -> dict[str, Path]:
     return result_paths(out, Path(path).stem)
 
 
+def recorded_warnings(paths, out: str | Path) -> dict[Path, list[str]]:
+    """The warnings each image's record holds (``warnings`` in its params JSON: a scale
+    not estimated, a network unsure of the image), for the images of ``paths`` that have
+    any: what a batch run says at its end, since its workers' logs are not shown."""
+    found = {}
+    for path in paths:
+        try:
+            record = json.loads(output_paths(Path(path), Path(out))["params"].read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("warnings"):
+            found[Path(path)] = list(record["warnings"])
+    return found
+
+
 @dataclass(frozen=True)
 class _Job:
     """What every frame shares (pickled once per task on the engine)."""
@@ -225,8 +240,8 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
             scale_from = f"cell diameter {job.cell_diameter_um:g} µm ({diameter_px:.3g} px)"
         elif job.cell_diameter_px is not None:
             scale_from = f"cell diameter {job.cell_diameter_px} px"
-        elif zoom in ("auto", "model"):  # asked for, or the estimate had nothing to measure
-            scale_from = "the model's pixel size" + (" (nothing to estimate it from)" if zoom == "auto" else "")
+        elif zoom in ("auto", "model"):  # asked for, or the estimate was not applied (its warning says why)
+            scale_from = "the model's pixel size" + (" (not estimated: see 'warnings')" if zoom == "auto" else "")
         # The physical pixel size when known; else the one estimated ("auto") or derived
         # from the cell diameter (cells taken to be the model's size); with none, the image
         # is taken to be at the model's, unscaled, so the grid's pixel size is the image's.
@@ -247,6 +262,11 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
         # null where the batch had nothing to measure and each image was estimated on its
         # own: a resumed batch then keeps doing so (iter_segment_files)
         record["batch_scale"] = batch
+    if job.method == "unet":
+        if prediction.scale is not None and prediction.scale.kept_model_scale:
+            record["measured_pixel_size_um"] = prediction.scale.measured_pixel_size  # kept at the model's
+        if prediction.warnings:  # what the log said of this image, kept with it (workers' logs are not shown)
+            record["warnings"] = list(prediction.warnings)
     if file_size is not None or (given and scale_from is not None):
         # The file's size (read only when no number was given), or the number given with a
         # diameter in µm, measures the µm; the model's zoom came from the cells.

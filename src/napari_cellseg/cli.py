@@ -186,12 +186,31 @@ def _segment(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     from .choose import is_auto
 
+    remote = args.workers is not None or args.scheduler is not None  # their logs are not shown here
     for path, n in results:
         files = result_paths(args.out, path.stem)
-        chosen = ""
+        record = json.loads(files["params"].read_text())
+        said = []
         if args.method == "unet" and is_auto(args.model):  # the model chosen for this image (choose.py)
-            chosen = f" (model {json.loads(files['params'].read_text())['model']['name']})"
-        print(f"{path.name}: {n} cells{chosen} -> {files['labels']}")
+            said.append(f"model {record['model']['name']}")
+        source = record.get("scale_from") or record.get("pixel_size_from") or ""
+        if "estimated" in source:  # which image got which scale (the log line names no file)
+            size = record.get("scale_pixel_size_um") or record.get("pixel_size_um")
+            if "not estimated" in source:
+                said.append("pixel size not estimated: the model's")
+            elif record.get("measured_pixel_size_um"):  # within √2 of the model's: left as it is
+                said.append(f"pixel size {size:.3g} µm, the model's: {source} as "
+                            f"{record['measured_pixel_size_um']:.3g} µm, close enough to keep")
+            else:
+                said.append(f"pixel size {size:.3g} µm, {source}")
+        warned = record.get("warnings") or []
+        if warned:
+            said.append(f"{len(warned)} warning{'s' if len(warned) > 1 else ''}: see {files['params'].name}")
+        detail = f" ({'; '.join(said)})" if said else ""
+        print(f"{path.name}: {n} cells{detail} -> {files['labels']}")
+        if remote:
+            for text in warned:
+                print(f"warning: {path.name}: {text}", file=sys.stderr)
     return 0
 
 

@@ -71,6 +71,9 @@ class Prediction:
     # memory), and the ModelChoice when none was named (choose.py).
     model_name: str | None = None
     model_choice: object | None = None
+    # What the user must hear about this image, as logged (a scale not estimated, a
+    # network unsure of the image): the widgets show it, a batch records it.
+    warnings: list[str] = field(default_factory=list)
 
     # ---- maps ----------------------------------------------------------------
     @property
@@ -284,8 +287,9 @@ def iter_predict(
                              f"[1/{validate.MAX_RESCALE:g}, {validate.MAX_RESCALE:g}]: check the diameter "
                              "(and its unit), or use a model trained on cells nearer that size")
     estimated = isinstance(pixel_size, str) and pixel_size == "auto"
+    warned: list[str] = []
     net, info, pixel_size, scale, choice = yield from _iter_read(image, net, info, pixel_size, estimated,
-                                                                 choosing, device, tophat_um)
+                                                                 choosing, device, tophat_um, warned)
     # A model that runs its network at a finer grid than the images it is meant for (a 2x
     # model: image_pixel_size in its metadata) takes an image without a pixel size to be at
     # that size, and segments on that grid, not on the network's.
@@ -297,8 +301,9 @@ def iter_predict(
             raise
         # The estimate asked for more than this machine has (a large image whose cells read
         # as tiny, enlarged up to 5.7x): the model's scale instead, said, rather than no answer.
-        logger.warning("automatic scale: %s; the image is taken to be at the model's pixel size "
-                       "instead: give the pixel size or the cell diameter", err)
+        warned.append(f"automatic scale: {err}; the image is taken to be at the model's pixel size "
+                      "instead: give the pixel size or the cell diameter")
+        logger.warning("%s", warned[-1])
         scale = pixel_size = None
         net_px = image_px
         grid_image, grid_px = preprocess(image, net_px, info.pixel_size, tophat_um)
@@ -324,13 +329,13 @@ def iter_predict(
     defaults = SegmentParams.from_mapping(info.extra.get("segment_defaults"))
     prediction = Prediction(np.asarray(image), probs, grid_image, Grid(grid_px, info.cell_diameter_um),
                             defaults, validate.optional_pixel_size(pixel_size), scale,
-                            choice.name if choice is not None else _model_name(model), choice)
+                            choice.name if choice is not None else _model_name(model), choice, warned)
     if prediction.confidence < LOW_CONFIDENCE:
-        logger.warning(
-            "the network is unsure about most of this image (confidence %.3f, below %.2f): it may "
-            "hold no cells (noise), or cells unlike the model's training images; check the pixel "
-            "size, or fine-tune the model on a few corrected cells", prediction.confidence,
-            LOW_CONFIDENCE)
+        warned.append(
+            f"the network is unsure about most of this image (confidence {prediction.confidence:.3f}, "
+            f"below {LOW_CONFIDENCE:.2f}): it may hold no cells (noise), or cells unlike the model's "
+            "training images; check the pixel size, or fine-tune the model on a few corrected cells")
+        logger.warning("%s", warned[-1])
     if warm is not None:
         yield Progress(1, 1, "tiles", message="preparing the live sliders")
         prediction.warm(warm)
@@ -338,11 +343,12 @@ def iter_predict(
 
 
 def _iter_read(image, net, info, pixel_size, estimated: bool, choosing: bool, device: str,
-               tophat_um: float | None):
+               tophat_um: float | None, warned: list[str] | None = None):
     """What the image itself says, before its network pass: the scale (``estimated``:
     ``pixel_size="auto"``) and the model (``choosing``), as a generator yielding
     :class:`Progress`; returns (net, info, pixel_size, ScaleEstimate or None, ModelChoice or
-    None). ``pixel_size``: the one asked for (a number, or None: the model's)."""
+    None). ``pixel_size``: the one asked for (a number, or None: the model's); ``warned``
+    gets the warnings given."""
     from .choose import choose_model
     from .model.registry import DEFAULT_MODEL
     from .model.store import resolve_model
@@ -350,9 +356,11 @@ def _iter_read(image, net, info, pixel_size, estimated: bool, choosing: bool, de
     image_px = image_pixel_size(info)
     scale = None
     memo: dict = {}  # the trial crops' network passes on this image (scale.trial_predictions)
+    warned = [] if warned is None else warned
+    mark = len(warned)
     if estimated:
         yield Progress(0, 1, "tiles", message="estimating the scale")
-        pixel_size, scale = _estimate(image, net, info, device, memo=memo)
+        pixel_size, scale = _estimate(image, net, info, device, memo=memo, warned=warned)
     choice = None
     if choosing:
         yield Progress(0, 1, "tiles", message="choosing the model")
@@ -381,10 +389,13 @@ def _iter_read(image, net, info, pixel_size, estimated: bool, choosing: bool, de
                 # 2026-11-24, /tmp scratch).
                 # The rung the default took (never one it passed over as noise).
                 best = None if scale is None else (scale.rung / scale.base_zoom,)
+                # Its failure is only logged: the default's reading, or its failure, stands and
+                # was said; its success replaces the default's failure, said no more.
                 own_px, own_scale = _estimate(image, net, info, device, zooms=best, memo=memo,
                                               instead="the default model's reading is kept")
                 if own_scale is not None:  # else the default's reading stands
                     pixel_size, scale = own_px, own_scale
+                    del warned[mark:]
     return net, info, pixel_size, scale, choice
 
 
@@ -409,12 +420,13 @@ def measure_scale(image: np.ndarray, model=None, device: str = "auto", *,
 
 
 def _estimate(image: np.ndarray, net, info, device: str, zooms: tuple[float, ...] | None = None,
-              memo: dict | None = None, instead: str | None = None):
+              memo: dict | None = None, instead: str | None = None, warned: list[str] | None = None):
     """``pixel_size="auto"``: (the pixel size to use, the ScaleEstimate), or (None, None)
     with a warning when there is nothing to measure. ``zooms``: the rungs to try (default:
     the whole ladder, ``scale.ZOOMS``); ``memo``: the network passes already run on this
     image (``scale.trial_predictions``); ``instead``: what the warning says happens then
-    (default: the image is taken at the model's pixel size)."""
+    (default: the image is taken at the model's pixel size); ``warned``: a list the warning
+    is also added to."""
     from .scale import estimate_scale
 
     plane = validate.image_2d(image)  # a stack or an empty array is refused here, in words
@@ -423,9 +435,12 @@ def _estimate(image: np.ndarray, net, info, device: str, zooms: tuple[float, ...
     except ValueError as err:
         # An empty, constant or tiny image: nothing to measure, and nothing lost by
         # taking it at the model's scale (it then gets its cells, or none, in words).
-        logger.warning("automatic scale: %s; %s", err, instead or (
+        text = f"automatic scale: {err}; " + (instead or (
             f"the image is taken to be at the model's pixel size "
             f"({image_pixel_size(info) or info.pixel_size or 0.0:g} µm)"))
+        logger.warning("%s", text)
+        if warned is not None:
+            warned.append(text)
         return None, None
     logger.info("automatic scale: %.3g µm per pixel (cells about %.1f px across; network "
                 "confidence %.2f)%s", scale.pixel_size, scale.cell_diameter_px, scale.confidence,

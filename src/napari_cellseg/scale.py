@@ -62,6 +62,7 @@ ZOOMS = (0.25, 0.5, 1.0, 2.0, 4.0)
 CROP_SIDE = 128  # px on the model's grid, per trial
 MIN_CELL_SHARE = 0.02  # a crop the network calls cell below this share does not vote
 N_CROPS = 3  # trial crops per zoom: the busiest windows of its side that do not overlap
+MIN_TRIAL_SIDE = 32  # px on the model's grid: a smaller crop is no trial
 KEEP = float(np.sqrt(2.0))  # a zoom closer to 1 than this factor is not applied
 # Below this correlation of neighbouring pixels an image is noise at its own pixel: there
 # is nothing to measure (enlarged, noise reads as tiny cells, confidently: zoom 4-5 with
@@ -181,7 +182,7 @@ def trial_crops(image: np.ndarray, zoom: float, side: int = CROP_SIDE) -> list[n
     for centre in _busiest_centres(image, crop_side):
         crop = _crop(image, centre, crop_side)
         crop = rescale(crop, zoom) if zoom != 1 else crop
-        if min(crop.shape) >= 32 and np.ptp(crop) > 0:
+        if min(crop.shape) >= MIN_TRIAL_SIDE and np.ptp(crop) > 0:
             out.append(crop)
     return out
 
@@ -350,6 +351,13 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
         raise ValueError(f"cannot estimate the scale of this image (shape {image.shape}): it is "
                          "constant, or too small at every zoom tried; give its pixel size or cell "
                          "diameter instead")
+    if base in zooms and round(min(image.shape) * base) < MIN_TRIAL_SIDE:
+        # Too small for a trial at the model's own scale (under 32 px a side): only the
+        # enlarging rungs were left to try, and they would always win. Refused in words
+        # (taken at the model's scale) rather than enlarged whatever its true scale.
+        raise ValueError(f"the image ({image.shape[0]} x {image.shape[1]} px) is too small to estimate "
+                         f"its scale: under {MIN_TRIAL_SIDE} px on the model's grid; give its pixel size "
+                         "or cell diameter instead")
     ranked.sort(key=lambda t: -t[1])  # stable: of equal scores, the smaller zoom
     # The likeliest rung, unless it enlarges the image 4x or more and the network reads its
     # noise as cells there (reads_noise): then the next.

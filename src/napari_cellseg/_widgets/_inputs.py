@@ -395,9 +395,14 @@ def scale_metadata(prediction, request: tuple) -> dict:
     a cell diameter sets the model's zoom only: the image layer's own pixel size, when it
     has one, still measures the µm (as ``batch`` does with a file's)."""
     source, layer_size, size_from = request
-    if source == AUTO_SOURCE and prediction.pixel_size is None:  # a blank image: nothing to measure
-        source = "the model's pixel size (nothing to estimate it from)"
+    if source == AUTO_SOURCE and prediction.pixel_size is None:  # not estimated: its warning says why
+        source = "the model's pixel size (" + (
+            "not estimated: see 'warnings'" if prediction.warnings else "nothing to estimate it from") + ")"
+    extra = {"warnings": list(prediction.warnings)} if prediction.warnings else {}
+    scale = prediction.scale
+    if scale is not None and scale.kept_model_scale:  # what was measured, not only the model's size
+        extra["measured_pixel_size_um"] = scale.measured_pixel_size
     if source and layer_size:
         return {"pixel_size_um": layer_size, "pixel_size_from": size_from, "scale_from": source,
-                "scale_pixel_size_um": prediction.pixel_size}
-    return {"pixel_size_um": prediction.pixel_size, "pixel_size_from": source}
+                "scale_pixel_size_um": prediction.pixel_size, **extra}
+    return {"pixel_size_um": prediction.pixel_size, "pixel_size_from": source, **extra}

@@ -46,6 +46,34 @@ def report_error(title: str, err: BaseException, status: Label | None = None) ->
         logger.error("%s", text, exc_info=err)
 
 
+# At most this many of a run's warnings become notifications; the rest are counted.
+MAX_WARNINGS_SHOWN = 3
+
+
+def show_warnings(predictions) -> list[str]:
+    """Each distinct warning of a run's Predictions (``Prediction.warnings``: a scale not
+    estimated, a network unsure of the image) as a napari notification, since the viewer
+    shows no log; a stack's say their plane. Returns the messages shown."""
+    from napari.utils.notifications import show_warning
+
+    many = len(predictions) > 1
+    texts = list(dict.fromkeys(f"plane {i + 1}: {w}" if many else w
+                               for i, p in enumerate(predictions) for w in p.warnings))
+    for text in texts[:MAX_WARNINGS_SHOWN]:
+        show_warning(text)
+    if len(texts) > MAX_WARNINGS_SHOWN:
+        show_warning(f"{len(texts) - MAX_WARNINGS_SHOWN} more warnings: see the layer's metadata ('warnings')")
+    return texts
+
+
+def warning_note(prediction) -> str:
+    """What a status line adds for a Prediction with warnings: the first, in words."""
+    if not prediction.warnings:
+        return ""
+    more = len(prediction.warnings) - 1
+    return f". Warning: {prediction.warnings[0]}" + (f" (and {more} more: see the notifications)" if more else "")
+
+
 def reports_errors(handler: Callable, title: str, status: Label | None = None) -> Callable:
     """``handler`` for a button, slider or layer-choice signal: an exception it raises
     is reported (:func:`report_error`) instead of escaping into the Qt event loop, where

@@ -13,6 +13,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from ..batch import recorded_warnings
 from ..io import list_images
 from ._inputs import (
     cells_layer_parameters,
@@ -117,5 +118,16 @@ class BatchWidget(Container):
         # The folder the run wrote to, not the one the field shows now; the model the run
         # took from the cells layer instead of 'auto', decided when it started.
         used = f" (model {tuned_model}: the cells layer's parameters were tuned with it)" if tuned_model else ""
+        folder = out if out is not None else self._output.value
+        warned = recorded_warnings([p for p, _ in results], folder)
+        note = ""
+        if warned:  # the workers' logs are not seen: the records say it, and so does the viewer
+            from napari.utils.notifications import show_warning
+
+            first, texts = next(iter(warned.items()))
+            note = (f"; {len(warned)} with warnings (each in its _params.json, 'warnings'), e.g. "
+                    f"{first.name}: {texts[0]}")
+            show_warning(f"{len(warned)} of {len(results)} images have warnings, e.g. {first.name}: "
+                         f"{texts[0]} (each image's _params.json lists its own)")
         self._runner.status.value = (f"{len(results)} images, {sum(n for _, n in results)} cells "
-                                     f"-> {out if out is not None else self._output.value}{used}")
+                                     f"-> {folder}{used}{note}")

@@ -18,7 +18,7 @@ from ._inputs import (
     scale_metadata,
 )
 from ._layers import image_plane, plane_record, remove_result, show_layer
-from ._runner import Runner
+from ._runner import Runner, show_warnings, warning_note
 
 if TYPE_CHECKING:
     import napari
@@ -80,5 +80,6 @@ class PredictWidget(Container):
             layer = show_layer(self._viewer, data, name, "image", metadata=meta, like=like, colormap=colour,
                                blending="additive", contrast_limits=(0.0, 1.0), visible=visible)
             layer.metadata[PREDICTION_KEY] = prediction
-        self._runner.status.value = "probability maps ready"
+        self._runner.status.value = "probability maps ready" + warning_note(prediction)
+        show_warnings([prediction])  # a notification each: the log alone is not seen in the viewer
 

@@ -27,7 +27,7 @@ from ._inputs import (
     scale_metadata,
 )
 from ._layers import plane_index, show_layer
-from ._runner import LiveUpdate, Runner, reports_errors
+from ._runner import LiveUpdate, Runner, reports_errors, show_warnings, warning_note
 from ._seed_controls import SeedControls
 
 if TYPE_CHECKING:
@@ -156,6 +156,7 @@ class SegmentCellsWidget(Container):
         self._cells = np.stack(cells)
         self._segmented_with = [params] * len(cells)
         self._show()
+        show_warnings(predictions)  # a notification each: the log alone is not seen in the viewer
         if self.stale_planes:  # the sliders moved while the model ran
             self.update_cells()
 
@@ -194,13 +195,19 @@ class SegmentCellsWidget(Container):
         layer = show_layer(self._viewer, data, CELLS_LAYER, "labels", metadata=metadata, like=self._like)
         n = int(self._cells[plane].max())
         size, source = self.predictions[plane].pixel_size, self._scale_request[0]
-        if source and size is None:  # the estimate had nothing to measure (a blank image)
-            note = " (nothing to estimate the pixel size from: taken at the model's)"
+        if source and size is None:  # not estimated (a blank or tiny image): its warning says why
+            note = " (pixel size not estimated: taken at the model's)"
         elif source == AUTO_SOURCE:  # the first plane's estimate holds for the whole stack
-            note = f" (pixel size estimated: {size:.3g} µm)"
+            scale = next((p.scale for p in self.predictions if p.scale is not None), None)
+            if scale is not None and scale.kept_model_scale:  # said, not shown as if measured
+                note = (f" (pixel size estimated: {scale.measured_pixel_size:.3g} µm, within a factor √2 of "
+                        f"the model's: used at its {size:.3g} µm)")
+            else:
+                note = f" (pixel size estimated: {size:.3g} µm)"
         else:
             # a diameter: the zoom it implies (the pixel size field still measures the µm)
             note = f" (zoom as for {size:.3g} µm/px, from the {source})" if source else ""
         self._runner.status.value = (
-            f"{n} cells" + (f" in plane {plane + 1} of {len(self._cells)} planes" if self._stack else "") + note)
+            f"{n} cells" + (f" in plane {plane + 1} of {len(self._cells)} planes" if self._stack else "") + note
+            + warning_note(self.predictions[plane]))
         return layer
