@@ -168,6 +168,19 @@ def test_cli_runs_frames_on_workers_and_resumes(frames, tmp_path, capsys):
     assert "at least 1" in capsys.readouterr().err
 
 
+def test_cli_prints_each_images_warnings_that_its_worker_logged(tmp_path, capsys):
+    """A worker's log is not shown: the warnings in each image's record are printed, named."""
+    from napari_cellseg.cli import main
+
+    tiny = tmp_path / "tiny.tif"
+    tifffile.imwrite(tiny, make_whole_cell_image(seed=1, shape=(64, 64)).image[:24, :24])
+    assert main(["segment", str(tiny), "--out", str(tmp_path / "out"), "--workers", "1",
+                 "--model", "dense_tcells_multiscale", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "tiny.tif: " in captured.out and "see tiny_params.json" in captured.out
+    assert "warning: tiny.tif: automatic scale: the image (24 x 24 px) is too small" in captured.err
+
+
 def test_cli_zarr_is_the_block_wise_run(frames, tmp_path, capsys):
     pytest.importorskip("distributed")
     zarr = pytest.importorskip("zarr")
