@@ -170,6 +170,7 @@ def test_cli_runs_frames_on_workers_and_resumes(frames, tmp_path, capsys):
 
 def test_cli_prints_each_images_warnings_that_its_worker_logged(tmp_path, capsys):
     """A worker's log is not shown: the warnings in each image's record are printed, named."""
+    pytest.importorskip("distributed")
     from napari_cellseg.cli import main
 
     tiny = tmp_path / "tiny.tif"

@@ -364,6 +364,21 @@ def test_the_warnings_say_what_happened_when_two_models_estimate(tissue, monkeyp
     assert not any("the default saw nothing" in w for w in pred.warnings)
 
 
+def test_a_plane_run_again_at_the_model_scale_keeps_why_it_was_not_estimated(monkeypatch):
+    """No plane measures a scale; the noise plane settles the model, and the blank plane,
+    run first with the default, runs again with it, at the model's scale: its warning of why
+    holds still (it was lost with the first run's Prediction)."""
+    from napari_cellseg.pipeline import iter_predict_planes
+    from napari_cellseg.progress import drain
+
+    monkeypatch.setattr(choose, "choose_model", _always_nuclear([]))
+    noise = np.random.default_rng(0).normal(size=(96, 96)).astype(np.float32)
+    preds = drain(iter_predict_planes(np.stack([np.zeros_like(noise), noise]), "auto", None, "cpu"))
+    assert [p.model_name for p in preds] == [NUCLEAR_MODEL] * 2 and preds[0].pixel_size is None
+    assert any(w.startswith("automatic scale: cannot estimate the scale") for w in preds[0].warnings)
+    assert any("looks like noise" in w for w in preds[1].warnings)
+
+
 def test_the_chosen_model_never_re_estimates_on_a_rung_passed_over_as_noise(monkeypatch):
     """Tiny nuclei are likeliest at rung 4; were it noise (scale.reads_noise), the default
     takes rung 2, and the nuclear model, chosen, must estimate there, not on rung 4."""

@@ -258,9 +258,9 @@ def test_a_batch_says_which_image_got_which_scale_and_keeps_its_warnings(tmp_pat
     assert lines[0].startswith("crop.tif: ") and (f"pixel size 0.5 µm, the model's: estimated from the image as "
                                                   f"{crop['measured_pixel_size_um']:.3g} µm") in lines[0]
     tiny = json.loads((out / "tiny_params.json").read_text())
-    assert tiny["pixel_size_from"] == "the model's pixel size (not estimated: see 'warnings')"
+    assert tiny["pixel_size_from"] == "the model's pixel size (no estimate used: see 'warnings')"
     assert "too small to estimate its scale" in tiny["warnings"][0]
-    assert lines[1].startswith("tiny.tif: ") and "pixel size not estimated: the model's" in lines[1]
+    assert lines[1].startswith("tiny.tif: ") and "the model's pixel size: no estimate used" in lines[1]
     assert f"{len(tiny['warnings'])} warning" in lines[1] and "see tiny_params.json" in lines[1]
     assert recorded_warnings(paths, out) == {paths[1]: tiny["warnings"]}
 
@@ -290,6 +290,7 @@ def test_an_estimate_beyond_the_memory_falls_back_to_the_model_scale(tissue, mon
     assert prediction.scale is None and prediction.pixel_size is None
     assert prediction.probabilities.shape[1:] == (256, 256)
     assert "needs about" in caplog.text and "taken to be at the model's pixel size instead" in caplog.text
+    assert len(prediction.warnings) == 1 and "needs about" in prediction.warnings[0]  # shown in the viewer
     # A pixel size the user gave is not second-guessed: the same need is an error.
     with pytest.raises(MemoryError, match="needs about"):
         ncs.predict(image, 2.0, device="cpu")

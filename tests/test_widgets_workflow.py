@@ -660,11 +660,11 @@ def test_the_viewer_shows_the_warnings_the_log_alone_would_hide(make_napari_view
     widget.run()
     wait_done(qtbot, widget._runner)
     meta = viewer.layers[CELLS_LAYER].metadata
-    assert meta["pixel_size_from"] == "the model's pixel size (not estimated: see 'warnings')"
+    assert meta["pixel_size_from"] == "the model's pixel size (no estimate used: see 'warnings')"
     assert len(meta["warnings"]) >= 1 and "too small to estimate its scale" in meta["warnings"][0]
     assert shown[: len(meta["warnings"])] == meta["warnings"]
     status = widget._runner.status.value
-    assert "(pixel size not estimated: taken at the model's). Warning: automatic scale: the image (24 x 24 px)" in status
+    assert "(the model's pixel size: no estimate used). Warning: automatic scale: the image (24 x 24 px)" in status
     # Cells near the model's size: kept at its scale, and what was measured is said too.
     viewer.add_image(tissue[0][:320, :320].astype(np.float32), name="crop")
     widget._image.value = viewer.layers["crop"]
@@ -683,6 +683,8 @@ def test_the_viewer_shows_the_warnings_the_log_alone_would_hide(make_napari_view
     wait_done(qtbot, widget._runner)
     assert shown and all(text.startswith("plane 2: ") for text in shown)
     assert any("unsure about most of this image" in text for text in shown)
+    # The run's warnings, each with its plane, are the layer's, whichever plane is in view.
+    assert viewer.layers[CELLS_LAYER].metadata["warnings"] == shown
     # The probability maps widget says them too.
     shown.clear()
     predict = PredictWidget(viewer)

@@ -240,8 +240,8 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
             scale_from = f"cell diameter {job.cell_diameter_um:g} µm ({diameter_px:.3g} px)"
         elif job.cell_diameter_px is not None:
             scale_from = f"cell diameter {job.cell_diameter_px} px"
-        elif zoom in ("auto", "model"):  # asked for, or the estimate was not applied (its warning says why)
-            scale_from = "the model's pixel size" + (" (not estimated: see 'warnings')" if zoom == "auto" else "")
+        elif zoom in ("auto", "model"):  # asked for, or no estimate was used (its warning says why)
+            scale_from = "the model's pixel size" + (" (no estimate used: see 'warnings')" if zoom == "auto" else "")
         # The physical pixel size when known; else the one estimated ("auto") or derived
         # from the cell diameter (cells taken to be the model's size); with none, the image
         # is taken to be at the model's, unscaled, so the grid's pixel size is the image's.

@@ -194,10 +194,10 @@ def _segment(args: argparse.Namespace) -> int:
         if args.method == "unet" and is_auto(args.model):  # the model chosen for this image (choose.py)
             said.append(f"model {record['model']['name']}")
         source = record.get("scale_from") or record.get("pixel_size_from") or ""
-        if "estimated" in source:  # which image got which scale (the log line names no file)
+        if "estimate" in source:  # which image got which scale (the log line names no file)
             size = record.get("scale_pixel_size_um") or record.get("pixel_size_um")
-            if "not estimated" in source:
-                said.append("pixel size not estimated: the model's")
+            if "no estimate used" in source:
+                said.append("the model's pixel size: no estimate used")
             elif record.get("measured_pixel_size_um"):  # within √2 of the model's: left as it is
                 said.append(f"pixel size {size:.3g} µm, the model's: {source} as "
                             f"{record['measured_pixel_size_um']:.3g} µm, close enough to keep")

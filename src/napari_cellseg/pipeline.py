@@ -396,6 +396,8 @@ def _iter_read(image, net, info, pixel_size, estimated: bool, choosing: bool, de
                 if own_scale is not None:  # else the default's reading stands
                     pixel_size, scale = own_px, own_scale
                     del warned[mark:]
+    for text in warned[mark:]:  # what still holds
+        logger.warning("%s", text)
     return net, info, pixel_size, scale, choice
 
 
@@ -426,7 +428,7 @@ def _estimate(image: np.ndarray, net, info, device: str, zooms: tuple[float, ...
     the whole ladder, ``scale.ZOOMS``); ``memo``: the network passes already run on this
     image (``scale.trial_predictions``); ``instead``: what the warning says happens then
     (default: the image is taken at the model's pixel size); ``warned``: a list the warning
-    is also added to."""
+    is added to instead of the log (the caller logs it)."""
     from .scale import estimate_scale
 
     plane = validate.image_2d(image)  # a stack or an empty array is refused here, in words
@@ -438,8 +440,9 @@ def _estimate(image: np.ndarray, net, info, device: str, zooms: tuple[float, ...
         text = f"automatic scale: {err}; " + (instead or (
             f"the image is taken to be at the model's pixel size "
             f"({image_pixel_size(info) or info.pixel_size or 0.0:g} µm)"))
-        logger.warning("%s", text)
-        if warned is not None:
+        if warned is None:
+            logger.warning("%s", text)
+        else:  # the caller logs it once settled (a second model's estimate may replace it)
             warned.append(text)
         return None, None
     logger.info("automatic scale: %.3g µm per pixel (cells about %.1f px across; network "
@@ -578,7 +581,13 @@ def iter_predict_planes(
             try:
                 step = next(gen)
             except StopIteration as stop:
-                out[i] = plane = stop.value
+                before, out[i] = out[i], stop.value
+                plane = out[i]
+                if before is not None and plane.pixel_size is None and plane.scale is None:
+                    # Run again at the model's scale (nothing measured it on any plane):
+                    # why its own estimate failed still holds, and is still said.
+                    plane.warnings[:0] = [w for w in before.warnings
+                                          if w.startswith("automatic scale:") and w not in plane.warnings]
                 if estimating or choosing:
                     if ((not estimating or plane.pixel_size is not None)
                             and (not choosing or plane.model_choice.measured)):

@@ -397,7 +397,7 @@ def scale_metadata(prediction, request: tuple) -> dict:
     source, layer_size, size_from = request
     if source == AUTO_SOURCE and prediction.pixel_size is None:  # not estimated: its warning says why
         source = "the model's pixel size (" + (
-            "not estimated: see 'warnings'" if prediction.warnings else "nothing to estimate it from") + ")"
+            "no estimate used: see 'warnings'" if prediction.warnings else "nothing to estimate it from") + ")"
     extra = {"warnings": list(prediction.warnings)} if prediction.warnings else {}
     scale = prediction.scale
     if scale is not None and scale.kept_model_scale:  # what was measured, not only the model's size

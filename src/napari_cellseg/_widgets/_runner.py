@@ -61,17 +61,19 @@ def show_warnings(predictions) -> list[str]:
                                for i, p in enumerate(predictions) for w in p.warnings))
     for text in texts[:MAX_WARNINGS_SHOWN]:
         show_warning(text)
-    if len(texts) > MAX_WARNINGS_SHOWN:
-        show_warning(f"{len(texts) - MAX_WARNINGS_SHOWN} more warnings: see the layer's metadata ('warnings')")
+    more = len(texts) - MAX_WARNINGS_SHOWN
+    if more > 0:
+        show_warning(f"{more} more warning{'s' if more > 1 else ''}: see the layer's metadata ('warnings')")
     return texts
 
 
-def warning_note(prediction) -> str:
-    """What a status line adds for a Prediction with warnings: the first, in words."""
-    if not prediction.warnings:
+def warning_note(texts: list[str]) -> str:
+    """What a status line adds for a run's warnings (:func:`show_warnings`): the first."""
+    if not texts:
         return ""
-    more = len(prediction.warnings) - 1
-    return f". Warning: {prediction.warnings[0]}" + (f" (and {more} more: see the notifications)" if more else "")
+    more = len(texts) - 1
+    return f". Warning: {texts[0]}" + (
+        f" (and {more} more: see the layer's metadata, 'warnings')" if more else "")
 
 
 def reports_errors(handler: Callable, title: str, status: Label | None = None) -> Callable:

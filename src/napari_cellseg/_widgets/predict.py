@@ -80,6 +80,6 @@ class PredictWidget(Container):
             layer = show_layer(self._viewer, data, name, "image", metadata=meta, like=like, colormap=colour,
                                blending="additive", contrast_limits=(0.0, 1.0), visible=visible)
             layer.metadata[PREDICTION_KEY] = prediction
-        self._runner.status.value = "probability maps ready" + warning_note(prediction)
-        show_warnings([prediction])  # a notification each: the log alone is not seen in the viewer
+        # A notification each: the log alone is not seen in the viewer.
+        self._runner.status.value = "probability maps ready" + warning_note(show_warnings([prediction]))
 

@@ -68,6 +68,7 @@ class SegmentCellsWidget(Container):
         self.extend([*self._inputs.widgets, *self._runner.widgets,
                      *self._seeds.widgets, self._min_area])
         self.predictions: list = []
+        self._warnings: list[str] = []  # the last run's (show_warnings)
         self._scale_request: tuple = NO_SCALE_REQUEST  # ModelInputs.scale_request of the last run
         self._run_model: dict = {"model": None}  # the model of the last run (model_metadata)
         self._like = None  # the image layer of the last run: the cells lie on it
@@ -155,8 +156,10 @@ class SegmentCellsWidget(Container):
             params = {k: getattr(predictions[0].defaults, k) for k in self.params()}
         self._cells = np.stack(cells)
         self._segmented_with = [params] * len(cells)
+        # A notification each (the log alone is not seen in the viewer); the run's, a
+        # stack's with their plane, are what the layer and the status line keep.
+        self._warnings = show_warnings(predictions)
         self._show()
-        show_warnings(predictions)  # a notification each: the log alone is not seen in the viewer
         if self.stale_planes:  # the sliders moved while the model ran
             self.update_cells()
 
@@ -192,11 +195,14 @@ class SegmentCellsWidget(Container):
             "parameters_used": self.predictions[plane].params(**(used or {})).to_dict(),
             **self._run_model, **scale_metadata(self.predictions[plane], self._scale_request),
             "stale_planes": sorted(self.stale_planes)}
+        metadata.pop("warnings", None)
+        if self._warnings:
+            metadata["warnings"] = list(self._warnings)
         layer = show_layer(self._viewer, data, CELLS_LAYER, "labels", metadata=metadata, like=self._like)
         n = int(self._cells[plane].max())
         size, source = self.predictions[plane].pixel_size, self._scale_request[0]
-        if source and size is None:  # not estimated (a blank or tiny image): its warning says why
-            note = " (pixel size not estimated: taken at the model's)"
+        if source and size is None:  # no estimate used (a blank or tiny image): its warning says why
+            note = " (the model's pixel size: no estimate used)"
         elif source == AUTO_SOURCE:  # the first plane's estimate holds for the whole stack
             scale = next((p.scale for p in self.predictions if p.scale is not None), None)
             if scale is not None and scale.kept_model_scale:  # said, not shown as if measured
@@ -209,5 +215,5 @@ class SegmentCellsWidget(Container):
             note = f" (zoom as for {size:.3g} µm/px, from the {source})" if source else ""
         self._runner.status.value = (
             f"{n} cells" + (f" in plane {plane + 1} of {len(self._cells)} planes" if self._stack else "") + note
-            + warning_note(self.predictions[plane]))
+            + warning_note(self._warnings))
         return layer
