@@ -696,6 +696,33 @@ def test_the_viewer_shows_the_warnings_the_log_alone_would_hide(make_napari_view
     assert predict._runner.status.value.startswith("probability maps ready. Warning: automatic scale:")
 
 
+def test_the_pixels_are_read_in_the_worker_not_on_the_gui_thread(make_napari_viewer, qtbot, tissue, monkeypatch):
+    """A large RGB layer's channel choice or a lazy layer's read would freeze the viewer
+    before the progress bar shows; a layer of the wrong shape is still refused at once."""
+    from napari_cellseg._widgets import segment_cells
+    from napari_cellseg._widgets._inputs import CELLS_LAYER
+
+    threads = []
+    real = segment_cells.image_data
+    monkeypatch.setattr(segment_cells, "image_data",
+                        lambda layer: threads.append(threading.current_thread()) or real(layer))
+    viewer = make_napari_viewer()
+    rgb = np.zeros((*tissue[0].shape, 3), np.float32)
+    rgb[..., 1] = tissue[0]  # one live channel, as the dense set's PNGs
+    viewer.add_image(rgb, name="rgb", rgb=True)
+    widget = segment_cells.SegmentCellsWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.run()
+    wait_done(qtbot, widget._runner)
+    assert len(threads) == 1 and threads[0] is not threading.main_thread()
+    assert viewer.layers[CELLS_LAYER].data.shape == tissue[0].shape and viewer.layers[CELLS_LAYER].data.max() > 10
+    viewer.add_image(np.zeros((2, 3, 32, 32), np.float32), name="4-D")
+    widget._image.value = viewer.layers["4-D"]
+    with pytest.raises(ValueError, match=r"has shape \(2, 3, 32, 32\): napari-cellseg segments 2-D images"):
+        widget.run()
+    assert len(threads) == 1 and widget._runner.worker is None
+
+
 def test_a_cell_diameter_in_pixels_sets_the_scale(make_napari_viewer, qtbot, tissue):
     """Cellpose's "diameter": cells 30 px across with the model's 7.5 µm cells is 0.25 µm/px;
     the pixel size field steps aside, and the layer says where its scale came from."""

@@ -211,15 +211,25 @@ def cells_layer_parameters(viewer, model: str | None) -> dict | None:
     return dict(saved)
 
 
+def channel_shape(layer) -> tuple[int, ...]:
+    """The shape of :func:`image_data`'s array, from the layer's shape alone: a layer
+    napari-cellseg cannot segment is refused before its pixels are read (in a worker)."""
+    if layer is None:
+        raise ValueError("no image layer selected: open an image first")
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    shape = tuple(data.shape[:-1] if getattr(layer, "rgb", False) else data.shape)
+    while len(shape) > 3 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) not in (2, 3):
+        raise ValueError(f"layer {layer.name!r} has shape {shape}: napari-cellseg segments "
+                         "2-D images and (planes, M, N) stacks plane by plane")
+    return shape
+
+
 def image_data(layer) -> np.ndarray:
     """A layer's pixels as one channel: 2-D, or (planes, M, N) for a stack."""
-    data = one_channel(layer)
-    while data.ndim > 3 and data.shape[0] == 1:
-        data = data[0]
-    if data.ndim not in (2, 3):
-        raise ValueError(f"layer {layer.name!r} has shape {data.shape}: napari-cellseg segments "
-                         "2-D images and (planes, M, N) stacks plane by plane")
-    return data
+    shape = channel_shape(layer)
+    return one_channel(layer).reshape(shape)
 
 
 def prediction_of(layer):

@@ -22,6 +22,7 @@ from ._inputs import (
     CELLS_LAYER,
     NO_SCALE_REQUEST,
     ModelInputs,
+    channel_shape,
     image_data,
     model_metadata,
     scale_metadata,
@@ -49,6 +50,12 @@ def predict_and_segment(stack: np.ndarray, pixel_size, model, device, params: di
         yield Progress(i, len(predictions), "planes", message="segmenting")
         cells.append(pred.segment(**params))
     return predictions, cells, params
+
+
+def read_predict_and_segment(layer, *args, **kwargs):
+    """:func:`predict_and_segment` on ``layer``'s pixels, read in the worker: a large RGB
+    layer's channel choice, or a lazy (dask, zarr) layer's read, does not freeze the viewer."""
+    return (yield from predict_and_segment(image_data(layer), *args, **kwargs))
 
 
 class SegmentCellsWidget(Container):
@@ -125,13 +132,14 @@ class SegmentCellsWidget(Container):
         """Start the prediction in a worker; cells appear when it returns."""
         from functools import partial
 
-        data = image_data(self._image.value)
+        layer = self._image.value
+        stack = len(channel_shape(layer)) == 3  # checked here, read in the worker
         model = self._inputs.model_name
         # Untouched sliders: the model's own tuned defaults ({} = the model's defaults).
         params = self.params() if self._touched else {}
-        on_done = partial(self._on_predicted, source=self._image.value.name, stack=data.ndim == 3,
-                          scale_request=self._inputs.scale_request(), model=model, like=self._image.value)
-        return self._runner.start(predict_and_segment, data, self._inputs.pixel_size_um, model,
+        on_done = partial(self._on_predicted, source=layer.name, stack=stack,
+                          scale_request=self._inputs.scale_request(), model=model, like=layer)
+        return self._runner.start(read_predict_and_segment, layer, self._inputs.pixel_size_um, model,
                                   self._device.value, params, self._inputs.scale_kwargs, on_done=on_done)
 
     def _on_predicted(self, result, source: str, stack: bool, scale_request: tuple = NO_SCALE_REQUEST,
