@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, create_widget
 
-from ._layers import notify, one_channel, pixel_size_of
+from ._layers import finest_level, notify, one_channel, pixel_size_of
 
 # Layer names. A re-run replaces the layer of its name (``show_layer``).
 CELLS_LAYER = "cells"
@@ -216,7 +216,7 @@ def channel_shape(layer) -> tuple[int, ...]:
     napari-cellseg cannot segment is refused before its pixels are read (in a worker)."""
     if layer is None:
         raise ValueError("no image layer selected: open an image first")
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    data = finest_level(layer)
     shape = tuple(data.shape[:-1] if getattr(layer, "rgb", False) else data.shape)
     while len(shape) > 3 and shape[0] == 1:
         shape = shape[1:]

@@ -130,10 +130,15 @@ def one_channel(layer) -> np.ndarray:
     return data
 
 
+def finest_level(layer):
+    """A layer's data, not read: the finest level of a multiscale layer (``np.asarray``
+    of napari's multiscale data gives the coarsest)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def layer_array(layer) -> np.ndarray:
-    """A layer's pixels as a numpy array: the finest level of a multiscale layer
-    (``np.asarray`` of napari's multiscale data gives the coarsest)."""
-    return np.asarray(layer.data[0] if getattr(layer, "multiscale", False) else layer.data)
+    """A layer's pixels as a numpy array (:func:`finest_level`)."""
+    return np.asarray(finest_level(layer))
 
 
 def plane_record(layer, viewer) -> dict:
@@ -148,7 +153,7 @@ def view_plane(layer, viewer) -> list[int] | None:
     axes, as a result's metadata records it under ``"plane"``); None for a 2-D layer."""
     if layer is None:
         return None
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    data = finest_level(layer)
     lead = data.shape[: data.ndim - (3 if getattr(layer, "rgb", False) else 2)]
     return list(plane_index(layer, viewer, lead)) if lead else None
 
@@ -172,7 +177,7 @@ def image_plane(layer, viewer=None, plane=None) -> np.ndarray:
 
     if layer is None:
         raise ValueError("no image layer selected: open an image first")
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    data = finest_level(layer)
     rgb = bool(getattr(layer, "rgb", False))
     spatial = 3 if rgb else 2
     if data.ndim > spatial:

@@ -25,7 +25,7 @@ from magicgui.widgets import (
 )
 
 from ._inputs import CELLS_LAYER, cells_layer_parameters, chosen_model, model_combo
-from ._layers import mark_ours, notify, remove_result, show_layer
+from ._layers import finest_level, mark_ours, notify, remove_result, show_layer
 from ._runner import Runner, reports_errors
 from ._seed_controls import SeedControls
 
@@ -46,7 +46,7 @@ def slide_source(layer):
     file = Path(str(path)) if path else None
     if file is not None and (file.is_dir() or (file.exists() and file.suffix.lower() in (".tif", ".tiff", ".zarr"))):
         return str(path)
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    data = finest_level(layer)
     if getattr(layer, "rgb", False):
         raise ValueError(f"layer {layer.name!r} is RGB: convert its file with 'napari-cellseg convert' "
                          "(one channel is kept) and open the result")
@@ -56,7 +56,7 @@ def slide_source(layer):
 def view_region(layer, viewer, limit: int = MAX_VIEW) -> tuple[slice, slice]:
     """The full-resolution rows and columns of ``layer`` in view, at most ``limit`` px
     each way around the centre of the view."""
-    shape = (layer.data[0] if getattr(layer, "multiscale", False) else layer.data).shape
+    shape = finest_level(layer).shape
     H, W = shape[-3:-1] if getattr(layer, "rgb", False) else shape[-2:]  # RGB: the channels come last
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9
     centre = np.asarray(layer.world_to_data(list(viewer.dims.point[:-2]) + list(camera.center[-2:])))[-2:]
