@@ -341,6 +341,13 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
     image_px = image_pixel_size(info)
     base = image_px / model_px if image_px else 1.0
     zooms = tuple(base * z for z in zooms)
+    if base in zooms and round(min(image.shape) * base) < MIN_TRIAL_SIDE:
+        # Too small for a trial at the model's own scale (under 32 px a side): only the
+        # enlarging rungs would have a trial, and they would always win. Refused in words
+        # (taken at the model's scale) rather than enlarged whatever its true scale.
+        raise ValueError(f"the image ({image.shape[0]} x {image.shape[1]} px) is too small to estimate "
+                         f"its scale: under {MIN_TRIAL_SIDE} px on the model's grid; give its pixel size "
+                         "or cell diameter instead")
     ranked = []
     for z in zooms:
         crops = trial_predictions(image, z, net, info, device, side, memo=memo)
@@ -351,13 +358,6 @@ def estimate_scale(image: np.ndarray, net, info, device: str = "auto",
         raise ValueError(f"cannot estimate the scale of this image (shape {image.shape}): it is "
                          "constant, or too small at every zoom tried; give its pixel size or cell "
                          "diameter instead")
-    if base in zooms and round(min(image.shape) * base) < MIN_TRIAL_SIDE:
-        # Too small for a trial at the model's own scale (under 32 px a side): only the
-        # enlarging rungs were left to try, and they would always win. Refused in words
-        # (taken at the model's scale) rather than enlarged whatever its true scale.
-        raise ValueError(f"the image ({image.shape[0]} x {image.shape[1]} px) is too small to estimate "
-                         f"its scale: under {MIN_TRIAL_SIDE} px on the model's grid; give its pixel size "
-                         "or cell diameter instead")
     ranked.sort(key=lambda t: -t[1])  # stable: of equal scores, the smaller zoom
     # The likeliest rung, unless it enlarges the image 4x or more and the network reads its
     # noise as cells there (reads_noise): then the next.
