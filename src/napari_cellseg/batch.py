@@ -54,7 +54,7 @@ def recorded_warnings(paths, out: str | Path) -> dict[Path, list[str]]:
     found = {}
     for path in paths:
         try:
-            record = json.loads(output_paths(Path(path), Path(out))["params"].read_text())
+            record = _record(out, Path(path))
         except (OSError, ValueError):
             continue
         if record.get("warnings"):
@@ -112,13 +112,13 @@ def _state(job: _Job, path: Path) -> str:
     return "done" if files["labels"].exists() and files["table"].exists() else "ours"
 
 
-def _record(job: _Job, path: Path) -> dict:
-    """The params record written for ``path``."""
-    return json.loads(output_paths(path, Path(job.out))["params"].read_text())
+def _record(out: str | Path, path: Path) -> dict:
+    """The params record written for ``path`` in the folder ``out``."""
+    return json.loads(output_paths(path, Path(out))["params"].read_text())
 
 
 def _cells_written(job: _Job, path: Path) -> int:
-    return int(_record(job, path)["cells"])
+    return int(_record(job.out, path)["cells"])
 
 
 def _read_plane(job: _Job, path: Path):
@@ -249,20 +249,17 @@ def _segment_file(job: _Job, path: Path, file_size: float | None) -> int:
     record = {"image": str(path), "method": job.method, "parameters": used,
               "pixel_size_um": size, "pixel_size_given": given,
               "model": job.model_info, "version": __version__, "request": _request(job, path)}
-    if job.method == "unet" and prediction.model_choice is not None:
+    if job.method == "unet":
         from .model.store import model_record
 
-        record["model"] = model_record(prediction.model_name)  # the one chosen for this image
-        record["model_choice"] = prediction.model_choice.to_dict()
-    if job.method == "unet" and job.same_scale and zoom_was_auto:
-        if batch is not None and batch["model"] is not None:
-            from .model.store import model_record
-
-            record["model"] = model_record(prediction.model_name)  # the one chosen for the batch
-        # null where the batch had nothing to measure and each image was estimated on its
-        # own: a resumed batch then keeps doing so (iter_segment_files)
-        record["batch_scale"] = batch
-    if job.method == "unet":
+        if prediction.model_choice is not None or (batch is not None and batch["model"] is not None):
+            record["model"] = model_record(prediction.model_name)  # the one chosen for this image, or the batch
+        if prediction.model_choice is not None:
+            record["model_choice"] = prediction.model_choice.to_dict()
+        if job.same_scale and zoom_was_auto:
+            # null where the batch had nothing to measure and each image was estimated on its
+            # own: a resumed batch then keeps doing so (iter_segment_files)
+            record["batch_scale"] = batch
         if prediction.scale is not None and prediction.scale.kept_model_scale:
             record["measured_pixel_size_um"] = prediction.scale.measured_pixel_size  # kept at the model's
         if prediction.warnings:  # what the log said of this image, kept with it (workers' logs are not shown)
@@ -426,7 +423,7 @@ def iter_segment_files(
     if same_scale:
         # A resumed batch keeps the scale its finished images were segmented at (null: each
         # its own, where its sample had nothing to measure).
-        settled = next((r["batch_scale"] for r in (_record(job, p) for p in done) if "batch_scale" in r), ...)
+        settled = next((r["batch_scale"] for r in (_record(job.out, p) for p in done) if "batch_scale" in r), ...)
         if settled is ...:
             estimated = [p for p in paths if pixel_size == "auto"
                          or (from_file[p] if p in from_file else read_pixel_size(p)) is None]
